@@ -1,0 +1,284 @@
+"""Where attention heads live in a model, and hooks that read or overwrite their output.
+
+A head's output is its slice of the *input* of the layer's attention output projection
+(``o_proj``): ``(batch, seq, heads * head_dim)`` viewed as ``(batch, seq, heads, head_dim)``.
+Editing that input (not the projection's output) keeps any projection bias intact and works
+for every attention backend, because the projection is a plain ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+Location = tuple[int, int]  # (layer, head)
+Policy = Literal["every_step", "prompt_last"]
+POLICIES: tuple[str, ...] = ("every_step", "prompt_last")
+
+
+class HeadDiscoveryError(ValueError):
+    """The model's attention heads could not be found."""
+
+
+@dataclass
+class HeadMap:
+    """The text decoder's attention output projections, one per layer."""
+
+    projections: list[nn.Linear]
+    num_heads: int
+    head_dim: int
+    decoder: nn.Module | None = None
+    pattern: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.projections)
+
+    def all_locations(self) -> list[Location]:
+        return [(l, h) for l in range(self.num_layers) for h in range(self.num_heads)]
+
+    def check(self, locations: Sequence[Location]) -> list[Location]:
+        """Validate and normalise a list of (layer, head) pairs."""
+        out = []
+        for loc in locations:
+            layer, head = int(loc[0]), int(loc[1])
+            if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):
+                raise ValueError(
+                    f"location (layer={layer}, head={head}) is outside this model's "
+                    f"{self.num_layers} layers x {self.num_heads} heads"
+                )
+            out.append((layer, head))
+        return out
+
+    @classmethod
+    def from_model(cls, model: nn.Module, pattern: str | None = None, num_heads: int | None = None) -> "HeadMap":
+        """Find the heads of ``model``.
+
+        Default: ``model.get_decoder().layers[i].self_attn.o_proj`` (the text decoder only, so
+        vision towers and Idefics2's perceiver, which also have ``o_proj``, are never touched).
+        ``pattern`` such as ``"transformer.h.{layer}.attn.c_proj"`` overrides discovery.
+        """
+        config = getattr(model, "config", None)
+        text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+        heads = num_heads or getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head", None)
+        decoder = None
+        if pattern is not None:
+            if "{layer}" not in pattern:
+                raise HeadDiscoveryError(f"module pattern {pattern!r} must contain '{{layer}}'")
+            modules = dict(model.named_modules())
+            projections = []
+            while pattern.format(layer=len(projections)) in modules:
+                projections.append(modules[pattern.format(layer=len(projections))])
+            if not projections:
+                raise HeadDiscoveryError(
+                    f"module pattern {pattern!r} matched nothing in {type(model).__name__}; "
+                    f"check the path with `print(model)` (e.g. 'transformer.h.{{layer}}.attn.c_proj')"
+                )
+        else:
+            get_decoder = getattr(model, "get_decoder", None)
+            decoder = get_decoder() if callable(get_decoder) else None
+            layers = getattr(decoder, "layers", None) if decoder is not None else None
+            if layers is None:
+                raise HeadDiscoveryError(
+                    f"no text-decoder layers found in {type(model).__name__} (model.get_decoder().layers); "
+                    "pass an explicit module pattern, e.g. --heads-pattern 'transformer.h.{layer}.attn.c_proj'"
+                )
+            projections = []
+            for i, layer in enumerate(layers):
+                proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
+                if proj is None:
+                    raise HeadDiscoveryError(
+                        f"decoder layer {i} of {type(model).__name__} has no self_attn.o_proj; "
+                        "pass an explicit module pattern for this architecture"
+                    )
+                projections.append(proj)
+        if not projections:
+            raise HeadDiscoveryError(f"{type(model).__name__} has no attention heads in its decoder")
+        if not heads:
+            raise HeadDiscoveryError(
+                f"cannot tell the number of attention heads of {type(model).__name__}; pass num_heads"
+            )
+        for i, proj in enumerate(projections):
+            if not isinstance(proj, nn.Linear) or proj.in_features % heads:
+                raise HeadDiscoveryError(
+                    f"layer {i}: {type(proj).__name__} with in_features="
+                    f"{getattr(proj, 'in_features', '?')} cannot be split into {heads} heads"
+                )
+        return cls(list(projections), int(heads), projections[0].in_features // heads, decoder, pattern)
+
+
+@dataclass
+class _Step:
+    """Which forward pass of a ``generate`` call we are in (None outside generate)."""
+
+    in_generate: int = 0
+    forward_index: int = 0
+
+
+def _by_layer(locations: Sequence[Location]) -> dict[int, list[tuple[int, int]]]:
+    """layer -> [(index into locations, head)]"""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for i, (layer, head) in enumerate(locations):
+        groups.setdefault(layer, []).append((i, head))
+    return groups
+
+
+@dataclass
+class Recording:
+    """Last-position head outputs captured by :func:`record`; ``values`` is (batch, n_locations, head_dim)."""
+
+    locations: list[Location]
+    values: torch.Tensor | None = None
+    _parts: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def record(
+    heads: HeadMap,
+    locations: Sequence[Location] | None = None,
+    positions: torch.Tensor | Sequence[int] | None = None,
+) -> Iterator[Recording]:
+    """Capture head outputs of the first forward pass run inside the block.
+
+    ``positions`` picks one sequence index per batch row (default: the last, -1, which is
+    the last prompt token under left padding). Values come back detached, on CPU, float32.
+    """
+    locs = heads.check(locations) if locations is not None else heads.all_locations()
+    rec = Recording(locs)
+    groups = _by_layer(locs)
+    n_done = {"calls": 0}
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if layer in rec._parts:
+                return  # only the first pass (the prompt) is recorded
+            x = args[0]
+            batch = x.shape[0]
+            if positions is None:
+                last = x[:, -1]
+            else:
+                pos = torch.as_tensor(positions, device=x.device).long()
+                last = x[torch.arange(batch, device=x.device), pos]
+            last = last.view(batch, heads.num_heads, heads.head_dim)
+            idx = torch.tensor([h for _, h in groups[layer]], device=x.device)
+            rec._parts[layer] = last.index_select(1, idx).detach().float().cpu()
+            n_done["calls"] += 1
+
+        return hook
+
+    handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
+    try:
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+    if rec._parts:
+        missing = [layer for layer in groups if layer not in rec._parts]
+        if missing:
+            raise RuntimeError(f"layers {missing} were not reached by the forward pass")
+        batch = next(iter(rec._parts.values())).shape[0]
+        out = torch.empty(batch, len(locs), heads.head_dim)
+        for layer, items in groups.items():
+            for j, (i, _) in enumerate(items):
+                out[:, i] = rec._parts[layer][:, j]
+        rec.values = out
+        rec._parts.clear()
+
+
+@contextlib.contextmanager
+def replace(
+    model: nn.Module,
+    heads: HeadMap,
+    locations: Sequence[Location],
+    values: torch.Tensor,
+    policy: Policy = "every_step",
+) -> Iterator[None]:
+    """Overwrite head outputs at the last position with ``values``.
+
+    ``values`` is ``(n_locations, head_dim)`` shared by all rows, or ``(batch, n_locations,
+    head_dim)`` per row. Under ``generate``, ``"every_step"`` edits the prompt's last token
+    and every generated token (MTV's behaviour); ``"prompt_last"`` edits only the prompt
+    pass. Outside ``generate`` every forward pass is edited (each one ends at a prompt's last
+    token). Hooks are removed on exit, also after an exception.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
+    locs = heads.check(locations)
+    values = torch.as_tensor(values)
+    if values.dim() not in (2, 3) or values.shape[-2:] != (len(locs), heads.head_dim):
+        raise ValueError(
+            f"values must have shape ({len(locs)}, {heads.head_dim}) or (batch, {len(locs)}, "
+            f"{heads.head_dim}); got {tuple(values.shape)}"
+        )
+    groups = _by_layer(locs)
+    step = _Step()
+    per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def values_on(x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in per_device:
+            per_device[key] = values.to(device=x.device, dtype=x.dtype)
+        return per_device[key]
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple):
+            if step.in_generate and policy == "prompt_last" and step.forward_index > 0:
+                return None
+            x = args[0]
+            batch = x.shape[0]
+            v = values_on(x)
+            if v.dim() == 3 and v.shape[0] != batch:
+                raise ValueError(f"per-row values have batch {v.shape[0]} but the input has batch {batch}")
+            x = x.clone()  # never write into a tensor we don't own
+            last = x[:, -1].view(batch, heads.num_heads, heads.head_dim)
+            for i, head in groups[layer]:
+                last[:, head] = v[..., i, :]
+            return (x,) + tuple(args[1:])
+
+        return hook
+
+    def count_forward(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if step.in_generate:
+            step.forward_index += 1
+
+    original_generate = model.__dict__.get("generate")
+    bound_generate = model.generate
+
+    def guarded_generate(*args, **kwargs):
+        gen_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
+        if policy == "every_step" and use_cache is False:
+            raise ValueError(
+                "policy 'every_step' needs the KV cache: with use_cache=False every step re-runs the "
+                "whole sequence and earlier generated tokens would lose their edits. Use use_cache=True "
+                "or policy='prompt_last'"
+            )
+        if policy == "every_step" and kwargs.get("prefill_chunk_size"):
+            raise ValueError(
+                "policy 'every_step' cannot be combined with chunked prefill (prefill_chunk_size): "
+                "chunks would be edited at their own last token. Turn chunked prefill off"
+            )
+        step.in_generate += 1
+        step.forward_index = -1
+        try:
+            return bound_generate(*args, **kwargs)
+        finally:
+            step.in_generate -= 1
+
+    handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
+    counter_module = heads.decoder if heads.decoder is not None else heads.projections[0]
+    handles.append(counter_module.register_forward_pre_hook(count_forward, with_kwargs=True, prepend=True))
+    model.generate = guarded_generate  # instance attribute, removed on exit
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        if original_generate is None:
+            del model.generate
+        else:
+            model.generate = original_generate

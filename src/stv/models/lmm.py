@@ -1,0 +1,196 @@
+"""A loaded multimodal (or text-only) model: prompts in, inputs, answers and scores out.
+
+A prompt is a list of pieces, each a string or a PIL image, in reading order. The same
+prompt renders two ways: ``raw`` (images become the family's placeholder, text is kept as
+is; what MTV does with base models) or ``chat`` (the processor's chat template with one
+user turn and the generation prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..heads import HeadMap
+
+Piece = Union[str, Image.Image]
+Prompt = Sequence[Piece]
+Render = Literal["raw", "chat"]
+
+# Families whose image placeholder is more than the processor's ``image_token``.
+_PLACEHOLDERS = {
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+}
+# Families that compute their own (multimodal rotary) position ids from the attention mask.
+_OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+
+
+@dataclass
+class LMM:
+    """Model + processor + head map, with the few operations every stage needs."""
+
+    model: nn.Module
+    processor: Any
+    heads: HeadMap
+    name: str = ""
+    revision: str | None = None
+    family: str = ""
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def is_multimodal(self) -> bool:
+        return hasattr(self.processor, "image_processor")
+
+    @property
+    def image_placeholder(self) -> str:
+        if self.family in _PLACEHOLDERS:
+            return _PLACEHOLDERS[self.family]
+        token = getattr(self.processor, "image_token", None)
+        if token is None:
+            raise ValueError(f"{self.name}: the processor defines no image token; this model cannot take images")
+        return token
+
+    # --------------------------------------------------------------- rendering
+    def render(self, prompt: Prompt, mode: Render = "raw") -> tuple[str, list[Image.Image]]:
+        """Prompt pieces -> (text with image placeholders, images in order)."""
+        images = [p for p in prompt if isinstance(p, Image.Image)]
+        bad = [type(p).__name__ for p in prompt if not isinstance(p, (str, Image.Image))]
+        if bad:
+            raise TypeError(f"prompt pieces must be str or PIL.Image, got {bad[0]}")
+        if images and not self.is_multimodal:
+            raise ValueError(f"{self.name} is a text-only model; the prompt has {len(images)} image(s)")
+        if mode == "raw":
+            return "".join(p if isinstance(p, str) else self.image_placeholder for p in prompt), images
+        if mode != "chat":
+            raise ValueError(f"render mode {mode!r} is not 'raw' or 'chat'")
+        if getattr(self.processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{self.name} has no chat template; use render mode 'raw'")
+        content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in prompt]
+        messages = [{"role": "user", "content": content if self.is_multimodal else "".join(prompt)}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, images
+
+    def prepare(self, prompts: Sequence[Prompt], mode: Render = "raw", positions: bool = True) -> dict:
+        """Render, tokenize and left-pad a batch; returns tensors on the model's device.
+
+        ``positions`` adds ``position_ids`` built from the attention mask as ``generate``
+        does, so a left-padded row sees the same positions as the prompt alone.
+        """
+        rendered = [self.render(p, mode) for p in prompts]
+        texts = [t for t, _ in rendered]
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.is_multimodal and any(imgs for _, imgs in rendered):
+            images = [imgs for _, imgs in rendered]
+            if any(not imgs for imgs in images):
+                # processors take a nested list only when every row has an image
+                flat = [im for imgs in images for im in imgs]
+                inputs = self.processor(text=texts, images=flat, padding=True, return_tensors="pt")
+            else:
+                inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        elif self.is_multimodal:
+            inputs = self.processor(text=texts, padding=True, return_tensors="pt")
+        else:
+            inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+        inputs = dict(inputs)
+        inputs.pop("token_type_ids", None) if self.family not in ("gemma3",) else None
+        if positions and self.family not in _OWN_POSITIONS:
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        dtype = self.dtype
+        return {k: (v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device))
+                for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+    # -------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def forward(self, prompts: Sequence[Prompt], mode: Render = "raw") -> torch.Tensor:
+        """Logits of the next token after each prompt: (batch, vocab)."""
+        out = self.model(**self.prepare(prompts, mode), use_cache=False)
+        return out.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw",
+                 **kwargs) -> list[str]:
+        """Greedy decoding; returns the new text of each prompt (special tokens dropped)."""
+        inputs = self.prepare(prompts, mode, positions=False)
+        kwargs.setdefault("do_sample", False)
+        pad = self.tokenizer.pad_token_id
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+        empty = [a for a, i in zip(answers, ids) if not i]
+        if empty:
+            raise ValueError(f"answer {empty[0]!r} tokenizes to nothing")
+        return ids
+
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[Prompt], answers: Sequence[str], mode: Render = "raw",
+              first_token_only: bool = False) -> torch.Tensor:
+        """Teacher-forced log-probability of each answer after its prompt: (batch,) float32.
+
+        The prompt runs once with a KV cache, then answer tokens one at a time, exactly as
+        ``generate`` would see them, so head replacement at "the last position" means the
+        same thing here as under ``generate``.
+        """
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        ids = self.answer_ids(answers)
+        if first_token_only:
+            ids = [i[:1] for i in ids]
+        inputs = self.prepare(prompts, mode)
+        batch, width = len(ids), max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        target = torch.full((batch, width), pad, dtype=torch.long, device=self.device)
+        valid = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
+        for r, i in enumerate(ids):
+            target[r, : len(i)] = torch.tensor(i)
+            valid[r, : len(i)] = True
+        total = torch.zeros(batch, device=self.device)
+        for step, logits in enumerate(self._teacher_forced(inputs, target, valid)):
+            logp = torch.log_softmax(logits.float(), -1).gather(1, target[:, step : step + 1]).squeeze(1)
+            total += logp * valid[:, step]
+        return total.cpu()
+
+    def _teacher_forced(self, inputs: dict, target: torch.Tensor, valid: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield next-token logits after the prompt, then after each fed answer token."""
+        mask = inputs["attention_mask"]
+        out = self.model(**inputs, use_cache=True)
+        yield out.logits[:, -1]
+        cache = out.past_key_values
+        pos = (mask.long().cumsum(-1) - 1)[:, -1]
+        for step in range(target.shape[1] - 1):
+            mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
+            pos = pos + 1
+            step_inputs = {"input_ids": target[:, step : step + 1], "attention_mask": mask,
+                           "past_key_values": cache, "use_cache": True,
+                           "cache_position": torch.tensor([mask.shape[1] - 1], device=mask.device)}
+            if self.family not in _OWN_POSITIONS:
+                step_inputs["position_ids"] = pos[:, None]
+            out = self.model(**step_inputs)
+            cache = out.past_key_values
+            yield out.logits[:, -1]
+

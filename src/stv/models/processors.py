@@ -1,0 +1,61 @@
+"""Processor loading that works without torchvision.
+
+Qwen2/2.5/3-VL and LLaVA-OneVision processors take a video processor, and every video
+processor in transformers needs torchvision. Users without it (and our CPU machines, where
+torchvision must not be installed) get a subclass that drops the video argument; images
+work exactly as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
+
+import transformers
+from transformers import AutoProcessor, ProcessorMixin
+
+VIDEO_PROCESSOR_CLASSES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor", "LlavaOnevisionProcessor")
+
+
+def has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@functools.cache
+def without_video(class_name: str) -> type[ProcessorMixin]:
+    """A subclass of ``transformers.<class_name>`` whose only sub-processors are image + tokenizer."""
+    base = getattr(transformers, class_name)
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        # ProcessorMixin reads the sub-processor list off *this* signature, so the video
+        # processor the base passes positionally (None) is simply dropped.
+        base.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                      chat_template=chat_template, **kwargs)
+
+    return type(class_name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": class_name})
+
+
+def processor_class_name(path: str | Path, **hub_kwargs) -> str | None:
+    """The processor class a checkpoint declares (processor_config.json), if any."""
+    from transformers.utils import cached_file
+
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        try:
+            file = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        except OSError:
+            file = None
+        if file:
+            data = json.loads(Path(file).read_text())
+            if data.get("processor_class"):
+                return data["processor_class"]
+    return None
+
+
+def load_processor(path: str | Path, trust_remote_code: bool = False, **hub_kwargs):
+    """AutoProcessor, or the video-free subclass when torchvision is missing."""
+    class_name = processor_class_name(path, **hub_kwargs)
+    if class_name in VIDEO_PROCESSOR_CLASSES and not has_torchvision():
+        return without_video(class_name).from_pretrained(str(path), **hub_kwargs)
+    return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code, **hub_kwargs)

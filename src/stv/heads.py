@@ -102,13 +102,22 @@ class HeadMap:
             raise HeadDiscoveryError(
                 f"cannot tell the number of attention heads of {type(model).__name__}; pass num_heads"
             )
-        for i, proj in enumerate(projections):
-            if not isinstance(proj, nn.Linear) or proj.in_features % heads:
-                raise HeadDiscoveryError(
-                    f"layer {i}: {type(proj).__name__} with in_features="
-                    f"{getattr(proj, 'in_features', '?')} cannot be split into {heads} heads"
-                )
-        return cls(list(projections), int(heads), projections[0].in_features // heads, decoder, pattern)
+        widths = {_in_features(p) for p in projections}
+        if len(widths) != 1 or None in widths or next(iter(widths)) % heads:
+            raise HeadDiscoveryError(
+                f"the output projections of {type(model).__name__} have input widths {sorted(map(str, widths))}, "
+                f"which cannot be split into {heads} heads of equal size"
+            )
+        return cls(list(projections), int(heads), next(iter(widths)) // heads, decoder, pattern)
+
+
+def _in_features(proj: nn.Module) -> int | None:
+    """Input width of nn.Linear, or of a GPT-2 style Conv1D (weight stored as (in, out))."""
+    if isinstance(proj, nn.Linear):
+        return proj.in_features
+    if type(proj).__name__ == "Conv1D" and hasattr(proj, "nf"):
+        return proj.weight.shape[0]
+    return None
 
 
 @dataclass

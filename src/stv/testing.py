@@ -99,7 +99,121 @@ def _text_only(kind: str):
     return Qwen2ForCausalLM(Qwen2Config(**_text_config(tok))), tok
 
 
+_QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _qwen_vl(kind: str):
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .models.processors import without_video
+
+    tok = build_tokenizer(_QWEN_SPECIAL)
+    start, end, image, video = _ids(tok, *_QWEN_SPECIAL)
+    # head_dim 16 -> mrope sections must sum to head_dim / 2
+    text = _text_config(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [2, 3, 3]})
+    vision = dict(depth=1, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                  in_channels=3)
+    if kind == "qwen2_vl":
+        cfg_cls, model_cls, proc_name = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+    elif kind == "qwen2_5_vl":
+        cfg_cls, model_cls, proc_name = "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"
+        vision.update(intermediate_size=64, out_hidden_size=64, window_size=32, fullatt_block_indexes=[0])
+    else:
+        cfg_cls, model_cls, proc_name = "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"
+        vision.update(intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0])
+        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+    config = getattr(transformers, cfg_cls)(text_config=text, vision_config=vision, image_token_id=image,
+                                             video_token_id=video, vision_start_token_id=start,
+                                             vision_end_token_id=end)
+    # 32x32 images -> 4x4 patches of 8 -> 2x2 merged tokens
+    processor_images = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                                size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64})
+    chat = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    processor = without_video(proc_name)(image_processor=processor_images, tokenizer=tok, chat_template=chat)
+    return getattr(transformers, model_cls)(config), processor
+
+
+def _idefics(version: int):
+    import transformers
+
+    tok = build_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"],
+                          extra={"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>",
+                                 "end_of_utterance_token": "<end_of_utterance>"})
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    image_id = _ids(tok, "<image>")[0]
+    chat = _chat_template("<image>")
+    if version == 2:
+        perceiver = dict(hidden_size=64, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                         resampler_head_dim=16, num_key_value_heads=1)
+        config = transformers.Idefics2Config(vision_config=vision, perceiver_config=perceiver,
+                                             text_config={"model_type": "mistral", **_text_config(tok)},
+                                             image_token_id=image_id)
+        images = transformers.Idefics2ImageProcessorPil(do_image_splitting=False,
+                                                        size={"shortest_edge": 32, "longest_edge": 32})
+        processor = transformers.Idefics2Processor(images, tokenizer=tok, image_seq_len=4, chat_template=chat)
+        return transformers.Idefics2ForConditionalGeneration(config), processor
+    config = transformers.Idefics3Config(vision_config=vision, text_config={"model_type": "llama", **_text_config(tok)},
+                                         image_token_id=image_id, scale_factor=2)
+    images = transformers.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
+                                                    max_image_size={"longest_edge": 32})
+    processor = transformers.Idefics3Processor(images, tokenizer=tok, image_seq_len=4, chat_template=chat)
+    return transformers.Idefics3ForConditionalGeneration(config), processor
+
+
+def _gemma3():
+    import transformers
+
+    tok = build_tokenizer(["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+                          extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                 "image_token": "<image_soft_token>"})
+    boi, eoi, image = _ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    text = _text_config(tok, head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                       boi_token_index=boi, eoi_token_index=eoi, image_token_index=image)
+    images = transformers.Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
+    processor = transformers.Gemma3Processor(images, tok, chat_template=_chat_template("<start_of_image>"),
+                                             image_seq_length=4)
+    return transformers.Gemma3ForConditionalGeneration(config), processor
+
+
+def _llava_onevision():
+    import transformers
+
+    from .models.processors import without_video
+
+    tok = build_tokenizer(["<image>", "<video>"], extra={"image_token": "<image>", "video_token": "<video>"})
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    image, video = _ids(tok, "<image>", "<video>")
+    config = transformers.LlavaOnevisionConfig(
+        vision_config={"model_type": "siglip_vision_model", **vision},
+        text_config={"model_type": "qwen2", **_text_config(tok)}, image_token_index=image,
+        video_token_index=video, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1")
+    images = transformers.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
+                                                          image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
+    processor = without_video("LlavaOnevisionProcessor")(
+        image_processor=images, tokenizer=tok, chat_template=_chat_template("<image>"), num_image_tokens=16,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1")
+    return transformers.LlavaOnevisionForConditionalGeneration(config), processor
+
+
 FAMILIES: dict[str, Callable] = {
+    "idefics2": lambda: _idefics(2),
+    "idefics3": lambda: _idefics(3),
+    "gemma3": _gemma3,
+    "llava_onevision": _llava_onevision,
+    "qwen2_vl": lambda: _qwen_vl("qwen2_vl"),
+    "qwen2_5_vl": lambda: _qwen_vl("qwen2_5_vl"),
+    "qwen3_vl": lambda: _qwen_vl("qwen3_vl"),
     "llava": lambda: _llava(siglip=False),
     "llava_siglip": lambda: _llava(siglip=True),
     "llama": lambda: _text_only("llama"),

@@ -76,7 +76,10 @@ def load_model(
             kwargs["max_memory"] = max_memory
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
-    model = cls.from_pretrained(path, **kwargs)
+    try:
+        model = cls.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the weights of {path}: {err}") from err
     if device_map is None and device is not None:
         model.to(device)
     model.eval()

@@ -186,9 +186,13 @@ class LMM:
             mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
             pos = pos + 1
             step_inputs = {"input_ids": target[:, step : step + 1], "attention_mask": mask,
-                           "past_key_values": cache, "use_cache": True,
-                           "cache_position": torch.tensor([mask.shape[1] - 1], device=mask.device)}
-            if self.family not in _OWN_POSITIONS:
+                           "past_key_values": cache, "use_cache": True}
+            if self.family in _OWN_POSITIONS:
+                # multimodal RoPE: text position + the offset the prompt pass stored
+                deltas = getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
+                deltas = deltas if deltas is not None else torch.zeros_like(pos[:, None])
+                step_inputs["position_ids"] = (pos[:, None] + deltas.to(pos.device))[None].expand(3, -1, -1)
+            else:
                 step_inputs["position_ids"] = pos[:, None]
             out = self.model(**step_inputs)
             cache = out.past_key_values

@@ -1,0 +1,60 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)
+
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """Build each tiny family once per test session."""
+    from stv.testing import build
+
+    cache: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in cache:
+            cache[family] = str(build(family, tmp_path_factory.mktemp(family)))
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def lmm_of(family_dir):
+    import stv
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = stv.load_model(family_dir(family))
+        return cache[family]
+
+    return get
+
+
+def random_image(seed: int, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8"))
+
+
+def prompt(lmm, n_images: int, words: str, seed: int = 0):
+    """An interleaved prompt with n_images images (text-only models get text only)."""
+    if not lmm.is_multimodal:
+        return [words + " " + " ".join(["x"] * n_images) + " Answer:"]
+    pieces = []
+    for i in range(n_images):
+        pieces += [f"item {i}:", random_image(seed + i)]
+    return pieces + [f" {words} Answer:"]

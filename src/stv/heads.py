@@ -209,7 +209,7 @@ def replace(
     """Overwrite head outputs at the last position with ``values``.
 
     ``values`` is ``(n_locations, head_dim)`` shared by all rows, or ``(batch, n_locations,
-    head_dim)`` per row. Under ``generate``, ``"every_step"`` edits the prompt's last token
+    head_dim)`` per row; a NaN vector leaves that head unchanged for that row. Under ``generate``, ``"every_step"`` edits the prompt's last token
     and every generated token (MTV's behaviour); ``"prompt_last"`` edits only the prompt
     pass. Outside ``generate`` every forward pass is edited (each one ends at a prompt's last
     token). Hooks are removed on exit, also after an exception.
@@ -224,6 +224,7 @@ def replace(
             f"{heads.head_dim}); got {tuple(values.shape)}"
         )
     groups = _by_layer(locs)
+    keep_nan = bool(torch.isnan(values).any())  # NaN rows mean "leave this head as it is"
     step = _Step()
     per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -245,7 +246,8 @@ def replace(
             x = x.clone()  # never write into a tensor we don't own
             last = x[:, -1].view(batch, heads.num_heads, heads.head_dim)
             for i, head in groups[layer]:
-                last[:, head] = v[..., i, :]
+                new = v[..., i, :].expand_as(last[:, head])
+                last[:, head] = torch.where(torch.isnan(new), last[:, head], new) if keep_nan else new
             return (x,) + tuple(args[1:])
 
         return hook

@@ -180,21 +180,65 @@ class LMM:
         mask = inputs["attention_mask"]
         out = self.model(**inputs, use_cache=True)
         yield out.logits[:, -1]
-        cache = out.past_key_values
-        pos = (mask.long().cumsum(-1) - 1)[:, -1]
+        cache, pos = out.past_key_values, (mask.long().cumsum(-1) - 1)[:, -1]
         for step in range(target.shape[1] - 1):
             mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
             pos = pos + 1
-            step_inputs = {"input_ids": target[:, step : step + 1], "attention_mask": mask,
-                           "past_key_values": cache, "use_cache": True}
-            if self.family in _OWN_POSITIONS:
-                # multimodal RoPE: text position + the offset the prompt pass stored
-                deltas = getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
-                deltas = deltas if deltas is not None else torch.zeros_like(pos[:, None])
-                step_inputs["position_ids"] = (pos[:, None] + deltas.to(pos.device))[None].expand(3, -1, -1)
-            else:
-                step_inputs["position_ids"] = pos[:, None]
-            out = self.model(**step_inputs)
+            out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos))
             cache = out.past_key_values
             yield out.logits[:, -1]
 
+    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, pos: torch.Tensor) -> dict:
+        """Inputs for one more token per row after a cached prefix (text position ``pos``)."""
+        inputs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        if self.family in _OWN_POSITIONS:
+            # multimodal RoPE: text position + the offset the prefix pass stored
+            deltas = getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
+            deltas = deltas if deltas is not None else torch.zeros_like(pos[:, None])
+            if deltas.shape[0] != pos.shape[0]:
+                deltas = deltas.repeat_interleave(pos.shape[0] // deltas.shape[0], 0)
+            inputs["position_ids"] = (pos[:, None] + deltas.to(pos.device))[None].expand(3, -1, -1)
+        else:
+            inputs["position_ids"] = pos[:, None]
+        return inputs
+
+    # ------------------------------------------------------ prefix-cached scoring
+    @torch.inference_mode()
+    def prefix(self, prompts: Sequence[Prompt], mode: Render = "raw") -> "Prefix":
+        """Run every prompt but its last token once, keeping the KV cache.
+
+        Interventions only touch the last position, so all candidates share this prefix:
+        :meth:`last_token_logits` then scores many candidates as one batch.
+        """
+        inputs = self.prepare(prompts, mode)
+        last = inputs["input_ids"][:, -1:]
+        if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
+            raise ValueError("prefix caching needs prompts that end in text, not in an image")
+        head = {k: (v[:, :-1] if v.dim() >= 2 and v.shape[:2] == inputs["input_ids"].shape else v)
+                for k, v in inputs.items()}
+        if "position_ids" in head and head["position_ids"].shape[-1] != inputs["input_ids"].shape[1] - 1:
+            head["position_ids"] = inputs["position_ids"][..., :-1]
+        out = self.model(**head, use_cache=True)
+        mask = inputs["attention_mask"]
+        return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1])
+
+    @torch.inference_mode()
+    def last_token_logits(self, prefix: "Prefix", repeats: int = 1) -> torch.Tensor:
+        """Next-token logits after each prompt's last token, each prompt repeated ``repeats``
+        times (rows ``q * repeats + s``), under whatever hooks are active. Consumes ``prefix``."""
+        cache = prefix.cache
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+        rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
+        inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos))
+        return self.model(**inputs).logits[:, -1].float()
+
+
+@dataclass
+class Prefix:
+    """KV cache of prompts without their last token, and what is needed to feed it."""
+
+    cache: Any
+    last_ids: torch.Tensor
+    mask: torch.Tensor
+    last_pos: torch.Tensor

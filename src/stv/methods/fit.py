@@ -1,0 +1,124 @@
+"""STV end to end: scan -> bank -> REINFORCE -> TaskVectors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.example import Example
+from ..heads import Location, replace
+from ..models import LMM
+from ..tasks import DIGITS, Task, sample_demos
+from ..vectors import TaskVectors
+from .bank import build_bank
+from .policy import PolicyResult, reinforce
+from .scan import ScanResult, sensitivity_scan
+
+
+@dataclass
+class STVConfig:
+    """Defaults from the paper and MTV's code (REFERENCE.md)."""
+
+    top_k: int = 64
+    clusters: int = 32
+    pairs: int = 100  # T query/context pairs of the scan (and bank size)
+    shots: int = 4  # S demonstrations per context
+    steps: int = 600
+    samples: int = 32
+    lr: float = 0.1
+    queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
+    keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
+    policy: str = "every_step"
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class FitState:
+    """Everything a fit produced, for reports and ablations."""
+
+    scan: ScanResult
+    locations: list[Location]
+    bank: torch.Tensor
+    policy: PolicyResult | None
+    timings: dict[str, float]
+
+
+def scan_pairs(train: Sequence[Example], task: Task, pairs: int, shots: int, rng: np.random.Generator):
+    queries = [train[i] for i in rng.choice(len(train), min(pairs, len(train)), replace=False)]
+    return [(task.prompt([], q), task.prompt(sample_demos(train, q, shots, rng), q)) for q in queries]
+
+
+def first_token_ids(lmm: LMM, examples: Sequence[Example]) -> torch.Tensor:
+    return torch.tensor([ids[0] for ids in lmm.answer_ids([e.answer for e in examples])])
+
+
+def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location],
+                 bank: torch.Tensor, queries_per_step: int, rng: np.random.Generator):
+    """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
+    zero-shot queries, every sample scored in one batch over a shared prefix cache."""
+
+    def reward(step: int, choices: torch.Tensor) -> torch.Tensor:
+        samples = choices.shape[0]
+        queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
+        values = bank[torch.arange(len(locations)), choices]  # (S, K, D)
+        rows = values.repeat(len(queries), 1, 1)  # row q*S + s -> sample s
+        prefix = lmm.prefix([task.prompt([], q) for q in queries])
+        with replace(lmm.model, lmm.heads, locations, rows):
+            logits = lmm.last_token_logits(prefix, repeats=samples)
+        target = first_token_ids(lmm, queries).repeat_interleave(samples)
+        logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
+        return logp.view(len(queries), samples).mean(0)
+
+    return reward
+
+
+def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, task: Task = DIGITS,
+        progress: bool = True, workdir=None) -> tuple[TaskVectors, FitState]:
+    """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
+    config = config or STVConfig()
+    if len(train) < config.shots + 1:
+        raise ValueError(f"need more than {config.shots} training examples, got {len(train)}")
+    rng = np.random.default_rng(config.seed)
+    timings = {}
+    t = time.perf_counter()
+    pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
+    scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress)
+    locations = scan.top_k(config.top_k)
+    timings["scan"] = time.perf_counter() - t
+    t = time.perf_counter()
+    bank = build_bank(scan.activations_at(locations), config.clusters, config.seed)
+    if config.keep_arm:
+        bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
+    timings["bank"] = time.perf_counter() - t
+    t = time.perf_counter()
+    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
+    policy = reinforce(reward, len(locations), bank.shape[1], config.steps, config.samples, config.lr,
+                       seed=config.seed, progress=progress)
+    timings["reinforce"] = time.perf_counter() - t
+    vectors = bank[torch.arange(len(locations)), policy.choice]
+    kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
+    loc_tensor = torch.tensor(locations, dtype=torch.long)
+    artifact = TaskVectors(loc_tensor[kept], vectors[kept], config=artifact_config(lmm, config, task, train),
+                           bank=torch.nan_to_num(bank), probabilities=policy.probabilities)
+    return artifact, FitState(scan, locations, bank, policy, timings)
+
+
+def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:
+    import hashlib
+
+    import transformers
+
+    from .. import __version__
+
+    fingerprint = hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in train).encode()).hexdigest()[:16]
+    return {"method": "stv", "model": lmm.name, "revision": lmm.revision, "family": lmm.family,
+            "architecture": type(lmm.model).__name__, "num_layers": lmm.heads.num_layers,
+            "num_heads": lmm.heads.num_heads, "dtype": str(lmm.dtype).replace("torch.", ""),
+            "policy": config.policy, "task": asdict(task), "hyperparameters": asdict(config),
+            "stv_version": __version__, "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__, "data_fingerprint": fingerprint, "train_examples": len(train)}

@@ -1,0 +1,80 @@
+"""Stage 1, where: the sensitivity scan.
+
+For T query/context pairs, each head's last-token output is recorded with and without the
+demonstrations; sensitivity(l, h) is the mean L2 norm of the difference. The with-context
+activations are streamed to a disk-backed array, so RAM never holds L*H*T vectors; the bank
+stage then reads only its top-K columns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..heads import Location, record
+from ..models import LMM, Prompt
+
+
+@dataclass
+class ScanResult:
+    sensitivity: torch.Tensor  # (layers, heads)
+    context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap
+
+    def top_k(self, k: int) -> list[Location]:
+        """The k most sensitive (layer, head) pairs, most sensitive first."""
+        flat = self.sensitivity.flatten()
+        k = min(k, flat.numel())
+        heads = self.sensitivity.shape[1]
+        return [(int(i) // heads, int(i) % heads) for i in torch.topk(flat, k).indices]
+
+    def activations_at(self, locations: Sequence[Location]) -> torch.Tensor:
+        """(T, K, head_dim) float32 with-context activations at the given locations."""
+        heads = self.sensitivity.shape[1]
+        columns = [layer * heads + head for layer, head in locations]
+        return torch.from_numpy(np.asarray(self.context_activations[:, columns], dtype=np.float32))
+
+
+def _record_batched(lmm: LMM, prompts: Sequence[Prompt], batch_size: int, sink, bar) -> None:
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        with record(lmm.heads) as rec, torch.inference_mode():
+            lmm.model(**lmm.prepare(chunk), use_cache=False)
+        sink(start, rec.values)
+        bar.update(len(chunk))
+
+
+def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_size: int = 8,
+                     workdir: str | Path | None = None, progress: bool = True) -> ScanResult:
+    """``pairs`` are (query alone, query with demonstrations) prompts."""
+    if not pairs:
+        raise ValueError("the sensitivity scan needs at least one query/context pair")
+    h = lmm.heads
+    n, width = len(pairs), h.num_layers * h.num_heads
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="stv-scan-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    context = np.lib.format.open_memmap(workdir / "context_activations.npy", mode="w+", dtype=np.float16,
+                                        shape=(n, width, h.head_dim))
+    query = torch.zeros(n, width, h.head_dim)  # query-only values are needed only for the deltas
+    bar = tqdm(total=2 * n, desc="sensitivity scan", disable=not progress)
+
+    def keep_query(start: int, values: torch.Tensor) -> None:
+        query[start : start + len(values)] = values
+
+    norms = torch.zeros(width)
+
+    def keep_context(start: int, values: torch.Tensor) -> None:
+        nonlocal norms
+        norms += (values - query[start : start + len(values)]).norm(dim=-1).sum(0)
+        context[start : start + len(values)] = values.numpy().astype(np.float16)
+
+    _record_batched(lmm, [q for q, _ in pairs], batch_size, keep_query, bar)
+    _record_batched(lmm, [c for _, c in pairs], batch_size, keep_context, bar)
+    bar.close()
+    context.flush()
+    return ScanResult((norms / n).view(h.num_layers, h.num_heads), context)

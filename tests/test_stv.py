@@ -1,0 +1,137 @@
+"""STV stages: scan, bank, REINFORCE, prefix-cached rewards, the artifact, and fit on every family."""
+
+import numpy as np
+import pytest
+import torch
+
+import stv
+from stv.data import Example, digit_examples
+from stv.heads import replace
+from stv.methods.bank import build_bank
+from stv.methods.fit import STVConfig, bank_rewards, first_token_ids, fit
+from stv.methods.policy import reinforce
+from stv.methods.scan import sensitivity_scan
+from stv.models import LMM
+from stv.tasks import DIGITS
+from stv.testing import FAMILIES, build_tokenizer
+from stv.vectors import ArtifactMismatchError, TaskVectors
+
+
+def _text_examples(n: int, seed: int = 0) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    words = ["even", "odd", "small", "big"]
+    return [Example(id=str(i), images=[], question=" ".join(rng.choice(list("abcdefgh"), 3)),
+                    answers=[words[i % 4]]) for i in range(n)]
+
+
+def test_scan_ranks_the_only_context_sensitive_head_first():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer([])
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+                                         pad_token_id=tok.pad_token_id)).eval()
+    # Every head but (layer 1, head 2) gets zero values, so only it can move with context.
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            v = layer.self_attn.v_proj.weight.view(4, 16, 64)
+            for h in range(4):
+                if (i, h) != (1, 2):
+                    v[h] = 0
+    lmm = LMM(model, tok, stv.HeadMap.from_model(model), name="constructed", family="llama")
+    examples = _text_examples(12)
+    pairs = [(DIGITS.prompt([], q), DIGITS.prompt(examples[:4], q)) for q in examples[4:]]
+    scan = sensitivity_scan(lmm, pairs, batch_size=3, progress=False)
+    assert scan.top_k(1) == [(1, 2)]
+    others = scan.sensitivity.clone()
+    others[1, 2] = 0
+    assert scan.sensitivity[1, 2] > 0.01 and others.abs().max() < 1e-6
+    assert scan.activations_at([(1, 2)]).shape == (8, 1, 16)
+
+
+def test_bank_shapes_determinism_and_centroids():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 10
+    data = torch.tensor(np.concatenate([c + rng.normal(size=(20, 8)) * 0.01 for c in centres]), dtype=torch.float32)
+    acts = torch.stack([data, data * 2], 1)  # (60, 2, 8)
+    bank = build_bank(acts, clusters=3, seed=1)
+    assert bank.shape == (2, 3, 8)
+    torch.testing.assert_close(bank, build_bank(acts, clusters=3, seed=1))
+    for c in centres:
+        assert (bank[0] - torch.tensor(c, dtype=torch.float32)).norm(dim=-1).min() < 0.05
+    assert build_bank(acts[:2], clusters=5).shape == (2, 2, 8)  # M capped at N
+
+
+@pytest.mark.parametrize("good_arm", [0, 1])
+def test_reinforce_moves_towards_the_rewarded_arm(good_arm):
+    result = reinforce(lambda step, choices: (choices[:, 0] == good_arm).float(), locations=1, arms=2,
+                       steps=40, samples=16, progress=False)
+    assert result.probabilities[0, good_arm] > 0.9 and result.choice[0] == good_arm
+    assert result.reward_curve[-1] > result.reward_curve[0]
+
+
+def test_reinforce_locations_are_independent():
+    # location 0 rewards arm 2, location 1 rewards arm 0
+    reward = lambda step, c: (c[:, 0] == 2).float() + (c[:, 1] == 0).float()  # noqa: E731
+    result = reinforce(reward, locations=2, arms=3, steps=60, samples=16, progress=False)
+    assert result.choice.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics2", "gemma3", "llama"])
+def test_prefix_cached_rewards_equal_naive_forward(lmm_of, family):
+    lmm = lmm_of(family)
+    train = digit_examples("parity_word")[:20] if lmm.is_multimodal else _text_examples(20)
+    locations = [(0, 1), (1, 3), (1, 0)]
+    bank = torch.randn(3, 4, lmm.heads.head_dim)
+    choices = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 0, 2]])
+    fast = bank_rewards(lmm, train, DIGITS, locations, bank, 2, np.random.default_rng(5))(0, choices)
+    queries = [train[i] for i in np.random.default_rng(5).choice(len(train), 2, replace=False)]
+    targets = first_token_ids(lmm, queries)
+    naive = []
+    for sample in choices:
+        values = bank[torch.arange(3), sample]
+        with replace(lmm.model, lmm.heads, locations, values):
+            logits = lmm.forward([DIGITS.prompt([], q) for q in queries])
+        naive.append(torch.log_softmax(logits, -1).gather(1, targets[:, None]).mean())
+    torch.testing.assert_close(fast, torch.stack(naive), atol=1e-4, rtol=0)
+
+
+def test_artifact_round_trip_and_mismatch(tmp_path, lmm_of):
+    lmm = lmm_of("llava")
+    vectors = TaskVectors(torch.tensor([[0, 1], [1, 2]]), torch.randn(2, lmm.heads.head_dim),
+                          config={"num_layers": 2, "num_heads": 4, "architecture": type(lmm.model).__name__},
+                          bank=torch.randn(2, 3, lmm.heads.head_dim), probabilities=torch.rand(2, 3))
+    vectors.save_pretrained(tmp_path / "tv")
+    loaded = TaskVectors.from_pretrained(tmp_path / "tv")
+    torch.testing.assert_close(loaded.vectors, vectors.vectors)
+    torch.testing.assert_close(loaded.bank, vectors.bank)
+    assert loaded.location_list() == [(0, 1), (1, 2)] and loaded.config["num_heads"] == 4
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["tv"]  # no temp dirs left behind
+    p = [DIGITS.prompt([], digit_examples("digit")[0])]
+    base = lmm.forward(p)
+    with loaded.apply(lmm):
+        assert (lmm.forward(p) - base).abs().max() > 1e-4
+    torch.testing.assert_close(lmm.forward(p), base)  # removed after the block
+    wrong_dim = TaskVectors(torch.tensor([[0, 1]]), torch.randn(1, 8), config={"model": "other"})
+    with pytest.raises(ArtifactMismatchError, match="head_dim 8"):
+        wrong_dim.check_model(lmm)
+    wrong_arch = TaskVectors(torch.tensor([[0, 1]]), torch.randn(1, 16), config={"num_layers": 32})
+    with pytest.raises(ArtifactMismatchError, match="num_layers 32"):
+        wrong_arch.check_model(lmm_of("llava"))
+    with pytest.raises(FileNotFoundError, match="holds no task vectors"):
+        TaskVectors.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
+    """Plumbing on every family (random weights): fit, save, load, generate with insertion."""
+    lmm = lmm_of(family)
+    train = digit_examples("parity_word")[:16] if lmm.is_multimodal else _text_examples(16)
+    config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    vectors, state = fit(lmm, train, config, progress=False)
+    assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.policy.reward_curve) == 2
+    vectors.save_pretrained(tmp_path / "tv")
+    loaded = TaskVectors.from_pretrained(tmp_path / "tv")
+    with loaded.apply(lmm):
+        out = lmm.generate([DIGITS.prompt([], train[0])], max_new_tokens=3)
+    assert len(out) == 1

@@ -159,7 +159,6 @@ def record(
     locs = heads.check(locations) if locations is not None else heads.all_locations()
     rec = Recording(locs)
     groups = _by_layer(locs)
-    n_done = {"calls": 0}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -175,7 +174,6 @@ def record(
             last = last.view(batch, heads.num_heads, heads.head_dim)
             idx = torch.tensor([h for _, h in groups[layer]], device=x.device)
             rec._parts[layer] = last.index_select(1, idx).detach().float().cpu()
-            n_done["calls"] += 1
 
         return hook
 

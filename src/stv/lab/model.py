@@ -1,7 +1,8 @@
 """The lab model's architecture, tokenizer, processor and prompt format.
 
-A stock ``LlavaForConditionalGeneration``: a 1-layer CLIP vision tower on 16x16 digit
-images (4 patch tokens each) and a 4-layer Llama decoder, 128 wide with 4 heads of 32
+A stock ``LlavaForConditionalGeneration``: a 1-layer CLIP vision tower that sees a 16x16
+digit as one patch (one image token per digit, which keeps episodes of 33 items short
+enough to train in minutes) and a 4-layer Llama decoder, 128 wide with 4 heads of 32
 (LAB-NOTES: heads narrower than 32 never learned to match a query against distant demos).
 Nothing in the pipeline treats it specially: it is saved with ``save_pretrained`` and
 loaded with ``stv.load_model`` like any user model.
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
 from ..data.digits import DIGIT_TASKS, RANDOM_LABELS
 
 LAB_CHECKPOINT = Path(__file__).parent / "checkpoint"
-IMAGE_SIZE, PATCH = 16, 8
+IMAGE_SIZE, PATCH = 16, 16
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
 SEP = "="
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
@@ -67,14 +66,6 @@ def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: in
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=tok.chat_template)
     return LlavaForConditionalGeneration(config), processor
-
-
-def episode_prompt(demos: list[tuple[Image.Image, str]], query: Image.Image) -> list:
-    """Prompt pieces for k demonstrations then a query: ``<img> = ans <img> = ans ... <img> =``."""
-    pieces: list = []
-    for image, answer in demos:
-        pieces += [image, f" {SEP} {answer} "]
-    return pieces + [query, f" {SEP}"]
 
 
 def load_lab(path: str | Path | None = None, **kwargs):

@@ -29,11 +29,11 @@ class LabConfig:
     steps: int = 1500
     batch: int = 32
     items: int = 33
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     aux_steps: int = 300
-    random_mapping_share: float = 0.5
+    random_mapping_share: float = 0.25
     hidden: int = 128
     layers: int = 4
     heads: int = 4

@@ -84,12 +84,21 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     if len(train) < config.shots + 1:
         raise ValueError(f"need more than {config.shots} training examples, got {len(train)}")
     rng = np.random.default_rng(config.seed)
-    timings = {}
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
     scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress)
-    locations = scan.top_k(config.top_k)
-    timings["scan"] = time.perf_counter() - t
+    scan_seconds = time.perf_counter() - t
+    artifact, state = fit_at(lmm, train, config, task, scan, scan.top_k(config.top_k), rng, progress)
+    state.timings = {"scan": scan_seconds, **state.timings}
+    return artifact, state
+
+
+def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, scan: ScanResult,
+           locations: Sequence[Location], rng: np.random.Generator, progress: bool = True
+           ) -> tuple[TaskVectors, FitState]:
+    """Bank + REINFORCE at given locations (STV's top-K, or random heads for the ablation)."""
+    locations = list(locations)
+    timings = {}
     t = time.perf_counter()
     bank = build_bank(scan.activations_at(locations), config.clusters, config.seed)
     if config.keep_arm:

@@ -29,14 +29,17 @@ class PolicyResult:
 
 
 def reinforce(reward_fn: RewardFn, locations: int, arms: int, steps: int = 600, samples: int = 32,
-              lr: float = 0.1, eps: float = 1e-3, seed: int = 0, progress: bool = True) -> PolicyResult:
-    """Independent softmax policies (zero-initialised logits), REINFORCE with a normalised baseline.
+              lr: float = 0.1, eps: float = 1e-3, seed: int = 0, progress: bool = True,
+              init_logits: torch.Tensor | None = None) -> PolicyResult:
+    """Independent softmax policies (zero-initialised logits unless ``init_logits``), REINFORCE
+    with a normalised baseline.
 
     Each step samples ``samples`` joint choices, advantage = (r - mean) / (std + eps),
     loss = -mean(advantage * log pi(choice)), Adam.
     """
     gen = torch.Generator().manual_seed(seed)
-    logits = torch.zeros(locations, arms, requires_grad=True)
+    start = torch.zeros(locations, arms) if init_logits is None else init_logits.float().expand(locations, arms)
+    logits = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     result = PolicyResult(logits.detach())
     bar = tqdm(range(steps), desc="REINFORCE", disable=not progress)

@@ -114,7 +114,8 @@ class LMM:
         else:
             inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
         inputs = dict(inputs)
-        inputs.pop("token_type_ids", None) if self.family not in ("gemma3",) else None
+        if self.family != "gemma3":  # Gemma3 needs token_type_ids (bidirectional image attention)
+            inputs.pop("token_type_ids", None)
         if positions and self.family not in _OWN_POSITIONS:
             mask = inputs["attention_mask"]
             inputs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)

@@ -1,0 +1,83 @@
+"""MTV (Huang et al. 2024) as its code does it, without its bugs (bias dropped, batch row -1).
+
+Mean last-token activations of every head over N many-shot prompts; one Bernoulli policy per
+head (logit -1, keep-probability 0.269) trained with REINFORCE on the first answer token's
+cross-entropy with the kept heads replaced by their means; then 10 masks sampled from the
+trained probabilities and the one with the lowest mean cost on held-out training items kept.
+A Bernoulli with logit -1 is a two-arm softmax with logits (0, -1), so the shared
+:func:`reinforce` serves both methods.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.example import Example
+from ..heads import record
+from ..models import LMM
+from ..tasks import DIGITS, Task, sample_demos
+from ..vectors import TaskVectors
+from .fit import artifact_config, bank_rewards
+from .policy import reinforce
+
+
+@dataclass
+class MTVConfig:
+    prompts: int = 100  # N prompts for the mean activations
+    shots: int = 4
+    steps: int = 600
+    samples: int = 32
+    lr: float = 0.1
+    init_logit: float = -1.0
+    queries_per_step: int = 1
+    final_masks: int = 10
+    final_items: int = 50
+    batch_size: int = 8
+    policy: str = "every_step"
+    seed: int = 0
+
+
+def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: int, shots: int,
+                     batch_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Running mean of every head's last-token output over many-shot prompts: (L*H, head_dim)."""
+    queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
+    total, count = None, 0
+    for start in range(0, len(queries), batch_size):
+        chunk = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries[start : start + batch_size]]
+        with record(lmm.heads) as rec, torch.inference_mode():
+            lmm.model(**lmm.prepare(chunk), use_cache=False)
+        total = rec.values.sum(0) if total is None else total + rec.values.sum(0)
+        count += len(chunk)
+    return total / count
+
+
+def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task = DIGITS,
+            progress: bool = True) -> tuple[TaskVectors, dict]:
+    config = config or MTVConfig()
+    rng = np.random.default_rng(config.seed)
+    t = time.perf_counter()
+    means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng)
+    t_means = time.perf_counter() - t
+    locations = lmm.heads.all_locations()
+    # arm 0 = leave the head alone (NaN), arm 1 = write its mean
+    bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D)
+    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
+    t = time.perf_counter()
+    policy = reinforce(reward, len(locations), 2, config.steps, config.samples, config.lr, seed=config.seed,
+                       progress=progress, init_logits=torch.tensor([0.0, config.init_logit]))
+    t_search = time.perf_counter() - t
+    keep_prob = policy.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
+    gen = torch.Generator().manual_seed(config.seed)
+    masks = torch.bernoulli(keep_prob.expand(config.final_masks, -1), generator=gen).long()
+    held_out = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
+    best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost
+    loc_tensor = torch.tensor(locations, dtype=torch.long)
+    cfg = artifact_config(lmm, config, task, train)
+    cfg["method"] = "mtv"
+    vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=policy.probabilities)
+    return vectors, {"timings": {"means": t_means, "search": t_search}, "policy": policy}

@@ -35,8 +35,8 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("parity_word", "size_word", "parity_AB", "big_AB")
     seeds: tuple[int, ...] = (0, 1, 2)
     test_per_task: int = 200
-    # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64.
-    stv: STVConfig = field(default_factory=lambda: STVConfig(top_k=4, clusters=16, pairs=100, shots=16, steps=300,
+    # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
+    stv: STVConfig = field(default_factory=lambda: STVConfig(top_k=8, clusters=16, pairs=100, shots=16, steps=300,
                                                              samples=32, queries_per_step=2, batch_size=25))
     mtv: MTVConfig = field(default_factory=lambda: MTVConfig(prompts=100, shots=16, steps=300, samples=32,
                                                              queries_per_step=2, batch_size=25))
@@ -44,7 +44,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(tasks=("parity_word", "parity_AB"), seeds=(0,), test_per_task=100,
-                   stv=STVConfig(top_k=4, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2,
+                   stv=STVConfig(top_k=8, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2,
                                  batch_size=20),
                    mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20))
 

@@ -28,6 +28,8 @@ _PLACEHOLDERS = {
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
 }
+# Inputs with one entry per token (sliced when the last token is held back).
+_PER_TOKEN = {"input_ids", "attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids"}
 # Families that compute their own (multimodal rotary) position ids from the attention mask.
 _OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 
@@ -215,10 +217,7 @@ class LMM:
         last = inputs["input_ids"][:, -1:]
         if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
             raise ValueError("prefix caching needs prompts that end in text, not in an image")
-        head = {k: (v[:, :-1] if v.dim() >= 2 and v.shape[:2] == inputs["input_ids"].shape else v)
-                for k, v in inputs.items()}
-        if "position_ids" in head and head["position_ids"].shape[-1] != inputs["input_ids"].shape[1] - 1:
-            head["position_ids"] = inputs["position_ids"][..., :-1]
+        head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
         out = self.model(**head, use_cache=True)
         mask = inputs["attention_mask"]
         return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1])

@@ -135,3 +135,45 @@ def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
     with loaded.apply(lmm):
         out = lmm.generate([DIGITS.prompt([], train[0])], max_new_tokens=3)
     assert len(out) == 1
+
+
+def test_fit_resumes_a_finished_scan(tmp_path, lmm_of):
+    lmm = lmm_of("llava")
+    train = digit_examples("size_word")[:16]
+    config = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    first, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+    calls = []
+    handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        again, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+    finally:
+        handle.remove()
+    # only REINFORCE ran (a prefix pass and a last-token pass per step), no scan passes
+    assert len(calls) == 2 * config.steps
+    torch.testing.assert_close(first.vectors, again.vectors)
+    changed = STVConfig(**{**config.__dict__, "seed": 1})
+    calls.clear()
+    handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        fit(lmm, train, changed, progress=False, workdir=tmp_path)
+    finally:
+        handle.remove()
+    assert len(calls) > 2 * config.steps  # a different seed means a different scan
+
+
+def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
+    from stv.cli import main
+
+    model = family_dir("idefics3")
+    args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), "--top-k", "2",
+            "--clusters", "2", "--pairs", "4", "--shots", "2", "--steps", "2", "--samples", "4"]
+    assert main(["fit", *args]) == 0
+    assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
+    assert main(["eval", "--model", model, "--dataset", "digits:parity_AB", "--vectors", str(tmp_path / "run"),
+                 "--limit", "4"]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+    assert main(["eval", "--model", family_dir("llava"), "--dataset", "digits:parity_AB", "--vectors",
+                 str(tmp_path / "run"), "--limit", "4"]) == 2
+    assert "fitted on" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown task"):
+        main(["eval", "--model", model, "--dataset", "digits:nope"])

@@ -236,16 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     _quiet_transformers()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    return args.func(args)
+    from .heads import HeadDiscoveryError
+    from .models import ModelLoadError
+    from .vectors import ArtifactMismatchError
+
+    try:
+        return args.func(args)
+    except (ModelLoadError, HeadDiscoveryError, ArtifactMismatchError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -86,7 +88,9 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
-    scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress)
+    key = json.dumps([lmm.name, lmm.revision, data_fingerprint(train), asdict(task), config.pairs, config.shots,
+                      config.seed])
+    scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress, key=key)
     scan_seconds = time.perf_counter() - t
     artifact, state = fit_at(lmm, train, config, task, scan, scan.top_k(config.top_k), rng, progress)
     state.timings = {"scan": scan_seconds, **state.timings}
@@ -117,14 +121,16 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     return artifact, FitState(scan, locations, bank, policy, timings)
 
 
-def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:
-    import hashlib
+def data_fingerprint(train: Sequence[Example]) -> str:
+    return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in train).encode()).hexdigest()[:16]
 
+
+def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:
     import transformers
 
     from .. import __version__
 
-    fingerprint = hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in train).encode()).hexdigest()[:16]
+    fingerprint = data_fingerprint(train)
     return {"method": "stv", "model": lmm.name, "revision": lmm.revision, "family": lmm.family,
             "architecture": type(lmm.model).__name__, "num_layers": lmm.heads.num_layers,
             "num_heads": lmm.heads.num_heads, "dtype": str(lmm.dtype).replace("torch.", ""),

@@ -8,6 +8,8 @@ stage then reads only its top-K columns.
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +52,24 @@ def _record_batched(lmm: LMM, prompts: Sequence[Prompt], batch_size: int, sink, 
 
 
 def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_size: int = 8,
-                     workdir: str | Path | None = None, progress: bool = True) -> ScanResult:
-    """``pairs`` are (query alone, query with demonstrations) prompts."""
+                     workdir: str | Path | None = None, progress: bool = True, key: str | None = None) -> ScanResult:
+    """``pairs`` are (query alone, query with demonstrations) prompts.
+
+    With a ``workdir`` and a ``key`` (what the scan depends on), a finished scan stored there
+    under the same key is loaded instead of recomputed, so a killed fit resumes after it.
+    """
     if not pairs:
         raise ValueError("the sensitivity scan needs at least one query/context pair")
     h = lmm.heads
     n, width = len(pairs), h.num_layers * h.num_heads
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="stv-scan-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    done = workdir / "scan.json"
+    if key is not None and done.is_file():
+        stored = json.loads(done.read_text())
+        if stored.get("key") == key:
+            context = np.load(workdir / "context_activations.npy", mmap_mode="r")
+            return ScanResult(torch.tensor(stored["sensitivity"]), context)
     context = np.lib.format.open_memmap(workdir / "context_activations.npy", mode="w+", dtype=np.float16,
                                         shape=(n, width, h.head_dim))
     query = torch.zeros(n, width, h.head_dim)  # query-only values are needed only for the deltas
@@ -77,4 +89,9 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     _record_batched(lmm, [c for _, c in pairs], batch_size, keep_context, bar)
     bar.close()
     context.flush()
-    return ScanResult((norms / n).view(h.num_layers, h.num_heads), context)
+    sensitivity = (norms / n).view(h.num_layers, h.num_heads)
+    if key is not None:  # written last and atomically: its presence means the scan finished
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "sensitivity": sensitivity.tolist()}))
+        os.replace(tmp, done)
+    return ScanResult(sensitivity, context)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from stv.data import DIGIT_TASKS, digit_examples, digit_images
+from stv.data import DIGIT_TASKS, Example, digit_examples, digit_images
 from stv.lab.model import IMAGE_TOKENS, LAB_CHECKPOINT, SEP, build_lab_model
 from stv.lab.train import EpisodeSampler, LabConfig, train_lab
 from stv.models import LMM
@@ -45,9 +45,8 @@ def test_training_layout_matches_the_processor():
     ids = batch["input_ids"][0]
     answers = [processor.tokenizer.convert_ids_to_tokens(int(a)) for a in batch["answers"][0]]
     images = [d.image(int(i)) for i in batch["images"]]
-    prompt = DIGITS.prompt([type("E", (), {"images": [im], "question": "", "answer": a})() for im, a in
-                            zip(images[:2], answers[:2])], type("E", (), {"images": [images[2]], "question": "",
-                                                                          "answer": answers[2]})())
+    items = [Example(id=str(i), images=[im], question="", answers=[a]) for i, (im, a) in enumerate(zip(images, answers))]
+    prompt = DIGITS.prompt(items[:2], items[2])
     lmm = LMM(model, processor, None, family="llava")
     made = lmm.prepare([prompt], positions=False)["input_ids"][0]
     per_item = IMAGE_TOKENS + 2

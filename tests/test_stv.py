@@ -86,7 +86,7 @@ def test_prefix_cached_rewards_equal_naive_forward(lmm_of, family):
     choices = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 0, 2]])
     fast = bank_rewards(lmm, train, DIGITS, locations, bank, 2, np.random.default_rng(5))(0, choices)
     queries = [train[i] for i in np.random.default_rng(5).choice(len(train), 2, replace=False)]
-    targets = first_token_ids(lmm, queries)
+    targets = first_token_ids(lmm, queries, DIGITS)
     naive = []
     for sample in choices:
         values = bank[torch.arange(3), sample]

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .data.example import Example
 from .models import LMM
+from .methods.fit import first_token_ids
 from .tasks import Task, sample_demos
 
 
@@ -25,7 +26,7 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
     """
     rng = np.random.default_rng(seed)
     prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
-    targets = torch.tensor([ids[0] for ids in lmm.answer_ids([e.answer for e in examples])])
+    targets = first_token_ids(lmm, examples, task)
     correct = 0
     with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext():
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):

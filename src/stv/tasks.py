@@ -1,13 +1,23 @@
-"""Per-dataset prompt templates: how demonstrations and a query become one prompt."""
+"""Per-dataset prompt templates: how demonstrations and a query become one prompt, what the
+model should answer, and how its answer is scored.
+
+Defaults follow MTV's code (REFERENCE.md): VizWiz has an instruction and
+``<image>{question} Answer: {answer}`` shots; OK-VQA has no instruction and no space after
+``Answer:`` in its shots; Flowers/CUB/DTD are 2-way multiple choice answered with a letter.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from .data.example import Example
+
+VIZWIZ_INSTRUCTION = ("Understand the given examples, then answer the question about the image with a short phrase. "
+                      "If the question can not be answered, respond unanswerable.\n")
 
 
 @dataclass(frozen=True)
@@ -18,11 +28,21 @@ class Task:
     shot: str = "{question} = {answer} "
     query: str = "{question} ="
     instruction: str = ""
+    metric: str = "exact"  # vqa | vizwiz | choice | exact
+    answer_prefix: str = " "  # what precedes the answer in a shot ("Answer: yes" -> " ")
+
+    def target(self, example: Example) -> str:
+        """What the model should say for ``example`` (teacher forcing, rewards, scoring)."""
+        return example.answer
+
+    def continuation(self, example: Example) -> str:
+        """The answer as it continues the query prompt, for tokenizing the first answer token."""
+        return self.answer_prefix + self.target(example)
 
     def _pieces(self, example: Example, template: str) -> list:
         """The example's images first, then its text (the MTV layout: <image>{question} Answer:)."""
-        text = template.format(question=example.question, answer=example.answer if "{answer}" in template else "")
-        return [*example.images, text]
+        text = template.format(question=example.question, answer=self.target(example) if "{answer}" in template else "")
+        return [*example.pil_images(), text]
 
     def prompt(self, demos: Sequence[Example], query: Example) -> list:
         pieces: list = [self.instruction] if self.instruction else []
@@ -31,8 +51,62 @@ class Task:
         return pieces + self._pieces(query, self.query)
 
 
-# The lab's layout: "<img> = ans <img> = ans ... <img> =" (questions are empty).
-DIGITS = Task("digits", shot="{question} = {answer} ", query="{question} =")
+def _coin(key: str) -> bool:
+    return hashlib.sha256(key.encode()).digest()[0] % 2 == 0
+
+
+@dataclass(frozen=True)
+class ChoiceTask(Task):
+    """2-way multiple choice: "What is the type of X in the image? A.{x} B.{y} ... Answer: A".
+
+    The wrong option is the record's negative (MTV files) or another class chosen from the
+    query's id; the order of the two options is a coin flip seeded by the id, so a prompt is
+    the same every time it is built.
+    """
+
+    suffix: str = "\nAnswer with the option's letter from the given choice directly. Answer:"
+
+    def options(self, example: Example) -> tuple[str, str]:
+        right = example.answer
+        if example.choices and len(example.choices) == 2 and right in example.choices:
+            wrong = [c for c in example.choices if c != right][0]
+        else:
+            others = [c for c in (example.choices or []) if c != right]
+            if not others:
+                raise ValueError(f"example {example.id!r} has no other class to offer as the wrong option")
+            wrong = others[int(hashlib.sha256(example.id.encode()).hexdigest(), 16) % len(others)]
+        return (right, wrong) if _coin(example.id) else (wrong, right)
+
+    def target(self, example: Example) -> str:
+        return "A" if self.options(example)[0] == example.answer else "B"
+
+    def _pieces(self, example: Example, template: str) -> list:
+        a, b = self.options(example)
+        text = f"{example.question} A.{a} B.{b}{self.suffix}"
+        if template is self.shot:
+            text += f" {self.target(example)}\n"
+        return [*example.pil_images(), text]
+
+
+TASKS: dict[str, Task] = {
+    "digits": Task("digits", shot="{question} = {answer} ", query="{question} =", metric="exact"),
+    "vizwiz": Task("vizwiz", shot="{question} Answer: {answer}\n", query="{question} Answer:",
+                   instruction=VIZWIZ_INSTRUCTION, metric="vizwiz"),
+    "okvqa": Task("okvqa", shot="{question} Answer:{answer}\n", query="{question} Answer:", metric="vqa",
+                  answer_prefix=""),
+    "choice": ChoiceTask("choice", metric="choice"),
+    "jsonl": Task("jsonl", shot="{question} Answer: {answer}\n", query="{question} Answer:", metric="vqa"),
+}
+DIGITS = TASKS["digits"]
+
+
+def support_demos(query: Example) -> list[Example]:
+    """MTV's 1-shot support (one positive, one negative) of a 2-way record, as Examples."""
+    out = []
+    for i, (image, label) in enumerate(query.metadata.get("support", [])):
+        out.append(Example(id=f"{query.id}-support{i}", images=[image], question=query.question, answers=[label],
+                           choices=list(query.choices or [])))
+    return out
 
 
 def sample_demos(pool: Sequence[Example], query: Example, shots: int, rng: np.random.Generator) -> list[Example]:

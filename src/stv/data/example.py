@@ -1,11 +1,37 @@
-"""The one record every loader produces."""
+"""The one record every loader produces, with images opened only when a prompt needs them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Union
 
 from PIL import Image
+
+
+class DataError(ValueError):
+    """A dataset file or record is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class LazyImage:
+    """An image file opened on first use; a missing or corrupt file names itself and its record."""
+
+    path: Path
+    record: str = ""
+
+    def load(self) -> Image.Image:
+        try:
+            with Image.open(self.path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"image {self.path} of record {self.record!r} does not exist; check the data root") from None
+        except OSError as err:
+            raise DataError(f"image {self.path} of record {self.record!r} cannot be read ({err}); "
+                            "re-download or remove that record") from None
+
+
+ImageLike = Union[Image.Image, LazyImage]
 
 
 @dataclass
@@ -13,7 +39,7 @@ class Example:
     """One question about zero or more images, with its reference answer(s)."""
 
     id: str
-    images: list[Image.Image]
+    images: list[ImageLike]
     question: str
     answers: list[str]
     choices: list[str] | None = None
@@ -23,3 +49,6 @@ class Example:
     def answer(self) -> str:
         """The answer used for teacher forcing and demonstrations (the first reference)."""
         return self.answers[0]
+
+    def pil_images(self) -> list[Image.Image]:
+        return [im.load() if isinstance(im, LazyImage) else im for im in self.images]

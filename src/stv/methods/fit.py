@@ -55,8 +55,9 @@ def scan_pairs(train: Sequence[Example], task: Task, pairs: int, shots: int, rng
     return [(task.prompt([], q), task.prompt(sample_demos(train, q, shots, rng), q)) for q in queries]
 
 
-def first_token_ids(lmm: LMM, examples: Sequence[Example]) -> torch.Tensor:
-    return torch.tensor([ids[0] for ids in lmm.answer_ids([e.answer for e in examples])])
+def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.Tensor:
+    """The first token of each target answer as it continues the query prompt."""
+    return torch.tensor([ids[0] for ids in lmm.answer_ids([task.continuation(e) for e in examples])])
 
 
 def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location],
@@ -72,7 +73,7 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
         prefix = lmm.prefix([task.prompt([], q) for q in queries])
         with replace(lmm.model, lmm.heads, locations, rows):
             logits = lmm.last_token_logits(prefix, repeats=samples)
-        target = first_token_ids(lmm, queries).repeat_interleave(samples)
+        target = first_token_ids(lmm, queries, task).repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
         return logp.view(len(queries), samples).mean(0)
 

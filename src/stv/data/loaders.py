@@ -1,0 +1,218 @@
+"""Loaders for the paper's datasets (original files or Hugging Face parquet) and JSONL.
+
+Every loader returns ``list[Example]``; images are :class:`LazyImage` (opened when a prompt
+is built), so loading a split reads only the annotation files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from .example import DataError, Example, LazyImage
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; point --root at the dataset folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err})") from None
+
+
+def majority_first(answers: list[str]) -> list[str]:
+    """The 10 annotator answers with the most common one first (demonstrations use it)."""
+    if not answers:
+        return answers
+    top = Counter(answers).most_common(1)[0][0]
+    rest = list(answers)
+    rest.remove(top)
+    return [top, *rest]
+
+
+# ----------------------------------------------------------------------------- VQA
+def load_vizwiz(root: str | Path, split: str = "val") -> list[Example]:
+    """``root/{split}.json`` (official annotations) with images in ``root/{split}/``."""
+    root = Path(root)
+    records = _read_json(root / f"{split}.json")
+    out = []
+    for i, r in enumerate(records):
+        if "image" not in r or "question" not in r:
+            raise DataError(f"{root / f'{split}.json'} record {i} lacks 'image' or 'question'")
+        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in r.get("answers", [])]
+        out.append(Example(id=r["image"], images=[LazyImage(root / split / r["image"], r["image"])],
+                           question=r["question"], answers=majority_first(answers),
+                           metadata={"answer_type": r.get("answer_type"), "answerable": r.get("answerable")}))
+    return out
+
+
+def load_okvqa(root: str | Path, split: str = "val") -> list[Example]:
+    """VQA-format questions + annotations; COCO 2014 images in ``root/{split}2014/``."""
+    root = Path(root)
+    questions = _read_json(root / f"OpenEnded_mscoco_{split}2014_questions.json")["questions"]
+    annotations = {a["question_id"]: a for a in _read_json(root / f"mscoco_{split}2014_annotations.json")["annotations"]}
+    out = []
+    for q in questions:
+        ann = annotations.get(q["question_id"])
+        if ann is None:
+            raise DataError(f"question {q['question_id']} has no annotation in mscoco_{split}2014_annotations.json")
+        image = root / f"{split}2014" / f"COCO_{split}2014_{int(q['image_id']):012d}.jpg"
+        out.append(Example(id=str(q["question_id"]), images=[LazyImage(image, str(q["question_id"]))],
+                           question=q["question"], answers=majority_first([a["answer"] for a in ann["answers"]]),
+                           metadata={"answer_type": ann.get("answer_type"), "question_type": ann.get("question_type")}))
+    return out
+
+
+def load_jsonl(path: str | Path, root: str | Path | None = None) -> list[Example]:
+    """Generic JSONL: ``{"id"|"question_id", "image"|"images", "question", "answer"|"answers", "choices"?}``."""
+    path = Path(path)
+    root = Path(root) if root else path.parent
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n} is not valid JSON ({err})") from None
+        rid = str(r.get("id", r.get("question_id", n)))
+        images = r.get("images", [r["image"]] if "image" in r else [])
+        answers = r.get("answers", [r["answer"]] if "answer" in r else None)
+        if answers is None or "question" not in r:
+            raise DataError(f"{path}:{n} needs 'question' and 'answer' (or 'answers')")
+        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
+        out.append(Example(id=rid, images=[LazyImage(root / im, rid) for im in images], question=r["question"],
+                           answers=majority_first(answers), choices=r.get("choices"),
+                           metadata={k: v for k, v in r.items() if k not in ("image", "images", "question")}))
+    return out
+
+
+# ---------------------------------------------------------------- classification
+def _classification(items: list[tuple[Path, str]], kind: str, ids: list[str]) -> list[Example]:
+    names = sorted({label for _, label in items})
+    return [Example(id=i, images=[LazyImage(p, i)], question=f"What is the type of {kind} in the image?",
+                    answers=[label], choices=names, metadata={"class": label, "kind": kind})
+            for i, (p, label) in zip(ids, items)]
+
+
+def load_dtd(root: str | Path, split: str = "test", fold: int = 1) -> list[Example]:
+    """``root/images/<class>/<file>.jpg`` with ``root/labels/{split}{fold}.txt``."""
+    root = Path(root)
+    listing = root / "labels" / f"{split}{fold}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing} does not exist; DTD splits are labels/{{train,val,test}}{{1..10}}.txt")
+    rel = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    items = [(root / "images" / r, r.split("/")[0].replace("_", " ")) for r in rel]
+    return _classification(items, "texture", rel)
+
+
+def load_flowers102(root: str | Path, split: str = "test", names: list[str] | None = None) -> list[Example]:
+    """``root/jpg/image_%05d.jpg``, ``imagelabels.mat`` and ``setid.mat`` (labels 1..102).
+
+    The original files carry no class names: pass ``names`` (102, in label order) or put
+    them one per line in ``root/class_names.txt``; otherwise "flower N" is used.
+    """
+    from scipy.io import loadmat
+
+    root = Path(root)
+    for f in ("imagelabels.mat", "setid.mat"):
+        if not (root / f).is_file():
+            raise DataError(f"{root / f} does not exist")
+    labels = loadmat(root / "imagelabels.mat")["labels"].ravel()
+    key = {"train": "trnid", "val": "valid", "test": "tstid"}[split]
+    ids = loadmat(root / "setid.mat")[key].ravel()
+    if names is None and (root / "class_names.txt").is_file():
+        names = [n.strip() for n in (root / "class_names.txt").read_text().splitlines() if n.strip()]
+    name_of = (lambda k: names[k - 1]) if names else (lambda k: f"flower {k}")  # noqa: E731
+    items = [(root / "jpg" / f"image_{int(i):05d}.jpg", name_of(int(labels[int(i) - 1]))) for i in ids]
+    return _classification(items, "flower", [f"image_{int(i):05d}" for i in ids])
+
+
+def load_cub(root: str | Path, split: str = "test") -> list[Example]:
+    """CUB-200-2011: images.txt, classes.txt, image_class_labels.txt, train_test_split.txt."""
+    root = Path(root)
+
+    def table(name: str) -> dict[str, str]:
+        path = root / name
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; --root must be the CUB_200_2011 folder")
+        return dict(line.split(" ", 1) for line in path.read_text().splitlines() if line.strip())
+
+    images, classes = table("images.txt"), table("classes.txt")
+    labels, is_train = table("image_class_labels.txt"), table("train_test_split.txt")
+    want = "1" if split == "train" else "0"
+    ids = [i for i in images if is_train[i].strip() == want]
+    clean = lambda c: c.split(".", 1)[-1].replace("_", " ")  # noqa: E731  "001.Black_footed_Albatross"
+    items = [(root / "images" / images[i].strip(), clean(classes[labels[i].strip()].strip())) for i in ids]
+    return _classification(items, "bird", ids)
+
+
+def load_mtv_choice(path: str | Path, root: str | Path, kind: str) -> list[Example]:
+    """MTV's 2-way 1-shot records ``{pos, neg, query, pos_label, neg_label}`` (paths relative to root)."""
+    records = _read_json(Path(path))
+    root = Path(root)
+    out = []
+    for i, r in enumerate(records):
+        missing = {"pos", "neg", "query", "pos_label", "neg_label"} - set(r)
+        if missing:
+            raise DataError(f"{path} record {i} lacks {sorted(missing)}")
+        rid = str(r.get("id", i))
+        out.append(Example(id=rid, images=[LazyImage(root / r["query"], rid)],
+                           question=f"What is the type of {kind} in the image?", answers=[r["pos_label"]],
+                           choices=[r["pos_label"], r["neg_label"]],
+                           metadata={"class": r["pos_label"], "kind": kind,
+                                     "support": [(LazyImage(root / r["pos"], rid), r["pos_label"]),
+                                                 (LazyImage(root / r["neg"], rid), r["neg_label"])]}))
+    return out
+
+
+# ------------------------------------------------------------------ Hugging Face
+HF_REPOS = {"vizwiz": "lmms-lab/VizWiz-VQA", "okvqa": "lmms-lab/OK-VQA", "dtd": "tanganke/dtd",
+            "flowers102": "nelorth/oxford-flowers", "cub": "bentrevett/caltech-ucsd-birds-200-2011"}
+_KINDS = {"dtd": "texture", "flowers102": "flower", "cub": "bird"}
+
+
+def load_hf(name: str, split: str, repo: str | None = None, data_files=None) -> list[Example]:
+    """A dataset from its Hugging Face parquet repo (needs ``pip install stv[datasets]``).
+
+    Class names come from the ``label`` feature's names, looked up by label id, never by
+    position in a sorted list (nelorth/oxford-flowers sorts its names as strings).
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'stv[datasets]'") from None
+    if data_files is not None:
+        ds = datasets.load_dataset("parquet", data_files=data_files, split=split)
+    else:
+        ds = datasets.load_dataset(repo or HF_REPOS[name], split=split)
+    out = []
+    if name in _KINDS:
+        feature = ds.features.get("label")
+        names = getattr(feature, "names", None)
+        for i, row in enumerate(ds):
+            label = names[row["label"]] if names else str(row["label"])
+            out.append(Example(id=str(i), images=[row["image"].convert("RGB")],
+                               question=f"What is the type of {_KINDS[name]} in the image?",
+                               answers=[label.replace("_", " ")], metadata={"class": label}))
+        all_names = sorted({e.answer for e in out})
+        for e in out:
+            e.choices = all_names
+        return out
+    for i, row in enumerate(ds):
+        answers = row.get("answers") or [row.get("answer", "")]
+        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
+        out.append(Example(id=str(row.get("question_id", i)), images=[row["image"].convert("RGB")],
+                           question=row["question"], answers=majority_first(answers),
+                           metadata={"answer_type": row.get("answer_type", row.get("category"))}))
+    return out
+
+
+LOADERS: dict[str, Callable[..., list[Example]]] = {
+    "vizwiz": load_vizwiz, "okvqa": load_okvqa, "dtd": load_dtd, "flowers102": load_flowers102, "cub": load_cub,
+}

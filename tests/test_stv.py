@@ -170,10 +170,10 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     assert main(["fit", *args]) == 0
     assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
     assert main(["eval", "--model", model, "--dataset", "digits:parity_AB", "--vectors", str(tmp_path / "run"),
-                 "--limit", "4"]) == 0
+                 "--limit", "4", "--first-token"]) == 0
     assert '"accuracy"' in capsys.readouterr().out
     assert main(["eval", "--model", family_dir("llava"), "--dataset", "digits:parity_AB", "--vectors",
-                 str(tmp_path / "run"), "--limit", "4"]) == 2
+                 str(tmp_path / "run"), "--limit", "4", "--first-token"]) == 2
     assert "fitted on" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown task"):
+    with pytest.raises(SystemExit, match="unknown digits task"):
         main(["eval", "--model", model, "--dataset", "digits:nope"])

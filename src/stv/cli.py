@@ -20,17 +20,19 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def _dataset(spec: str, split: str):
-    """``digits:TASK`` -> (examples, task template)."""
-    from .data import DIGIT_TASKS, digit_examples
-    from .tasks import DIGITS
+def _dataset(args, split: str):
+    """(examples, task template) of ``--dataset`` under ``--root``."""
+    from .data import DataError, load_dataset, task_name_for
+    from .tasks import TASKS
 
-    kind, _, name = spec.partition(":")
-    if kind == "digits":
-        if name not in DIGIT_TASKS:
-            raise SystemExit(f"error: --dataset digits:{name}: unknown task; choose from {', '.join(DIGIT_TASKS)}")
-        return digit_examples(name, split), DIGITS
-    raise SystemExit(f"error: --dataset {spec!r}: supported now: digits:TASK ({', '.join(DIGIT_TASKS)})")
+    spec = args.dataset
+    try:
+        examples = load_dataset(spec, getattr(args, "root", None), split)
+    except DataError as err:
+        raise SystemExit(f"error: --dataset {spec}: {err}") from None
+    except ValueError as err:
+        raise SystemExit(f"error: --dataset {spec}: {err}") from None
+    return examples, TASKS[getattr(args, "task", None) or task_name_for(spec)]
 
 
 def _model(args):
@@ -72,7 +74,7 @@ def _cmd_scan(args) -> int:
     from .methods.scan import sensitivity_scan
 
     lmm = _model(args)
-    train, task = _dataset(args.dataset, "train")
+    train, task = _dataset(args, args.train_split)
     cfg = _stv_config(args)
     out = Path(args.out)
     pairs = scan_pairs(train, task, cfg.pairs, cfg.shots, np.random.default_rng(cfg.seed))
@@ -93,7 +95,7 @@ def _cmd_fit(args) -> int:
         print(f"{out} already holds fitted task vectors; pass --recompute to fit again")
         return 0
     lmm = _model(args)
-    train, task = _dataset(args.dataset, "train")
+    train, task = _dataset(args, args.train_split)
     cfg = _stv_config(args)
     start = time.perf_counter()
     vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
@@ -109,17 +111,61 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import first_token_accuracy
+    from .evaluate import first_token_accuracy, run_eval
     from .vectors import TaskVectors
 
     lmm = _model(args)
-    examples, task = _dataset(args.dataset, args.split)
-    pool, _ = _dataset(args.dataset, "train")
+    examples, task = _dataset(args, args.split)
+    pool = _dataset(args, args.train_split)[0] if args.shots > 0 else []
     examples = examples[: args.limit] if args.limit else examples
     vectors = TaskVectors.from_pretrained(args.vectors) if args.vectors else None
-    acc = first_token_accuracy(lmm, examples, task, pool, args.shots, vectors, seed=args.seed, progress=True)
-    print(json.dumps({"accuracy": round(acc, 2), "n": len(examples), "shots": args.shots,
-                      "vectors": args.vectors, "dataset": args.dataset, "split": args.split}))
+    info = {"n": len(examples), "shots": args.shots, "vectors": args.vectors, "dataset": args.dataset,
+            "split": args.split}
+    if args.first_token:
+        acc = first_token_accuracy(lmm, examples, task, pool, args.shots, vectors, seed=args.seed, progress=True)
+        print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
+        return 0
+    out = args.out or f"runs/eval-{args.dataset.replace(':', '_').replace('/', '_')}-{args.split}"
+    scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, "out": out, **info}))
+    return 0
+
+
+def _read_records(path: str) -> list[dict]:
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else data.get("annotations") or data.get("questions") or [data]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _cmd_score(args) -> int:
+    from .metrics import breakdown, choice_accuracy, vizwiz_scores, vqa_accuracy
+
+    preds = {str(p.get("question_id", p.get("image"))): p["answer"] for p in _read_records(args.predictions)}
+    records = _read_records(args.annotations)
+    if args.metric == "choice":
+        result = choice_accuracy(preds, {str(r["question_id"]): r["answer"] for r in records})
+    elif args.metric == "vizwiz":
+        answers = {str(r.get("question_id", r.get("image"))): [a["answer"] if isinstance(a, dict) else a
+                                                               for a in r["answers"]] for r in records}
+        answerable = {str(r.get("question_id", r.get("image"))): r["answerable"] for r in records if "answerable" in r}
+        result = vizwiz_scores(preds, answers, answerable)
+    else:
+        answers = {str(r["question_id"]): [a["answer"] for a in r["answers"]] for r in records}
+        result = vqa_accuracy(preds, answers)
+        types = {str(r["question_id"]): r["answer_type"] for r in records if "answer_type" in r}
+        if types:
+            result["by_answer_type"] = breakdown(result["per_question"], types)
+    if args.questions:
+        asked = {str(q["question_id"]) for q in _read_records(args.questions)}
+        extra = set(result["per_question"]) - asked
+        if extra:
+            raise SystemExit(f"error: {len(extra)} annotated questions are not in {args.questions}")
+    result.pop("per_question", None)
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -166,6 +212,14 @@ def _add_model(p) -> None:
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
 
 
+def _add_data(p) -> None:
+    p.add_argument("--dataset", required=True,
+                   help="digits:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | mtv:KIND:FILE")
+    p.add_argument("--root", help="folder with the dataset's original files")
+    p.add_argument("--train-split", default="train", help="split that demonstrations and fitting use")
+    p.add_argument("--task", help="prompt template (default: the dataset's): digits, vizwiz, okvqa, choice, jsonl")
+
+
 def _add_stv(p) -> None:
     from .methods.fit import STVConfig
 
@@ -190,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit STV task vectors; writes the artifact, plots and a stage log into --out")
     _add_model(p)
-    p.add_argument("--dataset", required=True, help="digits:TASK")
+    _add_data(p)
     p.add_argument("--out", required=True)
     p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
     _add_stv(p)
@@ -198,20 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="sensitivity scan only: map JSON + heatmap PNG")
     _add_model(p)
-    p.add_argument("--dataset", required=True)
+    _add_data(p)
     p.add_argument("--out", required=True)
     _add_stv(p)
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("eval", help="accuracy of zero-shot, k-shot ICL or inserted task vectors")
+    p = sub.add_parser("eval", help="zero-shot, k-shot ICL or inserted task vectors over a split: predictions + scores")
     _add_model(p)
-    p.add_argument("--dataset", required=True)
+    _add_data(p)
     p.add_argument("--split", default="test")
     p.add_argument("--vectors", help="a folder written by `stv fit`")
-    p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
     p.add_argument("--limit", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for predictions.jsonl (resumable) and scores.json")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
+    p.add_argument("--metric", choices=("vqa", "vizwiz", "choice"), required=True)
+    p.add_argument("--predictions", required=True, help='JSON list or JSONL of {"question_id", "answer"}')
+    p.add_argument("--annotations", required=True, help="official annotations (VQA format, VizWiz json, or JSONL)")
+    p.add_argument("--questions", help="official questions file (checks the question set)")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("lab", help="the lab model: train, info, curve")
     lab = p.add_subparsers(dest="lab_command", required=True)

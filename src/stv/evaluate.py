@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -12,7 +15,7 @@ from tqdm.auto import tqdm
 from .data.example import Example
 from .models import LMM
 from .methods.fit import first_token_ids
-from .tasks import Task, sample_demos
+from .tasks import Task, sample_demos, support_demos
 
 
 @torch.inference_mode()
@@ -33,3 +36,60 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
             logits = lmm.forward(prompts[start : start + batch_size])
             correct += int((logits.argmax(-1).cpu() == targets[start : start + batch_size]).sum())
     return 100.0 * correct / max(1, len(examples))
+
+
+def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
+    """The task's metric over ``predictions`` (id -> post-processed answer)."""
+    from .metrics import breakdown, choice_accuracy, vizwiz_scores, vqa_accuracy
+
+    if task.metric in ("vqa", "vizwiz"):
+        answers = {e.id: e.answers for e in examples}
+        if task.metric == "vizwiz":
+            answerable = {e.id: e.metadata["answerable"] for e in examples if e.metadata.get("answerable") is not None}
+            scores = vizwiz_scores(predictions, answers, answerable)
+        else:
+            scores = vqa_accuracy(predictions, answers)
+    else:
+        scores = choice_accuracy(predictions, {e.id: task.target(e) for e in examples})
+    groups = {e.id: e.metadata.get("answer_type") for e in examples if e.metadata.get("answer_type")}
+    if groups:
+        scores["by_answer_type"] = breakdown(scores["per_question"], groups)
+    scores.pop("per_question")
+    return scores
+
+
+def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path, pool: Sequence[Example] = (),
+             shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 20,
+             progress: bool = True) -> dict:
+    """Greedy answers for every example, appended to ``out/predictions.jsonl`` batch by batch
+    (a killed run resumes after the last written batch), then ``out/scores.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_file = out / "predictions.jsonl"
+    done: dict[str, dict] = {}
+    if pred_file.is_file():
+        for line in pred_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is redone
+            done[row["question_id"]] = row
+        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    rng = np.random.default_rng(seed)
+    demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
+    todo = [e for e in examples if e.id not in done]
+    with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext(), open(pred_file, "a") as f:
+        for start in tqdm(range(0, len(todo), batch_size), desc="eval", disable=not progress):
+            batch = todo[start : start + batch_size]
+            texts = lmm.generate([task.prompt(demos[e.id], e) for e in batch], max_new_tokens=max_new_tokens)
+            for e, text in zip(batch, texts):
+                row = {"question_id": e.id, "answer": task.postprocess(text), "raw": text}
+                done[e.id] = row
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+    scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
+    scores.update({"shots": shots, "task": task.name, "n": len(examples)})
+    tmp = out / "scores.json.tmp"
+    tmp.write_text(json.dumps(scores, indent=1))
+    os.replace(tmp, out / "scores.json")
+    return scores

@@ -35,6 +35,12 @@ class Task:
         """What the model should say for ``example`` (teacher forcing, rewards, scoring)."""
         return example.answer
 
+    def postprocess(self, generated: str) -> str:
+        """Generated text -> answer: up to the first newline, stripped (no cut at '.', which
+        would break "3.5"); the digits lab answers in one word."""
+        line = generated.split("\n", 1)[0].strip()
+        return line.split(" ", 1)[0] if self.name == "digits" else line
+
     def continuation(self, example: Example) -> str:
         """The answer as it continues the query prompt, for tokenizing the first answer token."""
         return self.answer_prefix + self.target(example)

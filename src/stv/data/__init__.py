@@ -1,6 +1,49 @@
-"""Datasets as lists of Example records, and k-shot episode sampling."""
+"""Datasets as lists of Example records.
+
+``load_dataset(spec, root, split)`` with spec one of: ``digits:TASK`` (bundled, offline),
+``vizwiz``, ``okvqa``, ``dtd``, ``flowers102``, ``cub`` (original files under ``root``),
+``hf:NAME`` (the Hugging Face parquet repo of NAME), ``jsonl`` (root = the .jsonl file) or
+``mtv:KIND:FILE`` (MTV's 2-way records, images under ``root``; KIND = flower, bird or texture).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from .digits import DIGIT_TASKS, DigitImages, DigitTask, digit_examples, digit_images
-from .example import Example
+from .example import DataError, Example, LazyImage
+from .loaders import LOADERS, load_hf, load_jsonl, load_mtv_choice
 
-__all__ = ["DIGIT_TASKS", "DigitImages", "DigitTask", "Example", "digit_examples", "digit_images"]
+__all__ = ["DIGIT_TASKS", "DataError", "DigitImages", "DigitTask", "Example", "LazyImage", "digit_examples",
+           "digit_images", "load_dataset", "task_name_for"]
+
+
+def load_dataset(spec: str, root: str | Path | None = None, split: str = "train") -> list[Example]:
+    kind, _, rest = spec.partition(":")
+    if kind == "digits":
+        return digit_examples(rest, split)
+    if kind == "hf":
+        return load_hf(rest, split)
+    if kind == "jsonl":
+        return load_jsonl(rest or _need_root(spec, root))
+    if kind == "mtv":
+        what, _, file = rest.partition(":")
+        return load_mtv_choice(file, _need_root(spec, root), what)
+    if kind in LOADERS:
+        return LOADERS[kind](_need_root(spec, root), split)
+    raise DataError(f"unknown dataset {spec!r}; use digits:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
+                    "jsonl:FILE or mtv:KIND:FILE")
+
+
+def task_name_for(spec: str) -> str:
+    """The prompt template (key of ``stv.tasks.TASKS``) a dataset uses by default."""
+    kind, _, rest = spec.partition(":")
+    if kind == "hf":
+        kind = rest
+    return {"digits": "digits", "vizwiz": "vizwiz", "okvqa": "okvqa", "jsonl": "jsonl"}.get(kind, "choice")
+
+
+def _need_root(spec: str, root) -> Path:
+    if root is None:
+        raise DataError(f"dataset {spec!r} needs --root (the folder holding its original files)")
+    return Path(root)

@@ -1,0 +1,57 @@
+"""Generation-based evaluation (resumable predictions + scores) and `stv score`."""
+
+import json
+
+import pytest
+
+from stv.cli import main
+from stv.data import digit_examples
+from stv.evaluate import run_eval
+from stv.lab import load_lab
+from stv.tasks import DIGITS
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return load_lab()
+
+
+def test_run_eval_writes_scores_and_resumes(tmp_path, lab):
+    test, pool = digit_examples("size_word", "test")[:12], digit_examples("size_word", "train")
+    scores = run_eval(lab, test, DIGITS, tmp_path, pool, shots=8, batch_size=4, max_new_tokens=2, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == [e.id for e in test]
+    assert scores["accuracy"] > 80  # 8-shot ICL on a format task
+    # simulate a kill after 5 answers and a half-written line: the rerun only redoes the rest
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]) + '{"question_')
+    calls = []
+    original = lab.generate
+    lab.generate = lambda prompts, **kw: calls.append(len(prompts)) or original(prompts, **kw)
+    try:
+        again = run_eval(lab, test, DIGITS, tmp_path, pool, shots=8, batch_size=4, max_new_tokens=2, progress=False)
+    finally:
+        del lab.generate
+    assert sum(calls) == 7 and again["accuracy"] == scores["accuracy"]
+    assert json.loads((tmp_path / "scores.json").read_text())["n"] == 12
+
+
+def test_score_cli_vqa_vizwiz_choice(tmp_path, capsys):
+    ann = {"annotations": [{"question_id": 1, "answer_type": "number", "answers": [{"answer": "2"}] * 10},
+                           {"question_id": 2, "answer_type": "other", "answers": [{"answer": "red"}] * 10}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    (tmp_path / "pred.jsonl").write_text('{"question_id": 1, "answer": "two"}\n{"question_id": 2, "answer": "blue"}\n')
+    assert main(["score", "--metric", "vqa", "--predictions", str(tmp_path / "pred.jsonl"),
+                 "--annotations", str(tmp_path / "ann.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accuracy"] == 50.0 and out["by_answer_type"] == {"number": 100.0, "other": 0.0}
+    viz = [{"image": "a.jpg", "answerable": 1, "answers": [{"answer": "dog"}] * 10}]
+    (tmp_path / "viz.json").write_text(json.dumps(viz))
+    (tmp_path / "vpred.json").write_text(json.dumps([{"image": "a.jpg", "answer": "Dog."}]))
+    assert main(["score", "--metric", "vizwiz", "--predictions", str(tmp_path / "vpred.json"),
+                 "--annotations", str(tmp_path / "viz.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
+    (tmp_path / "choice.jsonl").write_text('{"question_id": 1, "answer": "A"}\n')
+    (tmp_path / "cpred.jsonl").write_text('{"question_id": 1, "answer": " A "}\n')
+    assert main(["score", "--metric", "choice", "--predictions", str(tmp_path / "cpred.jsonl"),
+                 "--annotations", str(tmp_path / "choice.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0

@@ -166,7 +166,7 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
 
     model = family_dir("idefics3")
     args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), "--top-k", "2",
-            "--clusters", "2", "--pairs", "4", "--shots", "2", "--steps", "2", "--samples", "4"]
+            "--clusters", "2", "--pairs", "4", "--context-shots", "2", "--steps", "2", "--samples", "4"]
     assert main(["fit", *args]) == 0
     assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
     assert main(["eval", "--model", model, "--dataset", "digits:parity_AB", "--vectors", str(tmp_path / "run"),
@@ -177,3 +177,18 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     assert "fitted on" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown digits task"):
         main(["eval", "--model", model, "--dataset", "digits:nope"])
+
+
+def test_paper_configs_parse_for_fit_and_eval():
+    from pathlib import Path
+
+    from stv.cli import build_parser, expand_config
+
+    parser = build_parser()
+    files = sorted(Path(__file__).parents[1].joinpath("configs", "paper").glob("*.json"))
+    assert len(files) == 10
+    for path in files:
+        fit_args = parser.parse_args(expand_config(["fit", "--config", str(path)], parser))
+        eval_args = parser.parse_args(expand_config(["eval", "--config", str(path), "--limit", "3"], parser))
+        assert fit_args.top_k == 64 and fit_args.clusters == 32 and fit_args.shots == 4 and fit_args.steps == 600
+        assert eval_args.shots == 0 and eval_args.vectors == fit_args.out and eval_args.limit == 3

@@ -40,7 +40,8 @@ def _model(args):
     from .lab import LAB_CHECKPOINT
 
     return load_model(args.model or LAB_CHECKPOINT, heads_pattern=getattr(args, "heads_pattern", None),
-                      device=getattr(args, "device", None))
+                      device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
+                      trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 def _stv_config(args):
@@ -210,6 +211,8 @@ def _add_model(p) -> None:
     p.add_argument("--model", help="hub id or folder (default: the bundled lab model)")
     p.add_argument("--heads-pattern", help="module path of each layer's output projection, with {layer}")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code (off by default)")
 
 
 def _add_data(p) -> None:
@@ -223,8 +226,9 @@ def _add_data(p) -> None:
 def _add_stv(p) -> None:
     from .methods.fit import STVConfig
 
+    renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
     for f in fields(STVConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", default=None, dest=f.name)
         else:
@@ -300,9 +304,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--config FILE.json`` -> its keys as flags, placed before the user's own flags (which win).
+
+    Keys the sub-command does not take are skipped, so one file serves `stv fit` and `stv eval`.
+    """
+    if "--config" not in argv:
+        return argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise SystemExit("error: --config needs a JSON file")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
+    config = json.loads(path.read_text())
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = sub.choices.get(argv[0]) if sub is not None and argv else None
+    accepted = set(command._option_string_actions) if command is not None else set()
+    flags: list[str] = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if key.startswith("_") or flag not in accepted:
+            continue  # comments, and keys for other sub-commands
+        if value is True:
+            flags.append(flag)
+        elif value not in (False, None):
+            flags += [flag, str(value)]
+    rest = argv[:i] + argv[i + 2:]
+    return rest[:1] + flags + rest[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(expand_config(list(sys.argv[1:] if argv is None else argv), parser))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -126,3 +126,22 @@ def test_jsonl_and_errors(tmp_path):
         load_dataset("vizwiz")
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet", tmp_path)
+
+
+def test_hugging_face_parquet_label_names_by_id(tmp_path):
+    """Class names come from the label feature by id (nelorth/oxford-flowers sorts names as strings)."""
+    import datasets
+
+    from stv.data.loaders import load_hf
+
+    images = [Image.fromarray(np.full((8, 8, 3), v, dtype=np.uint8)) for v in (10, 20, 30)]
+    names = ["10", "2", "bluebell"]  # string-sorted: id 1 is "2", not the second class numerically
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict({"image": images, "label": [1, 0, 2]}, features=features).to_parquet(tmp_path / "f.parquet")
+    ex = load_hf("flowers102", "train", data_files={"train": str(tmp_path / "f.parquet")})
+    assert [e.answer for e in ex] == ["2", "10", "bluebell"] and ex[0].choices == ["10", "2", "bluebell"]
+    vqa = datasets.Dataset.from_dict({"question_id": [3], "image": images[:1], "question": ["what?"],
+                                      "answers": [["x", "y", "y"]]})
+    vqa.to_parquet(tmp_path / "v.parquet")
+    ex = load_hf("vizwiz", "val", data_files={"val": str(tmp_path / "v.parquet")})
+    assert ex[0].id == "3" and ex[0].answer == "y" and ex[0].pil_images()[0].size == (8, 8)

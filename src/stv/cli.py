@@ -99,6 +99,20 @@ def _cmd_fit(args) -> int:
     train, task = _dataset(args, args.train_split)
     cfg = _stv_config(args)
     start = time.perf_counter()
+    if args.method == "mtv":
+        from .methods.mtv import MTVConfig, fit_mtv
+
+        mtv_cfg = MTVConfig(shots=cfg.shots, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr, prompts=cfg.pairs,
+                            queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
+                            seed=cfg.seed)
+        vectors, log = fit_mtv(lmm, train, mtv_cfg, task=task)
+        vectors.save_pretrained(out)
+        policy = log["policy"]
+        report.policy_curves(policy.reward_curve, policy.max_prob_curve, out / "policy.png", title="MTV REINFORCE")
+        (out / "fit_log.json").write_text(json.dumps({"stages_seconds": log["timings"], "config": asdict(mtv_cfg),
+                                                      "reward_curve": policy.reward_curve}, indent=1))
+        print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
+        return 0
     vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
     vectors.save_pretrained(out)
     report.sensitivity_heatmap(state.scan.sensitivity, out / "sensitivity.png", marked=state.locations)
@@ -251,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--out", required=True)
     p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
+    p.add_argument("--method", choices=("stv", "mtv"), default="stv",
+                   help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search")
     _add_stv(p)
     p.set_defaults(func=_cmd_fit)
 

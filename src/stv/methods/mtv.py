@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from ..data.example import Example
-from ..heads import record
 from ..models import LMM
 from ..tasks import DIGITS, Task, sample_demos
 from ..vectors import TaskVectors
 from .fit import artifact_config, bank_rewards
 from .policy import reinforce
+from .scan import record_prompts
 
 
 @dataclass
@@ -49,9 +49,8 @@ def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: in
     total, count = None, 0
     for start in range(0, len(queries), batch_size):
         chunk = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries[start : start + batch_size]]
-        with record(lmm.heads) as rec, torch.inference_mode():
-            lmm.model(**lmm.prepare(chunk), use_cache=False)
-        total = rec.values.sum(0) if total is None else total + rec.values.sum(0)
+        values = record_prompts(lmm, chunk)
+        total = values.sum(0) if total is None else total + values.sum(0)
         count += len(chunk)
     return total / count
 

@@ -42,13 +42,11 @@ class ScanResult:
         return torch.from_numpy(np.asarray(self.context_activations[:, columns], dtype=np.float32))
 
 
-def _record_batched(lmm: LMM, prompts: Sequence[Prompt], batch_size: int, sink, bar) -> None:
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        with record(lmm.heads) as rec, torch.inference_mode():
-            lmm.model(**lmm.prepare(chunk), use_cache=False)
-        sink(start, rec.values)
-        bar.update(len(chunk))
+def record_prompts(lmm: LMM, prompts: Sequence[Prompt]) -> torch.Tensor:
+    """Every head's output at each prompt's last token: (batch, layers*heads, head_dim)."""
+    with record(lmm.heads) as rec, torch.inference_mode():
+        lmm.model(**lmm.prepare(prompts), use_cache=False)
+    return rec.values
 
 
 def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_size: int = 8,
@@ -72,21 +70,16 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
             return ScanResult(torch.tensor(stored["sensitivity"]), context)
     context = np.lib.format.open_memmap(workdir / "context_activations.npy", mode="w+", dtype=np.float16,
                                         shape=(n, width, h.head_dim))
-    query = torch.zeros(n, width, h.head_dim)  # query-only values are needed only for the deltas
-    bar = tqdm(total=2 * n, desc="sensitivity scan", disable=not progress)
-
-    def keep_query(start: int, values: torch.Tensor) -> None:
-        query[start : start + len(values)] = values
-
     norms = torch.zeros(width)
-
-    def keep_context(start: int, values: torch.Tensor) -> None:
-        nonlocal norms
-        norms += (values - query[start : start + len(values)]).norm(dim=-1).sum(0)
-        context[start : start + len(values)] = values.numpy().astype(np.float16)
-
-    _record_batched(lmm, [q for q, _ in pairs], batch_size, keep_query, bar)
-    _record_batched(lmm, [c for _, c in pairs], batch_size, keep_context, bar)
+    bar = tqdm(total=n, desc="sensitivity scan", disable=not progress)
+    # Pairs go through batch by batch, so RAM holds one batch of activations, never L*H*T.
+    for start in range(0, n, batch_size):
+        chunk = pairs[start : start + batch_size]
+        alone = record_prompts(lmm, [q for q, _ in chunk])
+        with_context = record_prompts(lmm, [c for _, c in chunk])
+        norms += (with_context - alone).norm(dim=-1).sum(0)
+        context[start : start + len(chunk)] = with_context.numpy().astype(np.float16)
+        bar.update(len(chunk))
     bar.close()
     context.flush()
     sensitivity = (norms / n).view(h.num_layers, h.num_heads)

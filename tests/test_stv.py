@@ -192,3 +192,29 @@ def test_paper_configs_parse_for_fit_and_eval():
         eval_args = parser.parse_args(expand_config(["eval", "--config", str(path), "--limit", "3"], parser))
         assert fit_args.top_k == 64 and fit_args.clusters == 32 and fit_args.shots == 4 and fit_args.steps == 600
         assert eval_args.shots == 0 and eval_args.vectors == fit_args.out and eval_args.limit == 3
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl"])
+def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
+    """A cached prefix reused across steps (copied each time) gives the fresh prefix's rewards,
+    also for multimodal RoPE, whose offsets must travel with the prefix, not the model."""
+    lmm = lmm_of(family)
+    train = digit_examples("parity_word")[:20]
+    locations, bank = [(0, 1), (1, 2)], torch.randn(2, 3, lmm.heads.head_dim)
+    choices = torch.tensor([[0, 1], [2, 2]])
+    pooled = bank_rewards(lmm, train, DIGITS, locations, bank, 2, np.random.default_rng(3), prefix_pool=2)
+    rewards = [pooled(step, choices) for step in range(6)]
+    lmm.prefix([DIGITS.prompt([], train[-1])])  # leaves other RoPE offsets in the model
+    rewards.append(pooled(6, choices))
+    rng = np.random.default_rng(3)
+    groups = [[train[i] for i in rng.choice(20, 2, replace=False)] for _ in range(2)]
+    fresh = []
+    for queries in groups:
+        prefix = lmm.prefix([DIGITS.prompt([], q) for q in queries])
+        with replace(lmm.model, lmm.heads, locations, bank[torch.arange(2), choices].repeat(2, 1, 1)):
+            logits = lmm.last_token_logits(prefix, repeats=2)
+        target = first_token_ids(lmm, queries, DIGITS).repeat_interleave(2)
+        fresh.append(torch.log_softmax(logits, -1).gather(1, target[:, None]).view(2, 2).mean(0))
+    assert not torch.allclose(fresh[0], fresh[1], atol=1e-4)
+    for r in rewards:
+        assert any(torch.allclose(r, f, atol=1e-4) for f in fresh)

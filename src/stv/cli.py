@@ -197,6 +197,20 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import run_all
+
+    lines = run_all(quick=args.quick)
+    if args.write:
+        path = Path(args.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)
+        print(f"\nwrote {path}")
+    return 0
+
+
 def _cmd_lab(args) -> int:
     from .lab import LAB_CHECKPOINT, load_lab
     from .lab.curve import format_curve, icl_curve, save_curve
@@ -311,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint")
     c.add_argument("--per-task", type=int, default=200)
     p.set_defaults(func=_cmd_lab)
+
+    p = sub.add_parser("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and steps")
+    p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("inspect", help="load a model (hub id or folder) and print its head layout")
     _add_model(p)

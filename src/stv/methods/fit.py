@@ -33,6 +33,7 @@ class STVConfig:
     samples: int = 32
     lr: float = 0.1
     queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
+    prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     policy: str = "every_step"
     batch_size: int = 8
@@ -61,18 +62,30 @@ def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.
 
 
 def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location],
-                 bank: torch.Tensor, queries_per_step: int, rng: np.random.Generator):
+                 bank: torch.Tensor, queries_per_step: int, rng: np.random.Generator, prefix_pool: int = 0):
     """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
-    zero-shot queries, every sample scored in one batch over a shared prefix cache."""
+    zero-shot queries, every sample scored in one batch over a shared prefix cache.
+
+    With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
+    computed once and copied per step: a step then costs one batched last-token pass."""
+    pool: dict[int, tuple] = {}
+    groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
+              for _ in range(prefix_pool)]
 
     def reward(step: int, choices: torch.Tensor) -> torch.Tensor:
         samples = choices.shape[0]
-        queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
         values = bank[torch.arange(len(locations)), choices]  # (S, K, D)
+        if prefix_pool:
+            g = int(rng.integers(prefix_pool))
+            if g not in pool:
+                pool[g] = (groups[g], lmm.prefix([task.prompt([], q) for q in groups[g]]))
+            queries, prefix = pool[g]
+        else:
+            queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
+            prefix = lmm.prefix([task.prompt([], q) for q in queries])
         rows = values.repeat(len(queries), 1, 1)  # row q*S + s -> sample s
-        prefix = lmm.prefix([task.prompt([], q) for q in queries])
         with replace(lmm.model, lmm.heads, locations, rows):
-            logits = lmm.last_token_logits(prefix, repeats=samples)
+            logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
         target = first_token_ids(lmm, queries, task).repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
         return logp.view(len(queries), samples).mean(0)
@@ -110,7 +123,7 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
         bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
-    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
+    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
     policy = reinforce(reward, len(locations), bank.shape[1], config.steps, config.samples, config.lr,
                        seed=config.seed, progress=progress)
     timings["reinforce"] = time.perf_counter() - t

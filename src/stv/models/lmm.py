@@ -8,6 +8,8 @@ user turn and the generation prompt).
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, Union
@@ -191,12 +193,19 @@ class LMM:
             cache = out.past_key_values
             yield out.logits[:, -1]
 
-    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, pos: torch.Tensor) -> dict:
+    def _rope_deltas(self) -> torch.Tensor | None:
+        """The multimodal-RoPE offset the last prompt pass stored in the model (Qwen-VL families)."""
+        if self.family not in _OWN_POSITIONS:
+            return None
+        return getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
+
+    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, pos: torch.Tensor,
+                         deltas: torch.Tensor | None = None) -> dict:
         """Inputs for one more token per row after a cached prefix (text position ``pos``)."""
         inputs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.family in _OWN_POSITIONS:
             # multimodal RoPE: text position + the offset the prefix pass stored
-            deltas = getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
+            deltas = deltas if deltas is not None else self._rope_deltas()
             deltas = deltas if deltas is not None else torch.zeros_like(pos[:, None])
             if deltas.shape[0] != pos.shape[0]:
                 deltas = deltas.repeat_interleave(pos.shape[0] // deltas.shape[0], 0)
@@ -220,17 +229,23 @@ class LMM:
         head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
         out = self.model(**head, use_cache=True)
         mask = inputs["attention_mask"]
-        return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1])
+        deltas = self._rope_deltas()
+        return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1],
+                      None if deltas is None else deltas.clone())
 
     @torch.inference_mode()
-    def last_token_logits(self, prefix: "Prefix", repeats: int = 1) -> torch.Tensor:
+    def last_token_logits(self, prefix: "Prefix", repeats: int = 1, keep: bool = False) -> torch.Tensor:
         """Next-token logits after each prompt's last token, each prompt repeated ``repeats``
-        times (rows ``q * repeats + s``), under whatever hooks are active. Consumes ``prefix``."""
-        cache = prefix.cache
+        times (rows ``q * repeats + s``), under whatever hooks are active.
+
+        The prefix's cache is consumed unless ``keep`` (then it is copied first, so the same
+        prefix can serve many REINFORCE steps)."""
+        cache = copy.deepcopy(prefix.cache) if keep else prefix.cache
         if repeats > 1:
             cache.batch_repeat_interleave(repeats)
         rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
-        inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos))
+        deltas = None if prefix.deltas is None else rep(prefix.deltas)
+        inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos), deltas)
         return self.model(**inputs).logits[:, -1].float()
 
 
@@ -242,3 +257,4 @@ class Prefix:
     last_ids: torch.Tensor
     mask: torch.Tensor
     last_pos: torch.Tensor
+    deltas: torch.Tensor | None = None  # multimodal-RoPE offsets of these prompts

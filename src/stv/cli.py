@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from . import distributed
+
 
 def _quiet_transformers() -> None:
     import os
@@ -39,9 +41,15 @@ def _model(args):
     from . import load_model
     from .lab import LAB_CHECKPOINT
 
+    from .distributed import device_for_rank
+
+    max_memory = getattr(args, "max_memory", None)
+    if max_memory:  # "0=20GiB,1=20GiB,cpu=64GiB"
+        max_memory = {(int(k) if k.isdigit() else k): v for k, v in (p.split("=") for p in max_memory.split(","))}
     return load_model(args.model or LAB_CHECKPOINT, heads_pattern=getattr(args, "heads_pattern", None),
-                      device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
-                      trust_remote_code=getattr(args, "trust_remote_code", False))
+                      device=getattr(args, "device", None) or device_for_rank(), dtype=getattr(args, "dtype", None),
+                      trust_remote_code=getattr(args, "trust_remote_code", False),
+                      device_map=getattr(args, "device_map", None), max_memory=max_memory)
 
 
 def _stv_config(args):
@@ -81,6 +89,8 @@ def _cmd_scan(args) -> int:
     pairs = scan_pairs(train, task, cfg.pairs, cfg.shots, np.random.default_rng(cfg.seed))
     scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out)
     top = scan.top_k(cfg.top_k)
+    if not distributed.current().is_main:
+        return 0
     (out / "sensitivity.json").write_text(json.dumps({"sensitivity": scan.sensitivity.tolist(), "top_k": top}))
     report.sensitivity_heatmap(scan.sensitivity, out / "sensitivity.png", marked=top)
     print(json.dumps({"top_k": top[:10], "out": str(out)}))
@@ -106,6 +116,8 @@ def _cmd_fit(args) -> int:
                             queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
                             seed=cfg.seed)
         vectors, log = fit_mtv(lmm, train, mtv_cfg, task=task)
+        if not distributed.current().is_main:
+            return 0
         vectors.save_pretrained(out)
         policy = log["policy"]
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, out / "policy.png", title="MTV REINFORCE")
@@ -114,6 +126,8 @@ def _cmd_fit(args) -> int:
         print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
         return 0
     vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
+    if not distributed.current().is_main:
+        return 0
     vectors.save_pretrained(out)
     report.sensitivity_heatmap(state.scan.sensitivity, out / "sensitivity.png", marked=state.locations)
     report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / "policy.png")
@@ -138,12 +152,14 @@ def _cmd_eval(args) -> int:
             "split": args.split}
     if args.first_token:
         acc = first_token_accuracy(lmm, examples, task, pool, args.shots, vectors, seed=args.seed, progress=True)
-        print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
+        if distributed.current().is_main:
+            print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
         return 0
     out = args.out or f"runs/eval-{args.dataset.replace(':', '_').replace('/', '_')}-{args.split}"
     scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, "out": out, **info}))
+    if distributed.current().is_main:
+        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, "out": out, **info}))
     return 0
 
 
@@ -241,6 +257,8 @@ def _add_model(p) -> None:
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code (off by default)")
+    p.add_argument("--device-map", help="'auto' spreads a model too large for one device over all of them")
+    p.add_argument("--max-memory", help="with --device-map: per-device limits, e.g. '0=20GiB,1=20GiB,cpu=64GiB'")
 
 
 def _add_data(p) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.example import Example
 from .models import LMM
 from .methods.fit import first_token_ids
@@ -30,12 +31,13 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
     rng = np.random.default_rng(seed)
     prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
     targets = first_token_ids(lmm, examples, task)
-    correct = 0
+    correct = torch.zeros(())
+    dist = distributed.current()
     with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext():
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
-            logits = lmm.forward(prompts[start : start + batch_size])
-            correct += int((logits.argmax(-1).cpu() == targets[start : start + batch_size]).sum())
-    return 100.0 * correct / max(1, len(examples))
+        for _, start, end in tqdm(dist.batches(len(prompts), batch_size), desc=desc, disable=not progress):
+            logits = lmm.forward(prompts[start:end])
+            correct += (logits.argmax(-1).cpu() == targets[start:end]).sum()
+    return 100.0 * float(dist.all_sum(correct)) / max(1, len(examples))
 
 
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
@@ -65,31 +67,55 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     (a killed run resumes after the last written batch), then ``out/scores.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    dist = distributed.current()
     pred_file = out / "predictions.jsonl"
+    part_file = out / f"predictions.rank{dist.rank}.jsonl" if dist.enabled else pred_file
     done: dict[str, dict] = {}
-    if pred_file.is_file():
-        for line in pred_file.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything after it is redone
-            done[row["question_id"]] = row
-        pred_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    for f in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
+        done.update(_read_predictions(f))
+    if part_file.is_file():  # drop a line cut by a kill
+        part_file.write_text("".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
+    dist.barrier()
     rng = np.random.default_rng(seed)
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
     todo = [e for e in examples if e.id not in done]
-    with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext(), open(pred_file, "a") as f:
-        for start in tqdm(range(0, len(todo), batch_size), desc="eval", disable=not progress):
-            batch = todo[start : start + batch_size]
+    mine = dist.batches(len(todo), batch_size)
+    with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext(), open(part_file, "a") as f:
+        for _, start, end in tqdm(mine, desc="eval", disable=not progress or not dist.is_main):
+            batch = todo[start:end]
             texts = lmm.generate([task.prompt(demos[e.id], e) for e in batch], max_new_tokens=max_new_tokens)
             for e, text in zip(batch, texts):
                 row = {"question_id": e.id, "answer": task.postprocess(text), "raw": text}
                 done[e.id] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()
+    if dist.enabled:
+        for part in dist.gather({k: done[k] for k in (e.id for _, s, t in mine for e in todo[s:t])}):
+            done.update(part)
     scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
     scores.update({"shots": shots, "task": task.name, "n": len(examples)})
-    tmp = out / "scores.json.tmp"
-    tmp.write_text(json.dumps(scores, indent=1))
-    os.replace(tmp, out / "scores.json")
+    if dist.is_main:
+        _atomic_write(pred_file, "".join(json.dumps(done[e.id]) + "\n" for e in examples))
+        _atomic_write(out / "scores.json", json.dumps(scores, indent=1))
+        for f in out.glob("predictions.rank*.jsonl"):
+            f.unlink()
+    dist.barrier()
     return scores
+
+
+def _read_predictions(path: Path) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is redone
+            rows[row["question_id"]] = row
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

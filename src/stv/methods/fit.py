@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.example import Example
 from ..heads import Location, replace
 from ..models import LMM
@@ -72,7 +73,14 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
               for _ in range(prefix_pool)]
 
+    dist = distributed.current()
+
     def reward(step: int, choices: torch.Tensor) -> torch.Tensor:
+        # Every rank draws the same queries (same seed, same calls) and scores its share of
+        # the samples; the rewards are gathered back in sample order.
+        all_choices = choices
+        mine = torch.arange(len(choices))[dist.rank :: dist.world]
+        choices = all_choices[mine]
         samples = choices.shape[0]
         values = bank[torch.arange(len(locations)), choices]  # (S, K, D)
         if prefix_pool:
@@ -88,7 +96,13 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
         target = first_token_ids(lmm, queries, task).repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
-        return logp.view(len(queries), samples).mean(0)
+        local = logp.view(len(queries), samples).mean(0)
+        if not dist.enabled:
+            return local
+        out = torch.empty(len(all_choices))
+        for idx, part in dist.gather((mine, local)):
+            out[idx] = part
+        return out
 
     return reward
 

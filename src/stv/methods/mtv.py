@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.example import Example
 from ..models import LMM
 from ..tasks import DIGITS, Task, sample_demos
@@ -46,13 +47,12 @@ def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: in
                      batch_size: int, rng: np.random.Generator) -> torch.Tensor:
     """Running mean of every head's last-token output over many-shot prompts: (L*H, head_dim)."""
     queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
-    total, count = None, 0
-    for start in range(0, len(queries), batch_size):
-        chunk = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries[start : start + batch_size]]
-        values = record_prompts(lmm, chunk)
-        total = values.sum(0) if total is None else total + values.sum(0)
-        count += len(chunk)
-    return total / count
+    all_prompts = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries]
+    dist = distributed.current()
+    total = torch.zeros(lmm.heads.num_layers * lmm.heads.num_heads, lmm.heads.head_dim)
+    for _, start, end in dist.batches(len(all_prompts), batch_size):  # each rank sums its batches
+        total += record_prompts(lmm, all_prompts[start:end]).sum(0)
+    return dist.all_sum(total) / len(all_prompts)
 
 
 def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task = DIGITS,

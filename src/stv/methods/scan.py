@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
+from ..distributed import assemble
 from ..heads import Location, record
 from ..models import LMM, Prompt
 
@@ -26,7 +28,8 @@ from ..models import LMM, Prompt
 @dataclass
 class ScanResult:
     sensitivity: torch.Tensor  # (layers, heads)
-    context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap
+    context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap (this rank's rows filled)
+    rows: list[tuple[int, int, int]] | None = None  # (batch, start, end) this rank holds; None: all
 
     def top_k(self, k: int) -> list[Location]:
         """The k most sensitive (layer, head) pairs, most sensitive first."""
@@ -36,10 +39,17 @@ class ScanResult:
         return [(int(i) // heads, int(i) % heads) for i in torch.topk(flat, k).indices]
 
     def activations_at(self, locations: Sequence[Location]) -> torch.Tensor:
-        """(T, K, head_dim) float32 with-context activations at the given locations."""
+        """(T, K, head_dim) float32 with-context activations at the given locations.
+
+        Under data parallelism every rank must call this with the same locations: each
+        contributes its rows and all receive the whole (T, K, head_dim), never L*H columns."""
         heads = self.sensitivity.shape[1]
         columns = [layer * heads + head for layer, head in locations]
-        return torch.from_numpy(np.asarray(self.context_activations[:, columns], dtype=np.float32))
+        if self.rows is None:
+            return torch.from_numpy(np.asarray(self.context_activations[:, columns], dtype=np.float32))
+        mine = [(b, torch.from_numpy(np.asarray(self.context_activations[s:e][:, columns], dtype=np.float32)))
+                for b, s, e in self.rows]
+        return torch.cat(assemble(distributed.current().gather(mine)))
 
 
 def record_prompts(lmm: LMM, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -68,21 +78,26 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
         if stored.get("key") == key:
             context = np.load(workdir / "context_activations.npy", mmap_mode="r")
             return ScanResult(torch.tensor(stored["sensitivity"]), context)
-    context = np.lib.format.open_memmap(workdir / "context_activations.npy", mode="w+", dtype=np.float16,
+    dist = distributed.current()
+    suffix = f".rank{dist.rank}" if dist.enabled else ""
+    context = np.lib.format.open_memmap(workdir / f"context_activations{suffix}.npy", mode="w+", dtype=np.float16,
                                         shape=(n, width, h.head_dim))
     norms = torch.zeros(width)
-    bar = tqdm(total=n, desc="sensitivity scan", disable=not progress)
+    mine = dist.batches(n, batch_size)
+    bar = tqdm(total=sum(e - s for _, s, e in mine), desc="sensitivity scan", disable=not progress or not dist.is_main)
     # Pairs go through batch by batch, so RAM holds one batch of activations, never L*H*T.
-    for start in range(0, n, batch_size):
-        chunk = pairs[start : start + batch_size]
+    for _, start, end in mine:
+        chunk = pairs[start:end]
         alone = record_prompts(lmm, [q for q, _ in chunk])
         with_context = record_prompts(lmm, [c for _, c in chunk])
         norms += (with_context - alone).norm(dim=-1).sum(0)
-        context[start : start + len(chunk)] = with_context.numpy().astype(np.float16)
+        context[start:end] = with_context.numpy().astype(np.float16)
         bar.update(len(chunk))
     bar.close()
     context.flush()
-    sensitivity = (norms / n).view(h.num_layers, h.num_heads)
+    sensitivity = (dist.all_sum(norms) / n).view(h.num_layers, h.num_heads)
+    if dist.enabled:
+        return ScanResult(sensitivity, context, mine)  # no resume marker: shards live on several ranks
     if key is not None:  # written last and atomically: its presence means the scan finished
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, "sensitivity": sensitivity.tolist()}))

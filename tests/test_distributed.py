@@ -1,0 +1,33 @@
+"""Two real gloo processes (torchrun) must reproduce the single-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+WORKER = str(Path(__file__).with_name("dist_worker.py"))
+
+
+def _run(cmd, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run(cmd, check=True, env=env, timeout=240, capture_output=True, text=True)
+    return json.loads((out / "result.json").read_text())
+
+
+def test_two_process_scan_bank_and_eval_equal_one_process(tmp_path, family_dir):
+    model = family_dir("llava")
+    single = _run([sys.executable, WORKER, model, str(tmp_path / "one")], tmp_path / "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    double = _run([*torchrun, WORKER, model, str(tmp_path / "two")], tmp_path / "two")
+    assert single["world"] == 1 and double["world"] == 2
+    np.testing.assert_allclose(double["sensitivity"], single["sensitivity"], rtol=1e-5, atol=1e-6)
+    assert double["top"] == single["top"]
+    np.testing.assert_allclose(double["bank"], single["bank"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(double["means"], single["means"], rtol=1e-5, atol=1e-6)
+    assert double["first_token"] == single["first_token"]
+    assert double["predictions"] == single["predictions"] and len(single["predictions"]) == 10
+    assert double["accuracy"] == single["accuracy"]
+    assert not list((tmp_path / "two" / "eval").glob("predictions.rank*"))  # merged by rank 0

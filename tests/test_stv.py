@@ -218,3 +218,14 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
     assert not torch.allclose(fresh[0], fresh[1], atol=1e-4)
     for r in rewards:
         assert any(torch.allclose(r, f, atol=1e-4) for f in fresh)
+
+
+def test_relative_sensitivity_discounts_large_activations():
+    from stv.methods.scan import ScanResult
+
+    scan = ScanResult(torch.tensor([[1.0, 2.0], [4.0, 8.0]]), np.zeros((1, 4, 2), dtype=np.float16),
+                      query_norm=torch.tensor([[1.0, 1.0], [100.0, 100.0]]))
+    assert scan.top_k(2) == [(1, 1), (1, 0)]
+    assert scan.top_k(2, "relative") == [(0, 1), (0, 0)]
+    with pytest.raises(ValueError, match="not 'l2' or 'relative'"):
+        scan.top_k(1, "cosine")

@@ -22,12 +22,12 @@ from .evaluate import first_token_accuracy
 from .lab.curve import test_subset
 from .lab.model import load_lab
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
-from .methods.fit import STVConfig, fit
+from .methods.fit import STVConfig, fit, fit_at
 from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import DIGITS
 
 METHODS = ("zero_shot", "icl_1", "icl_4", "icl_16", "icl_32", "mtv", "stv", "stv_mean_topk", "stv_random_heads",
-           "stv_no_rl")
+           "stv_no_rl", "stv_relative")  # the last: our variant, heads ranked by delta / query norm
 
 
 @dataclass
@@ -84,6 +84,10 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
             results["stv_mean_topk"][task].append(acc(vectors=mean_at_top_k(state, vectors.config)))
             results["stv_no_rl"][task].append(acc(vectors=nearest_to_mean(state, vectors.config)))
             results["stv_random_heads"][task].append(acc(vectors=random_heads(lmm, train, stv_cfg, DIGITS, state, seed)))
+            relative = STVConfig(**{**asdict(stv_cfg), "sensitivity": "relative"})
+            rel_vectors, _ = fit_at(lmm, train, relative, DIGITS, state.scan, state.scan.top_k(relative.top_k, "relative"),
+                                    np.random.default_rng(seed + 20_000), progress=False)
+            results["stv_relative"][task].append(acc(vectors=rel_vectors))
             mtv_vectors, mtv_log = fit_mtv(lmm, train, MTVConfig(**{**asdict(config.mtv), "seed": seed}), progress=False)
             for stage, seconds in mtv_log["timings"].items():
                 timings.setdefault(f"mtv_{stage}", []).append(seconds)

@@ -34,6 +34,7 @@ class STVConfig:
     samples: int = 32
     lr: float = 0.1
     queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
+    sensitivity: str = "l2"  # "l2" (paper) or "relative" (delta norm / query activation norm)
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     policy: str = "every_step"
@@ -120,7 +121,7 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
                       config.seed])
     scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress, key=key)
     scan_seconds = time.perf_counter() - t
-    artifact, state = fit_at(lmm, train, config, task, scan, scan.top_k(config.top_k), rng, progress)
+    artifact, state = fit_at(lmm, train, config, task, scan, scan.top_k(config.top_k, config.sensitivity), rng, progress)
     state.timings = {"scan": scan_seconds, **state.timings}
     return artifact, state
 

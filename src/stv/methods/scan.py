@@ -30,10 +30,22 @@ class ScanResult:
     sensitivity: torch.Tensor  # (layers, heads)
     context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap (this rank's rows filled)
     rows: list[tuple[int, int, int]] | None = None  # (batch, start, end) this rank holds; None: all
+    query_norm: torch.Tensor | None = None  # (layers, heads) mean ||A_query||, for the relative variant
 
-    def top_k(self, k: int) -> list[Location]:
+    def scores(self, kind: str = "l2") -> torch.Tensor:
+        """"l2": the paper's mean ||delta||; "relative": mean ||delta|| / mean ||A_query||, which
+        does not favour layers whose activations are simply larger."""
+        if kind == "l2":
+            return self.sensitivity
+        if kind == "relative":
+            if self.query_norm is None:
+                raise ValueError("this scan has no query norms; run it again")
+            return self.sensitivity / self.query_norm.clamp_min(1e-8)
+        raise ValueError(f"sensitivity {kind!r} is not 'l2' or 'relative'")
+
+    def top_k(self, k: int, kind: str = "l2") -> list[Location]:
         """The k most sensitive (layer, head) pairs, most sensitive first."""
-        flat = self.sensitivity.flatten()
+        flat = self.scores(kind).flatten()
         k = min(k, flat.numel())
         heads = self.sensitivity.shape[1]
         return [(int(i) // heads, int(i) % heads) for i in torch.topk(flat, k).indices]
@@ -77,12 +89,13 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
         stored = json.loads(done.read_text())
         if stored.get("key") == key:
             context = np.load(workdir / "context_activations.npy", mmap_mode="r")
-            return ScanResult(torch.tensor(stored["sensitivity"]), context)
+            return ScanResult(torch.tensor(stored["sensitivity"]), context,
+                              query_norm=torch.tensor(stored["query_norm"]))
     dist = distributed.current()
     suffix = f".rank{dist.rank}" if dist.enabled else ""
     context = np.lib.format.open_memmap(workdir / f"context_activations{suffix}.npy", mode="w+", dtype=np.float16,
                                         shape=(n, width, h.head_dim))
-    norms = torch.zeros(width)
+    norms, query_norms = torch.zeros(width), torch.zeros(width)
     mine = dist.batches(n, batch_size)
     bar = tqdm(total=sum(e - s for _, s, e in mine), desc="sensitivity scan", disable=not progress or not dist.is_main)
     # Pairs go through batch by batch, so RAM holds one batch of activations, never L*H*T.
@@ -91,15 +104,17 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
         alone = record_prompts(lmm, [q for q, _ in chunk])
         with_context = record_prompts(lmm, [c for _, c in chunk])
         norms += (with_context - alone).norm(dim=-1).sum(0)
+        query_norms += alone.norm(dim=-1).sum(0)
         context[start:end] = with_context.numpy().astype(np.float16)
         bar.update(len(chunk))
     bar.close()
     context.flush()
     sensitivity = (dist.all_sum(norms) / n).view(h.num_layers, h.num_heads)
-    if dist.enabled:
-        return ScanResult(sensitivity, context, mine)  # no resume marker: shards live on several ranks
+    query_norm = (dist.all_sum(query_norms) / n).view(h.num_layers, h.num_heads)
+    if dist.enabled:  # no resume marker: shards live on several ranks
+        return ScanResult(sensitivity, context, mine, query_norm)
     if key is not None:  # written last and atomically: its presence means the scan finished
         tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "sensitivity": sensitivity.tolist()}))
+        tmp.write_text(json.dumps({"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist()}))
         os.replace(tmp, done)
-    return ScanResult(sensitivity, context)
+    return ScanResult(sensitivity, context, query_norm=query_norm)

@@ -194,12 +194,12 @@ def test_paper_configs_parse_for_fit_and_eval():
         assert eval_args.shots == 0 and eval_args.vectors == fit_args.out and eval_args.limit == 3
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "gemma3"])
 def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
     """A cached prefix reused across steps (copied each time) gives the fresh prefix's rewards,
     also for multimodal RoPE, whose offsets must travel with the prefix, not the model."""
     lmm = lmm_of(family)
-    train = digit_examples("parity_word")[:20]
+    train = digit_examples("digit")[:20]  # ten different answers: groups score differently
     locations, bank = [(0, 1), (1, 2)], torch.randn(2, 3, lmm.heads.head_dim)
     choices = torch.tensor([[0, 1], [2, 2]])
     pooled = bank_rewards(lmm, train, DIGITS, locations, bank, 2, np.random.default_rng(3), prefix_pool=2)
@@ -211,7 +211,7 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
     fresh = []
     for queries in groups:
         prefix = lmm.prefix([DIGITS.prompt([], q) for q in queries])
-        with replace(lmm.model, lmm.heads, locations, bank[torch.arange(2), choices].repeat(2, 1, 1)):
+        with lmm.candidates(locations, bank[torch.arange(2), choices].repeat(2, 1, 1), 2):
             logits = lmm.last_token_logits(prefix, repeats=2)
         target = first_token_ids(lmm, queries, DIGITS).repeat_interleave(2)
         fresh.append(torch.log_softmax(logits, -1).gather(1, target[:, None]).view(2, 2).mean(0))

@@ -203,14 +203,18 @@ def replace(
     locations: Sequence[Location],
     values: torch.Tensor,
     policy: Policy = "every_step",
+    span: int = 1,
 ) -> Iterator[None]:
     """Overwrite head outputs at the last position with ``values``.
 
     ``values`` is ``(n_locations, head_dim)`` shared by all rows, or ``(batch, n_locations,
-    head_dim)`` per row; a NaN vector leaves that head unchanged for that row. Under ``generate``, ``"every_step"`` edits the prompt's last token
-    and every generated token (MTV's behaviour); ``"prompt_last"`` edits only the prompt
-    pass. Outside ``generate`` every forward pass is edited (each one ends at a prompt's last
-    token). Hooks are removed on exit, also after an exception.
+    head_dim)`` per row; a NaN vector leaves that head unchanged for that row. Under
+    ``generate``, ``"every_step"`` edits the prompt's last token and every generated token
+    (MTV's behaviour); ``"prompt_last"`` edits only the prompt pass. Outside ``generate``
+    every forward pass is edited (each one ends at a prompt's last token). ``span`` > 1 edits
+    the last ``span`` positions of each row, each with its own values (rows ordered
+    ``row * span + position``): how many candidates are scored side by side after one
+    prefix. Hooks are removed on exit, also after an exception.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
@@ -239,13 +243,16 @@ def replace(
             x = args[0]
             batch = x.shape[0]
             v = values_on(x)
-            if v.dim() == 3 and v.shape[0] != batch:
-                raise ValueError(f"per-row values have batch {v.shape[0]} but the input has batch {batch}")
+            if v.dim() == 3:
+                if v.shape[0] != batch * span:
+                    raise ValueError(f"per-row values have {v.shape[0]} rows but the input has {batch} rows "
+                                     f"x {span} positions")
+                v = v.view(batch, span, len(locs), heads.head_dim)
             x = x.clone()  # never write into a tensor we don't own
-            last = x[:, -1].view(batch, heads.num_heads, heads.head_dim)
+            tail = x[:, -span:].view(batch, span, heads.num_heads, heads.head_dim)
             for i, head in groups[layer]:
-                new = v[..., i, :].expand_as(last[:, head])
-                last[:, head] = torch.where(torch.isnan(new), last[:, head], new) if keep_nan else new
+                new = v[..., i, :].expand_as(tail[:, :, head])
+                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan else new
             return (x,) + tuple(args[1:])
 
         return hook

@@ -93,7 +93,7 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
             queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
             prefix = lmm.prefix([task.prompt([], q) for q in queries])
         rows = values.repeat(len(queries), 1, 1)  # row q*S + s -> sample s
-        with replace(lmm.model, lmm.heads, locations, rows):
+        with lmm.candidates(locations, rows, samples):
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
         target = first_token_ids(lmm, queries, task).repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..heads import HeadMap
+from ..heads import HeadMap, replace
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -189,7 +189,7 @@ class LMM:
         for step in range(target.shape[1] - 1):
             mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
             pos = pos + 1
-            out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos))
+            out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos[:, None]))
             cache = out.past_key_values
             yield out.logits[:, -1]
 
@@ -199,19 +199,20 @@ class LMM:
             return None
         return getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
 
-    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, pos: torch.Tensor,
+    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, positions: torch.Tensor,
                          deltas: torch.Tensor | None = None) -> dict:
-        """Inputs for one more token per row after a cached prefix (text position ``pos``)."""
+        """Inputs for more tokens after a cached prefix; ``positions`` (rows, new) are text positions."""
         inputs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.family in _OWN_POSITIONS:
             # multimodal RoPE: text position + the offset the prefix pass stored
             deltas = deltas if deltas is not None else self._rope_deltas()
-            deltas = deltas if deltas is not None else torch.zeros_like(pos[:, None])
-            if deltas.shape[0] != pos.shape[0]:
-                deltas = deltas.repeat_interleave(pos.shape[0] // deltas.shape[0], 0)
-            inputs["position_ids"] = (pos[:, None] + deltas.to(pos.device))[None].expand(3, -1, -1)
+            if deltas is None:
+                deltas = torch.zeros_like(positions[:, :1])
+            if deltas.shape[0] != positions.shape[0]:
+                deltas = deltas.repeat_interleave(positions.shape[0] // deltas.shape[0], 0)
+            inputs["position_ids"] = (positions + deltas.to(positions.device))[None].expand(3, -1, -1)
         else:
-            inputs["position_ids"] = pos[:, None]
+            inputs["position_ids"] = positions
         return inputs
 
     # ------------------------------------------------------ prefix-cached scoring
@@ -236,17 +237,61 @@ class LMM:
     @torch.inference_mode()
     def last_token_logits(self, prefix: "Prefix", repeats: int = 1, keep: bool = False) -> torch.Tensor:
         """Next-token logits after each prompt's last token, each prompt repeated ``repeats``
-        times (rows ``q * repeats + s``), under whatever hooks are active.
+        times (rows ``q * repeats + s``), under whatever hooks are active (use
+        :meth:`candidates` to write per-row values).
 
-        The prefix's cache is consumed unless ``keep`` (then it is copied first, so the same
-        prefix can serve many REINFORCE steps)."""
-        cache = copy.deepcopy(prefix.cache) if keep else prefix.cache
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
-        rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
-        deltas = None if prefix.deltas is None else rep(prefix.deltas)
-        inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos), deltas)
-        return self.model(**inputs).logits[:, -1].float()
+        The repeats are fanned out along the sequence, not the batch: each row gets
+        ``repeats`` copies of its last token, all at the same position, each seeing the prefix
+        and itself only (a 4D mask), so the KV cache is never copied ``repeats`` times. The
+        prefix stays usable afterwards when ``keep``."""
+        fan_out = self._mask_kind() is not None
+        cache = prefix.cache
+        if keep and not (fan_out and _croppable(cache)):
+            cache = copy.deepcopy(cache)
+        if not fan_out:  # attention backends without custom masks: repeat along the batch
+            if repeats > 1:
+                cache.batch_repeat_interleave(repeats)
+            rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
+            deltas = None if prefix.deltas is None else rep(prefix.deltas)
+            inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos)[:, None],
+                                           deltas)
+            return self.model(**inputs).logits[:, -1].float()
+        rows, span = prefix.last_ids.shape[0], repeats
+        ids = prefix.last_ids.expand(rows, span)
+        pos = prefix.last_pos[:, None].expand(rows, span)
+        inputs = self._continue_inputs(ids, self._fan_out_mask(prefix.mask[:, :-1], span), cache, pos, prefix.deltas)
+        logits = self.model(**inputs).logits.float().reshape(rows * span, -1)
+        if cache is prefix.cache and keep:
+            cache.crop(-span)
+        return logits
+
+    def candidates(self, locations, values: torch.Tensor, repeats: int):
+        """The ``replace`` context that matches :meth:`last_token_logits`: ``values`` has one
+        row per (prompt, repeat), ordered ``q * repeats + s``."""
+        span = repeats if self._mask_kind() is not None else 1
+        return replace(self.model, self.heads, locations, values, span=span)
+
+    def _mask_kind(self) -> torch.dtype | None:
+        """The dtype of a custom 4D attention mask this model's attention takes, or None."""
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        return {"sdpa": torch.bool, "eager": self.dtype}.get(impl)
+
+    def _fan_out_mask(self, prefix_mask: torch.Tensor, span: int) -> torch.Tensor:
+        """(rows, 1, span, prefix + span): every new position sees the prefix and itself."""
+        rows, length = prefix_mask.shape
+        allowed = torch.zeros(rows, 1, span, length + span, dtype=torch.bool, device=prefix_mask.device)
+        allowed[..., :length] = prefix_mask.bool()[:, None, None, :]
+        allowed[..., length:] = torch.eye(span, dtype=torch.bool, device=prefix_mask.device)
+        if self._mask_kind() is torch.bool:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(self.dtype).min)
+
+
+def _croppable(cache) -> bool:
+    """Plain dynamic layers can drop the fanned-out tokens again; sliding windows cannot."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
 @dataclass

@@ -55,3 +55,30 @@ def test_score_cli_vqa_vizwiz_choice(tmp_path, capsys):
     assert main(["score", "--metric", "choice", "--predictions", str(tmp_path / "cpred.jsonl"),
                  "--annotations", str(tmp_path / "choice.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
+
+
+def test_cli_fit_and_eval_on_a_vizwiz_fixture(tmp_path, family_dir, capsys):
+    """Plumbing on real dataset files: VizWiz layout, tiny Qwen2-VL, generation + official metric."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "vizwiz"
+    (root / "val").mkdir(parents=True)
+    records = []
+    for i in range(8):
+        name = f"VizWiz_val_{i:08d}.jpg"
+        Image.fromarray(np.full((32, 32, 3), 30 * i, dtype=np.uint8)).save(root / "val" / name)
+        records.append({"image": name, "question": "What color is it?", "answerable": int(i % 4 != 0),
+                        "answer_type": "other", "answers": [{"answer": "red", "answer_confidence": "yes"}] * 10})
+    (root / "val.json").write_text(json.dumps(records))
+    model = family_dir("qwen2_vl")
+    common = ["--model", model, "--dataset", "vizwiz", "--root", str(root), "--train-split", "val"]
+    assert main(["fit", *common, "--out", str(tmp_path / "tv"), "--top-k", "2", "--clusters", "2", "--pairs", "4",
+                 "--context-shots", "2", "--steps", "2", "--samples", "4"]) == 0
+    assert main(["eval", *common, "--split", "val", "--vectors", str(tmp_path / "tv"), "--shots", "1",
+                 "--out", str(tmp_path / "ev"), "--max-new-tokens", "3", "--batch-size", "4"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["metric"] == "vizwiz" and line["n"] == 8 and 0 <= line["accuracy"] <= 100
+    scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert "answerability" in scores and scores["by_answer_type"].keys() == {"other"}
+    assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == 8

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stv.data import DataError, load_dataset, task_name_for
-from stv.tasks import TASKS, ChoiceTask, support_demos
+from stv.data import DataError, load_dataset
+from stv.tasks import TASKS, ChoiceTask, support_demos, task_for
 
 
 def _image(path, value=128):
@@ -62,7 +62,8 @@ def test_dtd_and_choice_prompt(tmp_path):
         _image(tmp_path / "images" / line)
     ex = load_dataset("dtd", tmp_path, "test")
     assert [e.answer for e in ex] == ["banded", "dotted", "striped"] and ex[0].choices == ["banded", "dotted", "striped"]
-    task = TASKS[task_name_for("dtd")]
+    task = task_for(ex)
+    assert task_for("hf:vizwiz") is TASKS["vizwiz"] and task_for("digits:letter").name == "digits"
     assert isinstance(task, ChoiceTask)
     a, b = task.options(ex[0])
     assert {a, b} <= set(ex[0].choices) and ex[0].answer in (a, b) and a != b

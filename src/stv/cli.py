@@ -24,8 +24,8 @@ def _quiet_transformers() -> None:
 
 def _dataset(args, split: str):
     """(examples, task template) of ``--dataset`` under ``--root``."""
-    from .data import DataError, load_dataset, task_name_for
-    from .tasks import TASKS
+    from .data import DataError, load_dataset
+    from .tasks import TASKS, task_for
 
     spec = args.dataset
     try:
@@ -34,7 +34,7 @@ def _dataset(args, split: str):
         raise SystemExit(f"error: --dataset {spec}: {err}") from None
     except ValueError as err:
         raise SystemExit(f"error: --dataset {spec}: {err}") from None
-    return examples, TASKS[getattr(args, "task", None) or task_name_for(spec)]
+    return examples, TASKS[args.task] if getattr(args, "task", None) else task_for(spec)
 
 
 def _model(args):

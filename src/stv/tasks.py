@@ -106,6 +106,18 @@ TASKS: dict[str, Task] = {
 DIGITS = TASKS["digits"]
 
 
+def task_for(dataset: str | Sequence[Example]) -> Task:
+    """The prompt template a dataset spec (or examples from ``load_dataset``) uses by default."""
+    if not isinstance(dataset, str):
+        dataset = dataset[0].metadata.get("dataset", "digits") if len(dataset) else "digits"
+    kind, _, rest = dataset.partition(":")
+    if kind == "hf":
+        kind = rest
+    if kind.startswith("digits"):
+        return DIGITS
+    return TASKS.get(kind, TASKS["choice"])
+
+
 def support_demos(query: Example) -> list[Example]:
     """MTV's 1-shot support (one positive, one negative) of a 2-way record, as Examples."""
     out = []

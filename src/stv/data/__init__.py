@@ -15,10 +15,19 @@ from .example import DataError, Example, LazyImage
 from .loaders import LOADERS, load_hf, load_jsonl, load_mtv_choice
 
 __all__ = ["DIGIT_TASKS", "DataError", "DigitImages", "DigitTask", "Example", "LazyImage", "digit_examples",
-           "digit_images", "load_dataset", "task_name_for"]
+           "digit_images", "load_dataset"]
 
 
 def load_dataset(spec: str, root: str | Path | None = None, split: str = "train") -> list[Example]:
+    """Examples of ``spec``; each remembers its spec in ``metadata["dataset"]`` so the right
+    prompt template can be found for it (``stv.tasks.task_for``)."""
+    examples = _load(spec, root, split)
+    for e in examples:
+        e.metadata.setdefault("dataset", spec)
+    return examples
+
+
+def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     kind, _, rest = spec.partition(":")
     if kind == "digits":
         return digit_examples(rest, split)
@@ -33,14 +42,6 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
         return LOADERS[kind](_need_root(spec, root), split)
     raise DataError(f"unknown dataset {spec!r}; use digits:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
                     "jsonl:FILE or mtv:KIND:FILE")
-
-
-def task_name_for(spec: str) -> str:
-    """The prompt template (key of ``stv.tasks.TASKS``) a dataset uses by default."""
-    kind, _, rest = spec.partition(":")
-    if kind == "hf":
-        kind = rest
-    return {"digits": "digits", "vizwiz": "vizwiz", "okvqa": "okvqa", "jsonl": "jsonl"}.get(kind, "choice")
 
 
 def _need_root(spec: str, root) -> Path:

@@ -15,7 +15,7 @@ from .. import distributed
 from ..data.example import Example
 from ..heads import Location, replace
 from ..models import LMM
-from ..tasks import DIGITS, Task, sample_demos
+from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
 from .bank import build_bank
 from .policy import PolicyResult, reinforce
@@ -108,10 +108,11 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
     return reward
 
 
-def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, task: Task = DIGITS,
+def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, task: Task | None = None,
         progress: bool = True, workdir=None) -> tuple[TaskVectors, FitState]:
     """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
     config = config or STVConfig()
+    task = task or task_for(train)
     if len(train) < config.shots + 1:
         raise ValueError(f"need more than {config.shots} training examples, got {len(train)}")
     rng = np.random.default_rng(config.seed)

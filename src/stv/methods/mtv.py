@@ -20,7 +20,7 @@ import torch
 from .. import distributed
 from ..data.example import Example
 from ..models import LMM
-from ..tasks import DIGITS, Task, sample_demos
+from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
 from .fit import artifact_config, bank_rewards
 from .policy import reinforce
@@ -55,9 +55,10 @@ def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: in
     return dist.all_sum(total) / len(all_prompts)
 
 
-def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task = DIGITS,
+def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task | None = None,
             progress: bool = True) -> tuple[TaskVectors, dict]:
     config = config or MTVConfig()
+    task = task or task_for(train)
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng)

@@ -69,7 +69,7 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
     zero-shot queries, every sample scored in one batch over a shared prefix cache.
 
     With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
-    computed once and copied per step: a step then costs one batched last-token pass."""
+    computed once and reused: a step then costs one pass over the fanned-out last tokens."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
               for _ in range(prefix_pool)]

@@ -229,3 +229,14 @@ def test_relative_sensitivity_discounts_large_activations():
     assert scan.top_k(2, "relative") == [(0, 1), (0, 0)]
     with pytest.raises(ValueError, match="not 'l2' or 'relative'"):
         scan.top_k(1, "cosine")
+
+
+def test_config_errors_are_clear(lmm_of):
+    lmm = lmm_of("llama")
+    train = _text_examples(6)
+    with pytest.raises(ValueError, match="top_k=99 must be between 1 and the model's 8 heads"):
+        fit(lmm, train, STVConfig(top_k=99), progress=False)
+    with pytest.raises(ValueError, match="shots=8 needs more than 8 training examples, got 6"):
+        fit(lmm, train, STVConfig(top_k=2, shots=8), progress=False)
+    with pytest.raises(ValueError, match="queries_per_step=7"):
+        fit(lmm, train, STVConfig(top_k=2, shots=2, queries_per_step=7), progress=False)

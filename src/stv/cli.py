@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, fields
@@ -13,8 +14,6 @@ from . import distributed
 
 
 def _quiet_transformers() -> None:
-    import os
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging
 
@@ -400,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ModelLoadError, HeadDiscoveryError, ArtifactMismatchError, FileNotFoundError) as err:
+    except (ModelLoadError, HeadDiscoveryError, ArtifactMismatchError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("STV_DEBUG"):
+            raise  # the full traceback, for bug reports
         print(f"error: {err}", file=sys.stderr)
         return 2
 

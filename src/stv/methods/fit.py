@@ -42,6 +42,24 @@ class STVConfig:
     seed: int = 0
 
 
+    def validate(self, lmm: LMM, n_train: int) -> None:
+        """One clear error for a setting that cannot work with this model and data."""
+        heads = lmm.heads.num_layers * lmm.heads.num_heads
+        problems = []
+        if not 1 <= self.top_k <= heads:
+            problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
+        if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1:
+            problems.append("clusters, samples and pairs must be >= 1 and steps >= 0")
+        if n_train <= self.shots:
+            problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
+        if not 1 <= self.queries_per_step <= n_train:
+            problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
+        if self.sensitivity not in ("l2", "relative"):
+            problems.append(f"sensitivity={self.sensitivity!r} must be 'l2' or 'relative'")
+        if problems:
+            raise ValueError("STVConfig: " + "; ".join(problems))
+
+
 @dataclass
 class FitState:
     """Everything a fit produced, for reports and ablations."""
@@ -113,8 +131,7 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
     config = config or STVConfig()
     task = task or task_for(train)
-    if len(train) < config.shots + 1:
-        raise ValueError(f"need more than {config.shots} training examples, got {len(train)}")
+    config.validate(lmm, len(train))
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)

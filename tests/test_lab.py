@@ -87,3 +87,17 @@ def first_token_accuracy_many(lmm, test, pool):
     from stv.evaluate import first_token_accuracy
 
     return first_token_accuracy(lmm, test, DIGITS, pool, 16)
+
+
+def test_training_is_reproducible(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = LabConfig(steps=15, batch=8, items=9, hidden=64, layers=2, heads=2, warmup=5, aux_steps=10, threads=1)
+    for name in ("a", "b"):
+        train_lab(tmp_path / name, cfg, progress=False)
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    changed = LabConfig(**{**cfg.__dict__, "seed": 1})
+    train_lab(tmp_path / "c", changed, progress=False)
+    c = load_file(tmp_path / "c" / "model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -31,7 +31,19 @@ class LazyImage:
                             "re-download or remove that record") from None
 
 
-ImageLike = Union[Image.Image, LazyImage]
+@dataclass(frozen=True)
+class DatasetImage:
+    """Row ``index`` of a Hugging Face dataset's image column, decoded on first use."""
+
+    dataset: Any
+    index: int
+    column: str = "image"
+
+    def load(self) -> Image.Image:
+        return self.dataset[self.index][self.column].convert("RGB")
+
+
+ImageLike = Union[Image.Image, LazyImage, DatasetImage]
 
 
 @dataclass
@@ -51,4 +63,4 @@ class Example:
         return self.answers[0]
 
     def pil_images(self) -> list[Image.Image]:
-        return [im.load() if isinstance(im, LazyImage) else im for im in self.images]
+        return [im if isinstance(im, Image.Image) else im.load() for im in self.images]

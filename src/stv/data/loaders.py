@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .example import DataError, Example, LazyImage
+from .example import DataError, DatasetImage, Example, LazyImage
 
 
 def _read_json(path: Path):
@@ -195,19 +195,19 @@ def load_hf(name: str, split: str, repo: str | None = None, data_files=None) -> 
     if name in _KINDS:
         feature = ds.features.get("label")
         names = getattr(feature, "names", None)
-        for i, row in enumerate(ds):
-            label = names[row["label"]] if names else str(row["label"])
-            out.append(Example(id=str(i), images=[row["image"].convert("RGB")],
+        for i, label_id in enumerate(ds["label"]):  # reads the label column only; images stay on disk
+            label = names[label_id] if names else str(label_id)
+            out.append(Example(id=str(i), images=[DatasetImage(ds, i)],
                                question=f"What is the type of {_KINDS[name]} in the image?",
                                answers=[label.replace("_", " ")], metadata={"class": label}))
         all_names = sorted({e.answer for e in out})
         for e in out:
             e.choices = all_names
         return out
-    for i, row in enumerate(ds):
+    for i, row in enumerate(ds.remove_columns("image")):  # images stay on disk until a prompt needs them
         answers = row.get("answers") or [row.get("answer", "")]
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
-        out.append(Example(id=str(row.get("question_id", i)), images=[row["image"].convert("RGB")],
+        out.append(Example(id=str(row.get("question_id", i)), images=[DatasetImage(ds, i)],
                            question=row["question"], answers=majority_first(answers),
                            metadata={"answer_type": row.get("answer_type", row.get("category"))}))
     return out

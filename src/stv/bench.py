@@ -162,7 +162,7 @@ def bench_location_search(subject: Subject, pairs: int = 100, shots: int = 4, st
 
 # 3 ---------------------------------------------------------------- inference overhead
 def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repeats: int = 5) -> dict:
-    lmm, ex = subject.lmm, digit_examples("size_word")
+    lmm, ex = subject.lmm, digit_examples("size_word", size=subject.image_size)
     rng = np.random.default_rng(0)
     queries = ex[:batch]
     zero = [DIGITS.prompt([], q) for q in queries]
@@ -185,7 +185,7 @@ def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repe
         inserted.append(_timeit(with_vectors, 1, warmup=0))
     t_plain, t_vec = float(np.median(plain)), float(np.median(inserted))
     t_icl = _timeit(gen(icl), repeats)
-    return {"subject": subject.name, "zero_shot_ms": 1000 * t_plain, "inserted_ms": 1000 * t_vec,
+    return {"subject": subject.name, "batch": batch, "zero_shot_ms": 1000 * t_plain, "inserted_ms": 1000 * t_vec,
             "icl16_ms": 1000 * t_icl, "overhead_pct": 100 * (t_vec / t_plain - 1), "vs_icl16": t_vec / t_icl,
             "heads_written": len(locs)}
 
@@ -269,8 +269,9 @@ def run_all(quick: bool = False) -> list[str]:
     subs = subjects(quick)
     with _section("1. REINFORCE scoring: prefix-cached batch vs naive forward per sample (32 samples)", lines):
         rows = [r for s in subs for r in bench_scoring(s, images=(1, 4) if quick else (1, 4, 16))]
-        if not quick:
-            rows += bench_scoring(mid_qwen2_vl(), images=(1, 4), repeats=1)
+        mid = None if quick else mid_qwen2_vl()
+        if mid is not None:
+            rows += bench_scoring(mid, images=(1, 4), repeats=1)
         _table(rows, ["subject", "images", "tokens", "naive_ms", "cached_ms", "ratio", "pooled_ms", "pooled_ratio",
                       "max_reward_diff"], lines)
     with _section("2. Location search: STV scan + bank vs MTV mean + head search (papers' settings)", lines):
@@ -279,7 +280,9 @@ def run_all(quick: bool = False) -> list[str]:
                       "forward_passes_stv", "forward_passes_mtv"], lines)
     with _section("3. Inference: zero-shot + inserted vectors vs plain zero-shot and vs 16-shot ICL", lines):
         rows = [bench_inference(s) for s in subs]
-        _table(rows, ["subject", "zero_shot_ms", "inserted_ms", "icl16_ms", "overhead_pct", "vs_icl16",
+        if not quick:
+            rows.append(bench_inference(mid, batch=4, repeats=3))
+        _table(rows, ["subject", "batch", "zero_shot_ms", "inserted_ms", "icl16_ms", "overhead_pct", "vs_icl16",
                       "heads_written"], lines)
     with _section("4. Scaling of activation collection (lab model, fresh process each, batch 25)", lines):
         result = bench_scaling(examples=(100, 300) if quick else (100, 300, 1000), shots=(1, 4) if quick else (1, 4, 16))

@@ -164,3 +164,17 @@ def test_module_pattern_override_and_clear_errors(tmp_path):
         stv.HeadMap.from_model(model, pattern="transformer.blocks.{layer}.attn.c_proj")
     with pytest.raises(HeadDiscoveryError, match="must contain"):
         stv.HeadMap.from_model(model, pattern="transformer.h.0.attn.c_proj")
+
+
+def test_record_at_given_positions(lmm_of):
+    lmm = lmm_of("qwen2")
+    inputs = lmm.prepare([prompt(lmm, 0, "one two"), prompt(lmm, 0, "three four five six")])
+    seen = {}
+    handle = lmm.heads.projections[1].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    try:
+        with record(lmm.heads, [(1, 2)], positions=[3, 5]) as rec, torch.no_grad():
+            lmm.model(**inputs)
+    finally:
+        handle.remove()
+    by_hand = torch.stack([seen["x"][0, 3], seen["x"][1, 5]]).view(2, 4, 16)[:, 2]
+    torch.testing.assert_close(rec.values[:, 0], by_hand)

@@ -8,7 +8,7 @@ import torch
 import stv
 from stv.models import ModelLoadError
 from stv.heads import HeadDiscoveryError
-from stv.testing import FAMILIES, build
+from stv.testing import FAMILIES
 
 from .conftest import prompt
 

@@ -23,7 +23,7 @@ import torch
 
 from .data.digits import digit_examples
 from .heads import replace
-from .methods.fit import STVConfig, first_token_ids, scan_pairs
+from .methods.fit import first_token_ids, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import record_prompts, sensitivity_scan
 from .methods.bank import build_bank

@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import distributed
+from .io import atomic_write_json, atomic_write_text
 
 
 def _quiet_transformers() -> None:
@@ -90,7 +91,7 @@ def _cmd_scan(args) -> int:
     top = scan.top_k(cfg.top_k)
     if not distributed.current().is_main:
         return 0
-    (out / "sensitivity.json").write_text(json.dumps({"sensitivity": scan.sensitivity.tolist(), "top_k": top}))
+    atomic_write_json(out / "sensitivity.json", {"sensitivity": scan.sensitivity.tolist(), "top_k": top}, indent=None)
     report.sensitivity_heatmap(scan.sensitivity, out / "sensitivity.png", marked=top)
     print(json.dumps({"top_k": top[:10], "out": str(out)}))
     return 0
@@ -120,8 +121,8 @@ def _cmd_fit(args) -> int:
         vectors.save_pretrained(out)
         policy = log["policy"]
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, out / "policy.png", title="MTV REINFORCE")
-        (out / "fit_log.json").write_text(json.dumps({"stages_seconds": log["timings"], "config": asdict(mtv_cfg),
-                                                      "reward_curve": policy.reward_curve}, indent=1))
+        atomic_write_json(out / "fit_log.json", {"stages_seconds": log["timings"], "config": asdict(mtv_cfg),
+                                                 "reward_curve": policy.reward_curve})
         print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
         return 0
     vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
@@ -133,7 +134,7 @@ def _cmd_fit(args) -> int:
     log = {"stages_seconds": {k: round(v, 3) for k, v in state.timings.items()},
            "total_seconds": round(time.perf_counter() - start, 3), "config": asdict(cfg),
            "locations": state.locations, "reward_curve": state.policy.reward_curve}
-    (out / "fit_log.json").write_text(json.dumps(log, indent=1))
+    atomic_write_json(out / "fit_log.json", log)
     print(json.dumps({"out": str(out), "locations": len(vectors.locations), **log["stages_seconds"]}))
     return 0
 
@@ -217,11 +218,7 @@ def _cmd_bench(args) -> int:
 
     lines = run_all(quick=args.quick)
     if args.write:
-        path = Path(args.write)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(path)
+        path = atomic_write_text(args.write, "\n".join(lines) + "\n")
         print(f"\nwrote {path}")
     return 0
 

@@ -6,9 +6,6 @@ digits; a table of mean ± std, results.json, report.md and plots.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +16,7 @@ from tqdm.auto import tqdm
 from . import report
 from .data.digits import DIGIT_TASKS, digit_examples
 from .evaluate import first_token_accuracy
+from .io import atomic_write_json, atomic_write_text
 from .lab.curve import test_subset
 from .lab.model import load_lab
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -47,13 +45,6 @@ class DemoConfig:
                    stv=STVConfig(top_k=8, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2,
                                  batch_size=20),
                    mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20))
-
-
-def _write_json(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None,
@@ -101,7 +92,7 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
                "config": asdict(config), "model": str(lmm.name),
                "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
                "wall_seconds": round(time.perf_counter() - start, 1)}
-    _write_json(out / "results.json", summary)
+    atomic_write_json(out / "results.json", summary)
     table = report.results_table(results)
     report.accuracy_bars(results, out / "accuracy.png")
     for task, (state, _) in artifacts.items():
@@ -109,7 +100,7 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
                                    title=f"{task}: head sensitivity", marked=state.locations)
         report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / f"policy_{task}.png",
                              title=f"{task}: STV REINFORCE")
-    (out / "report.md").write_text(_report_md(summary, table, artifacts))
+    atomic_write_text(out / "report.md", _report_md(summary, table, artifacts))
     return summary
 
 

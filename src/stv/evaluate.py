@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.example import Example
+from .io import atomic_write_json, atomic_write_text
 from .models import LMM
 from .methods.fit import first_token_ids
 from .tasks import Task, sample_demos, support_demos
@@ -74,7 +74,7 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     for f in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
         done.update(_read_predictions(f))
     if part_file.is_file():  # drop a line cut by a kill
-        part_file.write_text("".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
+        atomic_write_text(part_file, "".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
     dist.barrier()
     rng = np.random.default_rng(seed)
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
@@ -95,8 +95,8 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
     scores.update({"shots": shots, "task": task.name, "n": len(examples)})
     if dist.is_main:
-        _atomic_write(pred_file, "".join(json.dumps(done[e.id]) + "\n" for e in examples))
-        _atomic_write(out / "scores.json", json.dumps(scores, indent=1))
+        atomic_write_text(pred_file, "".join(json.dumps(done[e.id]) + "\n" for e in examples))
+        atomic_write_json(out / "scores.json", scores)
         for f in out.glob("predictions.rank*.jsonl"):
             f.unlink()
     dist.barrier()
@@ -113,9 +113,3 @@ def _read_predictions(path: Path) -> dict[str, dict]:
                 break  # a line cut by a kill: everything after it is redone
             rows[row["question_id"]] = row
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from ..data.digits import DIGIT_TASKS, digit_examples
 from ..evaluate import first_token_accuracy
+from ..io import atomic_write_json
 from ..tasks import DIGITS
 
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
@@ -48,4 +48,4 @@ def format_curve(curve: dict) -> str:
 
 
 def save_curve(curve: dict, directory: str | Path) -> None:
-    (Path(directory) / "icl_curve.json").write_text(json.dumps(curve, indent=1))
+    atomic_write_json(Path(directory) / "icl_curve.json", curve)

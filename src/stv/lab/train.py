@@ -9,7 +9,6 @@ stuck guessing labels seen in the prompt (LAB-NOTES).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.digits import DIGIT_TASKS, RANDOM_LABELS, digit_images
+from ..io import atomic_write_json
 from .model import IMAGE_TOKENS, SEP, build_lab_model
 
 
@@ -142,5 +142,5 @@ def train_lab(out: str | Path, config: LabConfig | None = None, progress: bool =
     model.save_pretrained(out)
     processor.save_pretrained(out)
     result = {"config": asdict(config), "train_seconds": round(time.perf_counter() - start, 1), "log": log}
-    (out / "training.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "training.json", result)
     return result

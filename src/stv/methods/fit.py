@@ -13,7 +13,7 @@ import torch
 
 from .. import distributed
 from ..data.example import Example
-from ..heads import Location, replace
+from ..heads import Location
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors

@@ -11,7 +11,7 @@ A Bernoulli with logit -1 is a two-arm softmax with logits (0, -1), so the share
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

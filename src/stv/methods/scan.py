@@ -9,7 +9,6 @@ stage then reads only its top-K columns.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..distributed import assemble
 from ..heads import Location, record
+from ..io import atomic_write_json
 from ..models import LMM, Prompt
 
 
@@ -114,7 +114,5 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     if dist.enabled:  # no resume marker: shards live on several ranks
         return ScanResult(sensitivity, context, mine, query_norm)
     if key is not None:  # written last and atomically: its presence means the scan finished
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist()}))
-        os.replace(tmp, done)
+        atomic_write_json(done, {"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist()})
     return ScanResult(sensitivity, context, query_norm=query_norm)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, Union
 
 import torch

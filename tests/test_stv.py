@@ -240,3 +240,23 @@ def test_config_errors_are_clear(lmm_of):
         fit(lmm, train, STVConfig(top_k=2, shots=8), progress=False)
     with pytest.raises(ValueError, match="queries_per_step=7"):
         fit(lmm, train, STVConfig(top_k=2, shots=2, queries_per_step=7), progress=False)
+
+
+@pytest.mark.parametrize("ranking", ["l2", "relative"])
+def test_cli_scan_ranks_by_the_chosen_sensitivity(tmp_path, family_dir, ranking):
+    import json
+
+    from stv.cli import main
+
+    out = tmp_path / "scan"
+    assert main(["scan", "--model", family_dir("llava"), "--dataset", "digits:parity_AB", "--out", str(out),
+                 "--top-k", "3", "--pairs", "4", "--context-shots", "2", "--sensitivity", ranking]) == 0
+    saved = json.loads((out / "sensitivity.json").read_text())
+    scores = torch.tensor(saved["scores"])
+    heads = scores.shape[1]
+    expected = [[int(i) // heads, int(i) % heads] for i in torch.topk(scores.flatten(), 3).indices]
+    assert saved["ranking"] == ranking and saved["top_k"] == expected
+    if ranking == "l2":
+        assert saved["scores"] == saved["sensitivity"]
+    else:
+        assert saved["scores"] != saved["sensitivity"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stv.metrics import (choice_accuracy, first_line, normalize_answer, vizwiz_scores, vqa_accuracy,
+from stv.metrics import (choice_accuracy, normalize_answer, vizwiz_scores, vqa_accuracy,
                          vqa_accuracy_one)
 
 
@@ -54,4 +54,6 @@ def test_vizwiz_does_not_normalise_ground_truth_and_scores_answerability():
 
 def test_choice_accuracy_and_post_processing():
     assert choice_accuracy({"1": " A", "2": "B\n"}, {"1": "A", "2": "A"})["accuracy"] == 50.0
-    assert first_line(" 3.5 apples\nsecond line") == "3.5 apples"
+    from stv.tasks import TASKS
+
+    assert TASKS["vizwiz"].postprocess(" 3.5 apples\nsecond line") == "3.5 apples"

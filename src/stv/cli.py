@@ -25,14 +25,24 @@ def _quiet_transformers() -> None:
 def _dataset(args, split: str):
     """(examples, task template) of ``--dataset`` under ``--root``."""
     from .data import load_dataset
-    from .tasks import TASKS, task_for
+    from .tasks import TASKS, TEXT_SEPARATOR, TEXT_TEMPLATE, task_for, text_task
 
     spec = args.dataset
     try:
         examples = load_dataset(spec, getattr(args, "root", None), split)
+        if getattr(args, "template", None) or getattr(args, "separator", None) or getattr(args, "normalize", False):
+            task = text_task(_unescape(args.template or TEXT_TEMPLATE), _unescape(args.separator or TEXT_SEPARATOR),
+                             normalize=bool(getattr(args, "normalize", False)))
+        else:
+            task = TASKS[args.task] if getattr(args, "task", None) else task_for(spec)
     except ValueError as err:  # DataError included
         raise SystemExit(f"error: --dataset {spec}: {err}") from None
-    return examples, TASKS[args.task] if getattr(args, "task", None) else task_for(spec)
+    return examples, task
+
+
+def _unescape(text: str) -> str:
+    """Command-line '\\n' -> newline, so --separator '\\n\\n' works from a shell."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _model(args):
@@ -45,7 +55,8 @@ def _model(args):
     return load_model(args.model or LAB_CHECKPOINT, heads_pattern=getattr(args, "heads_pattern", None),
                       device=getattr(args, "device", None) or distributed.device_for_rank(), dtype=getattr(args, "dtype", None),
                       trust_remote_code=getattr(args, "trust_remote_code", False),
-                      device_map=getattr(args, "device_map", None), max_memory=max_memory)
+                      device_map=getattr(args, "device_map", None), max_memory=max_memory,
+                      gguf_file=getattr(args, "gguf_file", None))
 
 
 def _stv_config(args):
@@ -61,6 +72,15 @@ def _cmd_inspect(args) -> int:
     print(json.dumps({"model": str(lmm.name), "family": lmm.family, "class": type(lmm.model).__name__,
                       "processor": type(lmm.processor).__name__, "layers": h.num_layers, "heads": h.num_heads,
                       "head_dim": h.head_dim, "multimodal": lmm.is_multimodal}, indent=2))
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models.named import NAMED
+
+    for m in NAMED.values():
+        state = "installed" if m.installed() else f"not installed: {m.pip}"
+        print(f"{m.name:14s} {m.description}\n{'':14s} {state}")
     return 0
 
 
@@ -155,9 +175,11 @@ def _cmd_eval(args) -> int:
         return 0
     out = args.out or f"runs/eval-{args.dataset.replace(':', '_').replace('/', '_')}-{args.split}"
     scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy)
     if distributed.current().is_main:
-        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, "out": out, **info}))
+        extra = {"first_token_accuracy": round(scores["first_token_accuracy"], 2)} if "first_token_accuracy" in scores else {}
+        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": out,
+                          "policy": scores["policy"], **info}))
     return 0
 
 
@@ -246,7 +268,9 @@ def _cmd_lab(args) -> int:
 
 
 def _add_model(p) -> None:
-    p.add_argument("--model", help="hub id or folder (default: the bundled lab model)")
+    p.add_argument("--model", help="hub id, model folder, .gguf file, or a name from `stv models` such as "
+                   "smollm2-135m (default: the bundled lab model)")
+    p.add_argument("--gguf-file", help="with a --model folder holding several .gguf files: which one")
     p.add_argument("--heads-pattern", help="module path of each layer's output projection, with {layer}")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
@@ -257,10 +281,15 @@ def _add_model(p) -> None:
 
 def _add_data(p) -> None:
     p.add_argument("--dataset", required=True,
-                   help="digits:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | mtv:KIND:FILE")
+                   help="digits:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
+                   "mtv:KIND:FILE")
     p.add_argument("--root", help="folder with the dataset's original files")
     p.add_argument("--train-split", default="train", help="split that demonstrations and fitting use")
-    p.add_argument("--task", help="prompt template (default: the dataset's): digits, vizwiz, okvqa, choice, jsonl")
+    p.add_argument("--task", help="prompt template (default: the dataset's): digits, vizwiz, okvqa, choice, jsonl, fv")
+    p.add_argument("--template", help="text tasks: one demonstration's layout with {input} and {output} "
+                   "(default 'Q: {input}\\nA: {output}'; \\n is a newline)")
+    p.add_argument("--separator", help="text tasks: what joins demonstrations (default '\\n\\n')")
+    p.add_argument("--normalize", action="store_true", help="text tasks: exact match ignores case and extra spaces")
 
 
 def _add_stv(p) -> None:
@@ -315,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
+    p.add_argument("--policy", choices=("every_step", "prompt_last"),
+                   help="insertion schedule of --vectors (default: the one they were fitted with)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
@@ -346,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="load a model (hub id or folder) and print its head layout")
     _add_model(p)
     p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser("models", help="real pretrained models that ship in PyPI wheels, and whether each is installed")
+    p.set_defaults(func=_cmd_models)
     p = sub.add_parser("families", help="list the tiny offline model families (python -m stv.testing build)")
     p.set_defaults(func=_cmd_families)
     return parser

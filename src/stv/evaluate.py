@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.example import Example
+from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .models import LMM
 from .methods.fit import first_token_ids
@@ -42,7 +43,7 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
 
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
     """The task's metric over ``predictions`` (id -> post-processed answer)."""
-    from .metrics import breakdown, choice_accuracy, vizwiz_scores, vqa_accuracy
+    from .metrics import breakdown, exact_match, vizwiz_scores, vqa_accuracy
 
     if task.metric in ("vqa", "vizwiz"):
         answers = {e.id: e.answers for e in examples}
@@ -51,8 +52,9 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
             scores = vizwiz_scores(predictions, answers, answerable)
         else:
             scores = vqa_accuracy(predictions, answers)
-    else:
-        scores = choice_accuracy(predictions, {e.id: task.target(e) for e in examples})
+    else:  # choice, exact, exact_normalized
+        scores = exact_match(predictions, {e.id: task.target(e) for e in examples},
+                             normalize=task.metric == "exact_normalized")
     groups = {e.id: e.metadata.get("answer_type") for e in examples if e.metadata.get("answer_type")}
     if groups:
         scores["by_answer_type"] = breakdown(scores["per_question"], groups)
@@ -62,9 +64,14 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
 
 def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path, pool: Sequence[Example] = (),
              shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 20,
-             progress: bool = True) -> dict:
+             progress: bool = True, policy: Policy | None = None) -> dict:
     """Greedy answers for every example, appended to ``out/predictions.jsonl`` batch by batch
-    (a killed run resumes after the last written batch), then ``out/scores.json``."""
+    (a killed run resumes after the last written batch), then ``out/scores.json``.
+
+    ``scores["accuracy"]`` is the task's metric over the generated answers;
+    ``scores["first_token_accuracy"]`` is the % whose first generated token is the answer's
+    first token (the argmax over the whole vocabulary), from the same generation. ``policy``
+    is the insertion schedule of ``vectors`` (default: the one they were fitted with)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dist = distributed.current()
@@ -80,12 +87,15 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
     todo = [e for e in examples if e.id not in done]
     mine = dist.batches(len(todo), batch_size)
-    with vectors.apply(lmm) if vectors is not None else contextlib.nullcontext(), open(part_file, "a") as f:
+    first = dict(zip([e.id for e in todo], first_token_ids(lmm, todo, task).tolist())) if todo else {}
+    inserted = vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext()
+    with inserted, open(part_file, "a") as f:
         for _, start, end in tqdm(mine, desc="eval", disable=not progress or not dist.is_main):
             batch = todo[start:end]
-            texts = lmm.generate([task.prompt(demos[e.id], e) for e in batch], max_new_tokens=max_new_tokens)
-            for e, text in zip(batch, texts):
-                row = {"question_id": e.id, "answer": task.postprocess(text), "raw": text}
+            ids = lmm.generate_ids([task.prompt(demos[e.id], e) for e in batch], max_new_tokens=max_new_tokens)
+            for e, text, token in zip(batch, lmm.decode(ids), ids[:, 0].tolist()):
+                row = {"question_id": e.id, "answer": task.postprocess(text), "raw": text,
+                       "first_token_correct": token == first[e.id]}
                 done[e.id] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()
@@ -93,7 +103,11 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
         for part in dist.gather({k: done[k] for k in (e.id for _, s, t in mine for e in todo[s:t])}):
             done.update(part)
     scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
-    scores.update({"shots": shots, "task": task.name, "n": len(examples)})
+    flags = [done[e.id].get("first_token_correct") for e in examples]
+    if None not in flags:
+        scores["first_token_accuracy"] = 100.0 * sum(flags) / max(1, len(flags))
+    scores.update({"shots": shots, "task": task.name, "n": len(examples), "metric": task.metric,
+                   "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step"))})
     if dist.is_main:
         atomic_write_text(pred_file, "".join(json.dumps(done[e.id]) + "\n" for e in examples))
         atomic_write_json(out / "scores.json", scores)

@@ -120,18 +120,20 @@ def vizwiz_scores(predictions: dict[str, str], answers: dict[str, Sequence[str]]
     return result
 
 
-def choice_accuracy(predictions: dict[str, str], answers: dict[str, str]) -> dict:
-    """Exact match of the option letter (or text) after stripping whitespace; ×100."""
+def exact_match(predictions: dict[str, str], answers: dict[str, str], normalize: bool = False) -> dict:
+    """Exact match after stripping whitespace (``normalize``: also fold case and inner
+    whitespace, which would hide the point of a task such as capitalize); ×100."""
     missing = [q for q in answers if q not in predictions]
     if missing:
         raise ValueError(f"{len(missing)} questions have no prediction (first: {missing[0]!r})")
-    per = {q: float(predictions[q].strip() == str(a).strip()) for q, a in answers.items()}
+    fold = (lambda t: " ".join(str(t).split()).lower()) if normalize else (lambda t: str(t).strip())  # noqa: E731
+    per = {q: float(fold(predictions[q]) == fold(a)) for q, a in answers.items()}
     return {"accuracy": 100.0 * sum(per.values()) / max(1, len(per)), "n": len(per), "per_question": per}
 
 
-def first_line(text: str) -> str:
-    """MTV's answer post-processing: the text up to the first newline, stripped (no cut at '.')."""
-    return text.split("\n", 1)[0].strip()
+def choice_accuracy(predictions: dict[str, str], answers: dict[str, str]) -> dict:
+    """Exact match of the option letter (or text) after stripping whitespace; ×100."""
+    return exact_match(predictions, answers)
 
 
 def breakdown(per_question: dict[str, float], groups: dict[str, str]) -> dict[str, float]:

@@ -104,18 +104,50 @@ TASKS: dict[str, Task] = {
     "jsonl": Task("jsonl", shot="{question} Answer: {answer}\n", query="{question} Answer:", metric="vqa"),
 }
 DIGITS = TASKS["digits"]
+TEXT_TEMPLATE = "Q: {input}\nA: {output}"
+TEXT_SEPARATOR = "\n\n"
+_CHOICE_KINDS = ("dtd", "flowers102", "cub", "mtv")
+
+
+def text_task(template: str = TEXT_TEMPLATE, separator: str = TEXT_SEPARATOR, name: str = "fv",
+              normalize: bool = False) -> Task:
+    """A text ICL template from one demonstration's layout, e.g. ``"Q: {input}\nA: {output}"``.
+
+    Demonstrations are joined by ``separator``; the query is the template up to ``{output}``
+    with trailing spaces moved into the answer (``"A:"`` + ``" Paris"``), so the answer's
+    first token is the one the model writes after the prompt. Scored by exact match of the
+    generated first line (``normalize``: case and whitespace folded)."""
+    if template.count("{input}") != 1 or template.count("{output}") != 1 or not template.rstrip().endswith("{output}"):
+        raise ValueError(f"template {template!r} must contain {{input}} once and end with {{output}}")
+    shot = template.replace("{input}", "{question}").replace("{output}", "{answer}")
+    query = shot[: shot.index("{answer}")]
+    stripped = query.rstrip(" ")
+    return Task(name, shot=shot + separator, query=stripped, metric="exact_normalized" if normalize else "exact",
+                answer_prefix=query[len(stripped):])
+
+
+TASKS["fv"] = text_task()
 
 
 def task_for(dataset: str | Sequence[Example]) -> Task:
-    """The prompt template a dataset spec (or examples from ``load_dataset``) uses by default."""
+    """The prompt template a dataset spec (or examples from ``load_dataset``) uses by default.
+
+    An unknown spec is an error, never a silent fall-back to some other template."""
     if not isinstance(dataset, str):
-        dataset = dataset[0].metadata.get("dataset", "digits") if len(dataset) else "digits"
+        if not len(dataset):
+            raise ValueError("no examples: cannot choose a prompt template for an empty dataset")
+        dataset = dataset[0].metadata.get("dataset", "")
     kind, _, rest = dataset.partition(":")
     if kind == "hf":
         kind = rest
     if kind.startswith("digits"):
         return DIGITS
-    return TASKS.get(kind, TASKS["choice"])
+    if kind in TASKS:
+        return TASKS[kind]
+    if kind in _CHOICE_KINDS:
+        return TASKS["choice"]
+    raise ValueError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, fv:TASK, vizwiz, okvqa, "
+                     f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself")
 
 
 def support_demos(query: Example) -> list[Example]:

@@ -3,7 +3,8 @@
 ``load_dataset(spec, root, split)`` with spec one of: ``digits:TASK`` (bundled, offline),
 ``vizwiz``, ``okvqa``, ``dtd``, ``flowers102``, ``cub`` (original files under ``root``),
 ``hf:NAME`` (the Hugging Face parquet repo of NAME), ``jsonl`` (root = the .jsonl file) or
-``mtv:KIND:FILE`` (MTV's 2-way records, images under ``root``; KIND = flower, bird or texture).
+``mtv:KIND:FILE`` (MTV's 2-way records, images under ``root``; KIND = flower, bird or texture)
+or ``fv:TASK`` (a Function Vectors text task: a file, a name under ``root``, or a bundled one).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from pathlib import Path
 
 from .digits import DIGIT_TASKS, DigitImages, DigitTask, digit_examples, digit_images
 from .example import DataError, Example, LazyImage
+from .function_vectors import bundled_tasks, load_function_vectors
 from .loaders import LOADERS, load_hf, load_jsonl, load_mtv_choice
 
-__all__ = ["DIGIT_TASKS", "DataError", "DigitImages", "DigitTask", "Example", "LazyImage", "digit_examples",
+__all__ = ["DIGIT_TASKS", "bundled_tasks", "load_function_vectors", "DataError", "DigitImages", "DigitTask", "Example", "LazyImage", "digit_examples",
            "digit_images", "load_dataset"]
 
 
@@ -33,6 +35,8 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
         return digit_examples(rest, split)
     if kind == "hf":
         return load_hf(rest, split)
+    if kind == "fv":
+        return load_function_vectors(rest, root, split)
     if kind == "jsonl":
         return load_jsonl(rest or _need_root(spec, root))
     if kind == "mtv":
@@ -41,7 +45,7 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     if kind in LOADERS:
         return LOADERS[kind](_need_root(spec, root), split)
     raise DataError(f"unknown dataset {spec!r}; use digits:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
-                    "jsonl:FILE or mtv:KIND:FILE")
+                    "jsonl:FILE, mtv:KIND:FILE or fv:TASK")
 
 
 def _need_root(spec: str, root) -> Path:

@@ -88,5 +88,6 @@ def digit_examples(task: str, split: str = "train", size: int = 32) -> list[Exam
     d, t = digit_images(), DIGIT_TASKS[task]
     indices = d.train if split == "train" else d.test
     return [Example(id=f"digits-{task}-{i}", images=[d.image(i, size)], question="", answers=[t.answer(int(d.labels[i]))],
-                    choices=t.vocabulary, metadata={"index": int(i), "class": int(d.labels[i]), "task": task})
+                    choices=t.vocabulary, metadata={"index": int(i), "class": int(d.labels[i]), "task": task,
+                              "dataset": f"digits:{task}"})
             for i in indices]

@@ -67,7 +67,7 @@ class ScanResult:
 def record_prompts(lmm: LMM, prompts: Sequence[Prompt]) -> torch.Tensor:
     """Every head's output at each prompt's last token: (batch, layers*heads, head_dim)."""
     with record(lmm.heads) as rec, torch.inference_mode():
-        lmm.model(**lmm.prepare(prompts), use_cache=False)
+        lmm.model(**lmm.prepare(prompts), use_cache=False, logits_to_keep=1)  # no full-sequence logits
     return rec.values
 
 

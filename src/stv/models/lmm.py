@@ -47,6 +47,21 @@ class LMM:
     family: str = ""
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_model(cls, model: nn.Module, processor: Any, name: str | None = None,
+                   heads_pattern: str | None = None) -> "LMM":
+        """Wrap a model the user already loaded (with its tokenizer or processor).
+
+        The model is put in eval mode; its heads are found as :func:`stv.load_model` finds
+        them (``heads_pattern`` overrides discovery)."""
+        config = getattr(model, "config", None)
+        if config is None:
+            raise TypeError(f"{type(model).__name__} has no .config; pass a transformers model")
+        model.eval()
+        return cls(model=model, processor=processor, heads=HeadMap.from_model(model, pattern=heads_pattern),
+                   name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
+                   family=config.model_type)
+
     # ------------------------------------------------------------------ basics
     @property
     def tokenizer(self):
@@ -130,19 +145,30 @@ class LMM:
     @torch.inference_mode()
     def forward(self, prompts: Sequence[Prompt], mode: Render = "raw") -> torch.Tensor:
         """Logits of the next token after each prompt: (batch, vocab)."""
-        out = self.model(**self.prepare(prompts, mode), use_cache=False)
+        out = self.model(**self.prepare(prompts, mode), use_cache=False, logits_to_keep=1)  # last position only
         return out.logits[:, -1].float()
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw",
                  **kwargs) -> list[str]:
         """Greedy decoding; returns the new text of each prompt (special tokens dropped)."""
+        return self.decode(self.generate_ids(prompts, max_new_tokens, mode, **kwargs))
+
+    @torch.inference_mode()
+    def generate_ids(self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw",
+                     **kwargs) -> torch.Tensor:
+        """Greedy decoding; the new token ids (batch, new), padded after an end of sequence.
+
+        Column 0 is the argmax after each prompt, so one call gives both the first-token
+        accuracy and the generated answer."""
         inputs = self.prepare(prompts, mode, positions=False)
         kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out[:, inputs["input_ids"].shape[1]:].cpu()
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
         ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
@@ -182,7 +208,7 @@ class LMM:
     def _teacher_forced(self, inputs: dict, target: torch.Tensor, valid: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield next-token logits after the prompt, then after each fed answer token."""
         mask = inputs["attention_mask"]
-        out = self.model(**inputs, use_cache=True)
+        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         yield out.logits[:, -1]
         cache, pos = out.past_key_values, (mask.long().cumsum(-1) - 1)[:, -1]
         for step in range(target.shape[1] - 1):
@@ -227,7 +253,7 @@ class LMM:
         if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
             raise ValueError("prefix caching needs prompts that end in text, not in an image")
         head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
-        out = self.model(**head, use_cache=True)
+        out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         mask = inputs["attention_mask"]
         deltas = self._rope_deltas()
         return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1],

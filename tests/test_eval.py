@@ -25,12 +25,12 @@ def test_run_eval_writes_scores_and_resumes(tmp_path, lab):
     # simulate a kill after 5 answers and a half-written line: the rerun only redoes the rest
     (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]) + '{"question_')
     calls = []
-    original = lab.generate
-    lab.generate = lambda prompts, **kw: calls.append(len(prompts)) or original(prompts, **kw)
+    original = lab.generate_ids
+    lab.generate_ids = lambda prompts, **kw: calls.append(len(prompts)) or original(prompts, **kw)
     try:
         again = run_eval(lab, test, DIGITS, tmp_path, pool, shots=8, batch_size=4, max_new_tokens=2, progress=False)
     finally:
-        del lab.generate
+        del lab.generate_ids
     assert sum(calls) == 7 and again["accuracy"] == scores["accuracy"]
     assert json.loads((tmp_path / "scores.json").read_text())["n"] == 12
 

@@ -1,43 +1,62 @@
-"""`stv demo`: the whole pipeline on the bundled lab model and digits tasks.
+"""`stv demo`: the whole pipeline, side by side, over several seeds.
 
-Zero-shot, k-shot ICL, MTV, STV and the paper's ablations, over several seeds, on test
-digits; a table of mean ± std, results.json, report.md and plots.
+Two subjects: the bundled lab model on digits tasks (default; first-token accuracy), and a
+real pretrained language model (``--model smollm2-135m``) on Function Vectors text tasks
+(first-token accuracy and exact match of the generated answer). Zero-shot, k-shot ICL, MTV,
+STV (the paper's ranking and our alternatives) and the paper's ablations; a table of
+mean ± std, results.json, report.md and plots.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import report
-from .data.digits import DIGIT_TASKS, digit_examples
-from .evaluate import first_token_accuracy
+from .evaluate import first_token_accuracy, generation_accuracy
+from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
-from .lab.curve import test_subset
-from .lab.model import load_lab
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
 from .methods.fit import STVConfig, fit, fit_at
 from .methods.mtv import MTVConfig, fit_mtv
-from .tasks import DIGITS
+from .tasks import task_for
 
-METHODS = ("zero_shot", "icl_1", "icl_4", "icl_16", "icl_32", "mtv", "stv", "stv_mean_topk", "stv_random_heads",
-           "stv_no_rl", "stv_relative")  # the last: our variant, heads ranked by delta / query norm
+ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
+# Seconds per (task, seed) measured with these configs on 2 shared CPU cores (2026-11-22),
+# for the estimate printed before a run.
+MEASURED_SECONDS = {"lab": 12.0, "real": 100.0}
 
 
 @dataclass
 class DemoConfig:
+    model: str | None = None  # None: the bundled lab model
     tasks: tuple[str, ...] = ("parity_word", "size_word", "parity_AB", "big_AB")
     seeds: tuple[int, ...] = (0, 1, 2)
     test_per_task: int = 200
+    icl_shots: tuple[int, ...] = (1, 4, 16, 32)
+    max_new_tokens: int = 0  # >0: also generate and report exact match (text tasks)
+    em_policy: Policy = "prompt_last"  # insertion schedule while generating for exact match
+    variants: tuple[str, ...] = ("relative", "mean_delta")  # other head rankings, fitted from the same scan
+    mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
     stv: STVConfig = field(default_factory=lambda: STVConfig(top_k=8, clusters=16, pairs=100, shots=16, steps=300,
                                                              samples=32, queries_per_step=2, batch_size=25))
     mtv: MTVConfig = field(default_factory=lambda: MTVConfig(prompts=100, shots=16, steps=300, samples=32,
                                                              queries_per_step=2, batch_size=25))
+
+    @property
+    def subject(self) -> str:
+        return "lab" if self.model is None else "real"
+
+    def methods(self) -> list[str]:
+        return (["zero_shot", *(f"icl_{k}" for k in self.icl_shots), "mtv", "stv", *ABLATIONS]
+                + [f"stv_{v}" for v in self.variants])
 
     @classmethod
     def quick(cls) -> "DemoConfig":
@@ -46,71 +65,149 @@ class DemoConfig:
                                  batch_size=20),
                    mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20))
 
+    @classmethod
+    def real(cls, model: str = "smollm2-135m", quick: bool = False) -> "DemoConfig":
+        """A real pretrained LM on five Function Vectors tasks (bundled), 10-shot contexts."""
+        stv = STVConfig(top_k=16, clusters=16, pairs=40, shots=10, steps=150, samples=32, queries_per_step=2,
+                        prefix_pool=8, batch_size=8)
+        mtv = MTVConfig(prompts=40, shots=10, steps=150, samples=32, queries_per_step=2, final_items=20, batch_size=8)
+        config = cls(model=model, tasks=("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5",
+                                         "country-capital"),
+                     test_per_task=40, icl_shots=(1, 4, 10), max_new_tokens=8, mtv_means_from_scan=True, stv=stv, mtv=mtv)
+        if quick:
+            config = replace(config, tasks=("capitalize", "present-past"), seeds=(0,), test_per_task=20,
+                             stv=replace(stv, pairs=16, steps=40), mtv=replace(mtv, prompts=16, steps=40))
+        return config
+
+
+METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
+
+
+def _data(config: DemoConfig, task: str):
+    """(train, test, template) of one demo task."""
+    from .data import digit_examples, load_dataset
+    from .lab.curve import test_subset
+
+    if config.subject == "lab":
+        return digit_examples(task, "train"), test_subset(task, config.test_per_task), task_for("digits")
+    train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
+    rng = np.random.default_rng(0)  # the same held-out queries for every seed and method
+    test = [test[i] for i in sorted(rng.permutation(len(test))[: config.test_per_task])]
+    return train, test, task_for(train)
+
+
+def _load(config: DemoConfig, checkpoint=None):
+    if config.subject == "lab":
+        from .lab.model import load_lab
+
+        return load_lab(checkpoint)
+    from .models import load_model
+
+    return load_model(config.model)
+
 
 def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None,
              progress: bool = True) -> dict:
     config = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lmm = load_lab(checkpoint)
-    results = {m: {t: [] for t in config.tasks} for m in METHODS}
+    torch.manual_seed(0)
+    lmm = _load(config, checkpoint)
+    metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
+    methods = config.methods()
+    results = {m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics}
     timings: dict[str, list[float]] = {}
     artifacts = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(config.tasks) * len(config.seeds), desc="demo", disable=not progress)
+    estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
+    if progress:
+        print(f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods; "
+              f"about {estimate / 60:.0f} min on 2 CPU cores", file=sys.stderr)
+    bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
     for task in config.tasks:
-        train, test = digit_examples(task, "train"), test_subset(task, config.test_per_task)
+        train, test, template = _data(config, task)
         for seed in config.seeds:
-            def acc(shots=0, vectors=None):
-                return round(first_token_accuracy(lmm, test, DIGITS, train, shots, vectors, seed=seed), 2)
+            def record(method: str, shots: int = 0, vectors=None) -> None:
+                scores = _measure(lmm, config, test, template, train, shots, vectors, seed)
+                for metric, value in zip(metrics, scores):
+                    results[metric][method][task].append(round(value, 2))
+                bar.set_postfix(task=task, seed=seed, method=method)
+                bar.update(1)
 
-            results["zero_shot"][task].append(acc())
-            for k in (1, 4, 16, 32):
-                results[f"icl_{k}"][task].append(acc(k))
-            stv_cfg = STVConfig(**{**asdict(config.stv), "seed": seed})
-            vectors, state = fit(lmm, train, stv_cfg, progress=False)
-            for stage, seconds in state.timings.items():
-                timings.setdefault(f"stv_{stage}", []).append(seconds)
-            results["stv"][task].append(acc(vectors=vectors))
-            results["stv_mean_topk"][task].append(acc(vectors=mean_at_top_k(state, vectors.config)))
-            results["stv_no_rl"][task].append(acc(vectors=nearest_to_mean(state, vectors.config)))
-            results["stv_random_heads"][task].append(acc(vectors=random_heads(lmm, train, stv_cfg, DIGITS, state, seed)))
-            relative = STVConfig(**{**asdict(stv_cfg), "sensitivity": "relative"})
-            rel_vectors, _ = fit_at(lmm, train, relative, DIGITS, state.scan, state.scan.top_k(relative.top_k, "relative"),
-                                    np.random.default_rng(seed + 20_000), progress=False)
-            results["stv_relative"][task].append(acc(vectors=rel_vectors))
-            mtv_vectors, mtv_log = fit_mtv(lmm, train, MTVConfig(**{**asdict(config.mtv), "seed": seed}), progress=False)
-            for stage, seconds in mtv_log["timings"].items():
-                timings.setdefault(f"mtv_{stage}", []).append(seconds)
-            results["mtv"][task].append(acc(vectors=mtv_vectors))
+            state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings)
             if seed == config.seeds[0]:
-                artifacts[task] = (state, mtv_vectors)
-                vectors.save_pretrained(out / "vectors" / task)
-            bar.update(1)
+                artifacts[task] = state
+                stv_vectors.save_pretrained(out / "vectors" / task)
     bar.close()
-    summary = {"methods": results, "metric": "first-token accuracy over the whole vocabulary, % (test digits)",
-               "config": asdict(config), "model": str(lmm.name),
-               "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
+    summary = {"results": results, "methods": results["first_token"], "model": str(lmm.name),
+               "metric": {"first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
+                          "exact_match": "exact match of the generated first line, % (held-out queries)"},
+               "config": asdict(config), "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
                "wall_seconds": round(time.perf_counter() - start, 1)}
     atomic_write_json(out / "results.json", summary)
-    table = report.results_table(results)
-    report.accuracy_bars(results, out / "accuracy.png")
-    for task, (state, _) in artifacts.items():
-        report.sensitivity_heatmap(state.scan.sensitivity, out / f"sensitivity_{task}.png",
-                                   title=f"{task}: head sensitivity", marked=state.locations)
-        report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / f"policy_{task}.png",
-                             title=f"{task}: STV REINFORCE")
-    atomic_write_text(out / "report.md", _report_md(summary, table, artifacts))
+    _write_report(out, summary, artifacts, config)
     return summary
 
 
-def _report_md(summary: dict, table: str, artifacts: dict) -> str:
-    kinds = {t: DIGIT_TASKS[t].kind for t in summary["methods"]["stv"]}
-    lines = ["# stv demo: the lab model on digits tasks", "",
-             f"Metric: {summary['metric']}. Mean ± std over seeds {summary['config']['seeds']}.",
-             "Task kinds: " + ", ".join(f"{t} ({k})" for t, k in kinds.items()) + ".", "", table, "",
-             "Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
-             f"Total wall time: {summary['wall_seconds']} s.", "", "![accuracy](accuracy.png)", ""]
-    for task in artifacts:
-        lines += [f"![{task} sensitivity](sensitivity_{task}.png) ![{task} policy](policy_{task}.png)", ""]
-    return "\n".join(lines)
+def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors, seed: int) -> tuple[float, ...]:
+    if not config.max_new_tokens:
+        return (first_token_accuracy(lmm, test, template, train, shots, vectors, seed=seed),)
+    return generation_accuracy(lmm, test, template, train, shots, vectors, seed=seed,
+                               max_new_tokens=config.max_new_tokens, policy=config.em_policy)
+
+
+def _timed(timings: dict, name: str, fn):
+    t = time.perf_counter()
+    value = fn()
+    timings.setdefault(name, []).append(time.perf_counter() - t)
+    return value
+
+
+def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict):
+    """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each."""
+    record("zero_shot")
+    for k in config.icl_shots:
+        record(f"icl_{k}", shots=k)
+    stv_cfg = replace(config.stv, seed=seed)
+    vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
+    for stage, seconds in state.timings.items():
+        timings.setdefault(f"stv_{stage}", []).append(seconds)
+    means = None
+    if config.mtv_means_from_scan:
+        means = torch.from_numpy(np.asarray(state.scan.context_activations, dtype=np.float32).mean(0))
+    mtv_vectors, mtv_log = _timed(timings, "mtv_total", lambda: fit_mtv(
+        lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means))
+    record("mtv", vectors=mtv_vectors)
+    record("stv", vectors=vectors)
+    record("stv_mean_topk", vectors=mean_at_top_k(state, vectors.config))
+    record("stv_random_heads", vectors=random_heads(lmm, train, stv_cfg, template, state, seed))
+    record("stv_no_rl", vectors=nearest_to_mean(state, vectors.config))
+    for i, variant in enumerate(config.variants):
+        cfg = replace(stv_cfg, sensitivity=variant)
+        rng = np.random.default_rng(seed + 20_000 * (i + 1))
+        fitted, _ = _timed(timings, f"stv_{variant}_fit", lambda: fit_at(
+            lmm, train, cfg, template, state.scan, state.scan.top_k(cfg.top_k, variant), rng, progress=False))
+        record(f"stv_{variant}", vectors=fitted)
+    return state, vectors
+
+
+def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:
+    tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
+    for metric, per in summary["results"].items():
+        report.accuracy_bars(per, out / ("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png"),
+                             title=f"{summary['model']}: {metric.replace('_', ' ')} (%)")
+    for task, state in artifacts.items():
+        report.sensitivity_heatmap(state.scan.scores(config.stv.sensitivity), out / f"sensitivity_{task}.png",
+                                   title=f"{task}: head sensitivity ({config.stv.sensitivity})", marked=state.locations)
+        report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / f"policy_{task}.png",
+                             title=f"{task}: STV REINFORCE")
+    lines = [f"# stv demo: {summary['model']}", "",
+             f"Mean ± std over seeds {list(config.seeds)}; {config.test_per_task} held-out queries per task.", ""]
+    for metric, table in tables.items():
+        lines += [f"## {summary['metric'][metric]}", "", table, ""]
+    if config.max_new_tokens:
+        lines += [f"Exact match is generated with task vectors inserted under the `{config.em_policy}` schedule.", ""]
+    lines += ["Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
+              f"Total wall time: {summary['wall_seconds']} s.", "", "![accuracy](accuracy.png)", ""]
+    lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} policy](policy_{t}.png)" for t in artifacts]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -41,6 +41,27 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
     return 100.0 * float(dist.all_sum(correct)) / max(1, len(examples))
 
 
+@torch.inference_mode()
+def generation_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool: Sequence[Example] = (),
+                        shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 8,
+                        policy: Policy | None = None) -> tuple[float, float]:
+    """(first-token %, task-metric % of the generated answers) from one greedy generation.
+
+    The first generated token is the argmax after the prompt, so it gives the same
+    first-token accuracy as :func:`first_token_accuracy`; the rest gives the exact match."""
+    rng = np.random.default_rng(seed)
+    prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
+    targets = first_token_ids(lmm, examples, task)
+    first, predictions = 0, {}
+    with vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext():
+        for start in range(0, len(prompts), batch_size):
+            ids = lmm.generate_ids(prompts[start : start + batch_size], max_new_tokens=max_new_tokens)
+            first += int((ids[:, 0] == targets[start : start + batch_size]).sum())
+            for e, text in zip(examples[start : start + batch_size], lmm.decode(ids)):
+                predictions[e.id] = task.postprocess(text)
+    return 100.0 * first / max(1, len(examples)), score_predictions(task, examples, predictions)["accuracy"]
+
+
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
     """The task's metric over ``predictions`` (id -> post-processed answer)."""
     from .metrics import breakdown, exact_match, vizwiz_scores, vqa_accuracy

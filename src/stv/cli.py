@@ -13,6 +13,8 @@ from pathlib import Path
 from . import distributed
 from .io import atomic_write_json, atomic_write_text
 
+DEFAULT_VARIANT = "paper"  # what `stv fit` uses unless --variant says otherwise
+
 
 def _quiet_transformers() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -63,7 +65,7 @@ def _stv_config(args):
     from .methods.fit import STVConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(STVConfig) if getattr(args, f.name, None) is not None}
-    return STVConfig(**values)
+    return STVConfig.preset(getattr(args, "variant", None) or DEFAULT_VARIANT, **values)
 
 
 def _cmd_inspect(args) -> int:
@@ -320,8 +322,14 @@ def _add_data(p) -> None:
 def _add_stv(p) -> None:
     from .methods.fit import STVConfig
 
+    p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
+                   help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the paper's "
+                   "method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours (consistent-"
+                   "shift ranking, mean and keep arms, prompt-last insertion)")
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
     for f in fields(STVConfig):
+        if f.name == "variant":
+            continue
         flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", default=None, dest=f.name)

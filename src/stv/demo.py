@@ -34,6 +34,11 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 MEASURED_SECONDS = {"lab": 12.0, "real": 100.0}
 
 
+def variant_method(name: str) -> str:
+    """Method name of a variant in tables: "stv+" stays, "mean_delta" -> "stv_mean_delta"."""
+    return name if name.startswith("stv") else f"stv_{name}"
+
+
 @dataclass
 class DemoConfig:
     model: str | None = None  # None: the bundled lab model
@@ -185,10 +190,6 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
         record(variant_method(name), vectors=fitted)
     return state, vectors
 
-
-def variant_method(name: str) -> str:
-    """Method name of a variant in tables: "stv+" stays, "mean_delta" -> "stv_mean_delta"."""
-    return name if name.startswith("stv") else f"stv_{name}"
 
 
 def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:

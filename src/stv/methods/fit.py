@@ -41,12 +41,22 @@ class STVConfig:
     policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0
+    variant: str = "paper"  # the preset these settings started from (recorded in artifacts)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "STVConfig":
+        """``"paper"`` or ``"stv+"``, with ``overrides`` winning over the preset's own settings."""
+        presets = {"paper": cls.paper, "stv+": cls.plus}
+        if name not in presets:
+            raise ValueError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
+        return presets[name](**overrides)
 
     @classmethod
     def paper(cls, **overrides) -> "STVConfig":
         """The paper's method as first read: heads ranked by mean ||delta|| (L2), a k-means bank
         only, every head overwritten, MTV's insertion at every generated token."""
-        return cls(**{"sensitivity": "l2", "keep_arm": False, "mean_arm": False, "policy": "every_step", **overrides})
+        return cls(**{"sensitivity": "l2", "keep_arm": False, "mean_arm": False, "policy": "every_step",
+                      "variant": "paper", **overrides})
 
     @classmethod
     def plus(cls, **overrides) -> "STVConfig":
@@ -56,7 +66,7 @@ class STVConfig:
         prefixes, and insertion at the prompt's last token only (multi-token answers are not
         overwritten token after token)."""
         return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "queries_per_step": 2,
-                      "prefix_pool": 16, "policy": "prompt_last", **overrides})
+                      "prefix_pool": 16, "policy": "prompt_last", "variant": "stv+", **overrides})
 
 
     def validate(self, lmm: LMM, n_train: int) -> None:

@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import distributed
+from .errors import StvError
 from .io import atomic_write_json, atomic_write_text
 
 DEFAULT_VARIANT = "paper"  # what `stv fit` uses unless --variant says otherwise
@@ -38,7 +39,7 @@ def _dataset(args, split: str):
         else:
             task = TASKS[args.task] if getattr(args, "task", None) else task_for(spec)
     except ValueError as err:  # DataError included
-        raise SystemExit(f"error: --dataset {spec}: {err}") from None
+        raise StvError(f"--dataset {spec}: {err}") from None
     return examples, task
 
 
@@ -118,56 +119,67 @@ def _cmd_scan(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from . import report
+    from .checks import writable_folder
+    from .fitting import fit_settings, prepare_fit_folder, save_fit
     from .methods.fit import fit
 
-    out = Path(args.out)
-    if (out / "task_vectors.safetensors").exists() and not args.recompute:
-        print(f"{out} already holds fitted task vectors; pass --recompute to fit again")
-        return 0
-    lmm = _model(args)
-    train, task = _dataset(args, args.train_split)
+    out = writable_folder(args.out)
     cfg = _stv_config(args)
+    cfg.check()
+    train, task = _dataset(args, args.train_split)
+    lmm = _model(args)
+    method_cfg = cfg
+    if args.method == "mtv":
+        from .methods.mtv import MTVConfig
+
+        method_cfg = MTVConfig(shots=cfg.shots, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr, prompts=cfg.pairs,
+                               queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
+                               seed=cfg.seed)
+    settings = {**fit_settings(lmm, train, task, args.method, method_cfg, args.dataset), "split": args.train_split}
+    dist = distributed.current()
+    finished = prepare_fit_folder(out, settings, args.recompute) if dist.is_main else False
+    dist.barrier()
+    if finished:
+        print(f"{out} already holds task vectors fitted with these settings; pass --recompute to fit again")
+        return 0
     start = time.perf_counter()
     if args.method == "mtv":
-        from .methods.mtv import MTVConfig, fit_mtv
+        from .methods.mtv import fit_mtv
 
-        mtv_cfg = MTVConfig(shots=cfg.shots, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr, prompts=cfg.pairs,
-                            queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
-                            seed=cfg.seed)
-        vectors, log = fit_mtv(lmm, train, mtv_cfg, task=task)
-        if not distributed.current().is_main:
-            return 0
-        vectors.save_pretrained(out)
-        policy = log["policy"]
-        report.policy_curves(policy.reward_curve, policy.max_prob_curve, out / "policy.png", title="MTV REINFORCE")
-        atomic_write_json(out / "fit_log.json", {"stages_seconds": log["timings"], "config": asdict(mtv_cfg),
-                                                 "reward_curve": policy.reward_curve})
-        print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
+        vectors, log = fit_mtv(lmm, train, method_cfg, task=task)
+        if dist.is_main:
+            save_fit(out, vectors, method_cfg, policy=log["policy"], timings=log["timings"], started=start)
+            print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
         return 0
     vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
-    if not distributed.current().is_main:
-        return 0
-    vectors.save_pretrained(out)
-    report.sensitivity_heatmap(state.scan.sensitivity, out / "sensitivity.png", marked=state.locations)
-    report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / "policy.png")
-    log = {"stages_seconds": {k: round(v, 3) for k, v in state.timings.items()},
-           "total_seconds": round(time.perf_counter() - start, 3), "config": asdict(cfg),
-           "locations": state.locations, "reward_curve": state.policy.reward_curve}
-    atomic_write_json(out / "fit_log.json", log)
-    print(json.dumps({"out": str(out), "locations": len(vectors.locations), **log["stages_seconds"]}))
+    if dist.is_main:
+        log = save_fit(out, vectors, cfg, state=state, started=start)
+        print(json.dumps({"out": str(out), "variant": cfg.variant, "locations": len(vectors.locations),
+                          "scan_reused": state.scan.reused, **log["stages_seconds"]}))
     return 0
 
 
 def _cmd_eval(args) -> int:
+    from .checks import at_least, default_eval_folder, not_a_vectors_folder, writable_folder
     from .evaluate import first_token_accuracy, run_eval
     from .vectors import TaskVectors
 
-    lmm = _model(args)
+    at_least(args.shots, -1, "--shots")
+    at_least(args.limit, 1, "--limit")
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.max_new_tokens, 1, "--max-new-tokens")
+    out = Path(args.out) if args.out else default_eval_folder(args.model, args.dataset, args.split, args.shots,
+                                                              args.vectors, args.seed, args.policy)
+    writable_folder(out)
+    not_a_vectors_folder(out)
     examples, task = _dataset(args, args.split)
     pool = _dataset(args, args.train_split)[0] if args.shots > 0 else []
     examples = examples[: args.limit] if args.limit else examples
     vectors = TaskVectors.from_pretrained(args.vectors) if args.vectors else None
+    lmm = _model(args)
+    if vectors is not None:
+        vectors.allow_other_weights = args.allow_other_weights
+        vectors.check_model(lmm)
     info = {"n": len(examples), "shots": args.shots, "vectors": args.vectors, "dataset": args.dataset,
             "split": args.split}
     if args.first_token:
@@ -175,12 +187,13 @@ def _cmd_eval(args) -> int:
         if distributed.current().is_main:
             print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
         return 0
-    out = args.out or f"runs/eval-{args.dataset.replace(':', '_').replace('/', '_')}-{args.split}"
     scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy)
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy,
+                      recompute=args.recompute, settings={"split": args.split},
+                      scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json")
     if distributed.current().is_main:
         extra = {"first_token_accuracy": round(scores["first_token_accuracy"], 2)} if "first_token_accuracy" in scores else {}
-        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": out,
+        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": str(out),
                           "policy": scores["policy"], **info}))
     return 0
 
@@ -216,7 +229,7 @@ def _cmd_score(args) -> int:
         asked = {str(q["question_id"]) for q in _read_records(args.questions)}
         extra = set(result["per_question"]) - asked
         if extra:
-            raise SystemExit(f"error: {len(extra)} annotated questions are not in {args.questions}")
+            raise StvError(f"{len(extra)} annotated questions are not in --questions {args.questions}")
     result.pop("per_question", None)
     print(json.dumps(result, indent=1))
     return 0
@@ -286,7 +299,7 @@ def _cmd_lab(args) -> int:
     elif args.lab_command == "info":
         path = Path(args.checkpoint or LAB_CHECKPOINT) / "icl_curve.json"
         if not path.is_file():
-            raise SystemExit(f"error: no ICL curve at {path}; run `stv lab curve`")
+            raise StvError(f"no ICL curve at {path}; run `stv lab curve`")
         print(format_curve(json.loads(path.read_text())))
     else:
         curve = icl_curve(load_lab(args.checkpoint), per_task=args.per_task)
@@ -376,12 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
     p.add_argument("--limit", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="folder for predictions.jsonl (resumable) and scores.json")
+    p.add_argument("--out", help="folder for predictions.jsonl (resumable; refuses other settings) and scores.json "
+                   "(default: runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
     p.add_argument("--policy", choices=("every_step", "prompt_last"),
                    help="insertion schedule of --vectors (default: the one they were fitted with)")
+    p.add_argument("--recompute", action="store_true", help="clear --out's earlier predictions and start again")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="insert --vectors fitted on another checkpoint of the same architecture")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
@@ -448,15 +465,24 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
         return argv
     i = argv.index("--config")
     if i + 1 >= len(argv):
-        raise SystemExit("error: --config needs a JSON file")
+        raise StvError("--config needs a JSON file")
     path = Path(argv[i + 1])
     if not path.is_file():
-        raise SystemExit(f"error: --config {path}: no such file")
-    config = json.loads(path.read_text())
+        raise StvError(f"--config {path}: no such file")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StvError(f"--config {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if config.get("trust_remote_code") and "--trust-remote-code" not in argv:
+        raise StvError(f"--config {path} sets trust_remote_code, which runs the checkpoint's own code; "
+                       "pass --trust-remote-code on the command line as well to allow it")
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     command = sub.choices.get(argv[0]) if sub is not None and argv else None
     accepted = set(command._option_string_actions) if command is not None else set()
     flags: list[str] = []
+    sections = {"fit", "eval", "scan", "demo", "compare"}  # {"fit": {...}}: keys for one sub-command only
+    own = config.get(argv[0], {}) if argv and isinstance(config.get(argv[0]), dict) else {}
+    config = {**{k: v for k, v in config.items() if k not in sections}, **own}
     for key, value in config.items():
         flag = "--" + key.replace("_", "-")
         if key.startswith("_") or flag not in accepted:
@@ -471,18 +497,14 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(expand_config(list(sys.argv[1:] if argv is None else argv), parser))
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    _quiet_transformers()
-    from .heads import HeadDiscoveryError
-    from .models import ModelLoadError
-    from .vectors import ArtifactMismatchError
-
     try:
+        args = parser.parse_args(expand_config(list(sys.argv[1:] if argv is None else argv), parser))
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        _quiet_transformers()
         return args.func(args)
-    except (ModelLoadError, HeadDiscoveryError, ArtifactMismatchError, FileNotFoundError, ValueError) as err:
+    except (StvError, FileNotFoundError) as err:
         if os.environ.get("STV_DEBUG"):
             raise  # the full traceback, for bug reports
         print(f"error: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ from .evaluate import generation_accuracy
 from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
+from .errors import StvError
 
 # name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
 VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
@@ -43,7 +44,7 @@ def _sizes(base: STVConfig) -> dict:
 
 def variant_config(name: str, base: STVConfig) -> STVConfig:
     if name not in VARIANTS:
-        raise ValueError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
+        raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
     return VARIANTS[name](base)
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import report
 from .evaluate import first_token_accuracy, generation_accuracy
+from .fitting import save_fit
 from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -144,7 +145,7 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
             state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings)
             if seed == config.seeds[0]:
                 artifacts[task] = state
-                stv_vectors.save_pretrained(out / "vectors" / task)
+                save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed), state=state)
     bar.close()
     summary = {"results": results, "methods": results["first_token"], "model": str(lmm.name),
                "metric": {"first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.example import Example
+from .fingerprint import check_settings, clear, data_fingerprint
 from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .models import LMM
@@ -83,19 +85,45 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
     return scores
 
 
+def eval_settings(lmm: LMM, examples: Sequence[Example], task: Task, pool: Sequence[Example], shots: int,
+                  vectors, seed: int, max_new_tokens: int, policy: Policy | None) -> dict:
+    """Everything an eval folder's predictions depend on (not the number of examples: a
+    prediction is per question, and a subset of the same settings reuses them)."""
+    from . import __version__
+
+    return {"kind": "eval", "model": lmm.name, "weights": lmm.weights_fingerprint(),
+            "dataset": examples[0].metadata.get("dataset") if examples else None,
+            "pool": data_fingerprint(pool) if shots > 0 else None, "shots": shots, "seed": seed,
+            "vectors": vectors.fingerprint() if vectors is not None else None,
+            "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step")),
+            "task": asdict(task), "max_new_tokens": max_new_tokens, "stv_version": __version__}
+
+
 def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path, pool: Sequence[Example] = (),
              shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 20,
-             progress: bool = True, policy: Policy | None = None) -> dict:
+             progress: bool = True, policy: Policy | None = None, recompute: bool = False,
+             scores_name: str = "scores.json", settings: dict | None = None) -> dict:
     """Greedy answers for every example, appended to ``out/predictions.jsonl`` batch by batch
-    (a killed run resumes after the last written batch), then ``out/scores.json``.
+    (a killed run resumes after the last written batch), then ``out/{scores_name}``.
 
-    ``scores["accuracy"]`` is the task's metric over the generated answers;
+    ``out/settings.json`` records what the predictions depend on (:func:`eval_settings` plus
+    ``settings``); a folder holding other settings is refused (``recompute``: cleared first).
+    Earlier predictions of other examples are kept, never deleted, so a smaller subset only
+    scores itself. ``scores["accuracy"]`` is the task's metric over the generated answers;
     ``scores["first_token_accuracy"]`` is the % whose first generated token is the answer's
-    first token (the argmax over the whole vocabulary), from the same generation. ``policy``
-    is the insertion schedule of ``vectors`` (default: the one they were fitted with)."""
+    first token, from the same generation. ``policy`` is the insertion schedule of
+    ``vectors`` (default: the one they were fitted with)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dist = distributed.current()
+    if dist.is_main and recompute:
+        clear(out, ["predictions*.jsonl", "scores*.json"])
+    dist.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**eval_settings(lmm, examples, task, pool, shots, vectors, seed, max_new_tokens, policy),
+              **(settings or {})}
+    if dist.is_main:
+        check_settings(out, record, "eval predictions")
+    dist.barrier()
     pred_file = out / "predictions.jsonl"
     part_file = out / f"predictions.rank{dist.rank}.jsonl" if dist.enabled else pred_file
     done: dict[str, dict] = {}
@@ -123,18 +151,24 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     if dist.enabled:
         for part in dist.gather({k: done[k] for k in (e.id for _, s, t in mine for e in todo[s:t])}):
             done.update(part)
+    scores = _scores(task, examples, done, shots, record["policy"])
+    if dist.is_main:  # this subset first, then every earlier prediction: nothing is dropped
+        asked = {e.id for e in examples}
+        rows = [done[e.id] for e in examples] + [r for k, r in done.items() if k not in asked]
+        atomic_write_text(pred_file, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_json(out / scores_name, scores)
+        for f in out.glob("predictions.rank*.jsonl"):
+            f.unlink()
+    dist.barrier()
+    return scores
+
+
+def _scores(task: Task, examples: Sequence[Example], done: dict[str, dict], shots: int, policy) -> dict:
     scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
     flags = [done[e.id].get("first_token_correct") for e in examples]
     if None not in flags:
         scores["first_token_accuracy"] = 100.0 * sum(flags) / max(1, len(flags))
-    scores.update({"shots": shots, "task": task.name, "n": len(examples), "metric": task.metric,
-                   "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step"))})
-    if dist.is_main:
-        atomic_write_text(pred_file, "".join(json.dumps(done[e.id]) + "\n" for e in examples))
-        atomic_write_json(out / "scores.json", scores)
-        for f in out.glob("predictions.rank*.jsonl"):
-            f.unlink()
-    dist.barrier()
+    scores.update({"shots": shots, "task": task.name, "n": len(examples), "metric": task.metric, "policy": policy})
     return scores
 
 

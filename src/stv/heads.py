@@ -8,6 +8,8 @@ for every attention backend, because the projection is a plain ``nn.Linear``.
 
 from __future__ import annotations
 
+from .errors import StvError
+
 import contextlib
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Sequence
@@ -20,7 +22,7 @@ Policy = Literal["every_step", "prompt_last"]
 POLICIES: tuple[str, ...] = ("every_step", "prompt_last")
 
 
-class HeadDiscoveryError(ValueError):
+class HeadDiscoveryError(StvError):
     """The model's attention heads could not be found."""
 
 
@@ -47,7 +49,7 @@ class HeadMap:
         for loc in locations:
             layer, head = int(loc[0]), int(loc[1])
             if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):
-                raise ValueError(
+                raise StvError(
                     f"location (layer={layer}, head={head}) is outside this model's "
                     f"{self.num_layers} layers x {self.num_heads} heads"
                 )
@@ -108,7 +110,14 @@ class HeadMap:
                 f"the output projections of {type(model).__name__} have input widths {sorted(map(str, widths))}, "
                 f"which cannot be split into {heads} heads of equal size"
             )
-        return cls(list(projections), int(heads), next(iter(widths)) // heads, decoder, pattern)
+        width = next(iter(widths))
+        expected = getattr(text_config, "head_dim", None) or (
+            getattr(text_config, "hidden_size", 0) // int(heads) if getattr(text_config, "hidden_size", None) else None)
+        if pattern is not None and expected and width != int(heads) * expected:
+            raise HeadDiscoveryError(
+                f"--heads-pattern {pattern!r} matches layers with {width} inputs, not {heads} heads x {expected}; "
+                "point it at each layer's attention output projection (e.g. 'model.layers.{layer}.self_attn.o_proj')")
+        return cls(list(projections), int(heads), width // heads, decoder, pattern)
 
 
 def _in_features(proj: nn.Module) -> int | None:
@@ -217,11 +226,11 @@ def replace(
     prefix. Hooks are removed on exit, also after an exception.
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
+        raise StvError(f"policy {policy!r} is not one of {POLICIES}")
     locs = heads.check(locations)
     values = torch.as_tensor(values)
     if values.dim() not in (2, 3) or values.shape[-2:] != (len(locs), heads.head_dim):
-        raise ValueError(
+        raise StvError(
             f"values must have shape ({len(locs)}, {heads.head_dim}) or (batch, {len(locs)}, "
             f"{heads.head_dim}); got {tuple(values.shape)}"
         )
@@ -245,7 +254,7 @@ def replace(
             v = values_on(x)
             if v.dim() == 3:
                 if v.shape[0] != batch * span:
-                    raise ValueError(f"per-row values have {v.shape[0]} rows but the input has {batch} rows "
+                    raise StvError(f"per-row values have {v.shape[0]} rows but the input has {batch} rows "
                                      f"x {span} positions")
                 v = v.view(batch, span, len(locs), heads.head_dim)
             x = x.clone()  # never write into a tensor we don't own
@@ -268,13 +277,13 @@ def replace(
         gen_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
         use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
         if policy == "every_step" and use_cache is False:
-            raise ValueError(
+            raise StvError(
                 "policy 'every_step' needs the KV cache: with use_cache=False every step re-runs the "
                 "whole sequence and earlier generated tokens would lose their edits. Use use_cache=True "
                 "or policy='prompt_last'"
             )
         if policy == "every_step" and kwargs.get("prefill_chunk_size"):
-            raise ValueError(
+            raise StvError(
                 "policy 'every_step' cannot be combined with chunked prefill (prefill_chunk_size): "
                 "chunks would be edited at their own last token. Turn chunked prefill off"
             )

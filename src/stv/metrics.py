@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Sequence
+from .errors import StvError
 
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -78,7 +79,7 @@ def normalize_answer(text: str) -> str:
 def vqa_accuracy_one(prediction: str, answers: Sequence[str], normalize_gt: bool = True) -> float:
     """Accuracy in [0, 1] of one prediction against (usually 10) annotator answers."""
     if not answers:
-        raise ValueError("a question needs at least one ground-truth answer")
+        raise StvError("a question needs at least one ground-truth answer")
     pred = normalize_answer(prediction)
     gts = list(answers)
     if normalize_gt and len(set(gts)) > 1:
@@ -94,7 +95,7 @@ def vqa_accuracy(predictions: dict[str, str], answers: dict[str, Sequence[str]],
     """{"accuracy": ×100, "n": ..., "per_question": {...}}; every annotated question must have a prediction."""
     missing = [q for q in answers if q not in predictions]
     if missing:
-        raise ValueError(f"{len(missing)} questions have no prediction (first: {missing[0]!r})")
+        raise StvError(f"{len(missing)} questions have no prediction (first: {missing[0]!r})")
     per = {q: vqa_accuracy_one(predictions[q], a, normalize_gt) for q, a in answers.items()}
     return {"accuracy": 100.0 * sum(per.values()) / max(1, len(per)), "n": len(per), "per_question": per}
 
@@ -125,7 +126,7 @@ def exact_match(predictions: dict[str, str], answers: dict[str, str], normalize:
     whitespace, which would hide the point of a task such as capitalize); ×100."""
     missing = [q for q in answers if q not in predictions]
     if missing:
-        raise ValueError(f"{len(missing)} questions have no prediction (first: {missing[0]!r})")
+        raise StvError(f"{len(missing)} questions have no prediction (first: {missing[0]!r})")
     fold = (lambda t: " ".join(str(t).split()).lower()) if normalize else (lambda t: str(t).strip())  # noqa: E731
     per = {q: float(fold(predictions[q]) == fold(a)) for q, a in answers.items()}
     return {"accuracy": 100.0 * sum(per.values()) / max(1, len(per)), "n": len(per), "per_question": per}

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .io import current_umask
+
 
 def _plt():
     import matplotlib
@@ -26,6 +28,7 @@ def _save(fig, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, path)
     _plt().close(fig)
     return path

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.example import Example
+from .errors import StvError
 
 VIZWIZ_INSTRUCTION = ("Understand the given examples, then answer the question about the image with a short phrase. "
                       "If the question can not be answered, respond unanswerable.\n")
@@ -79,7 +80,7 @@ class ChoiceTask(Task):
         else:
             others = [c for c in (example.choices or []) if c != right]
             if not others:
-                raise ValueError(f"example {example.id!r} has no other class to offer as the wrong option")
+                raise StvError(f"example {example.id!r} has no other class to offer as the wrong option")
             wrong = others[int(hashlib.sha256(example.id.encode()).hexdigest(), 16) % len(others)]
         return (right, wrong) if _coin(example.id) else (wrong, right)
 
@@ -118,7 +119,7 @@ def text_task(template: str = TEXT_TEMPLATE, separator: str = TEXT_SEPARATOR, na
     first token is the one the model writes after the prompt. Scored by exact match of the
     generated first line (``normalize``: case and whitespace folded)."""
     if template.count("{input}") != 1 or template.count("{output}") != 1 or not template.rstrip().endswith("{output}"):
-        raise ValueError(f"template {template!r} must contain {{input}} once and end with {{output}}")
+        raise StvError(f"template {template!r} must contain {{input}} once and end with {{output}}")
     shot = template.replace("{input}", "{question}").replace("{output}", "{answer}")
     query = shot[: shot.index("{answer}")]
     stripped = query.rstrip(" ")
@@ -135,7 +136,7 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
     An unknown spec is an error, never a silent fall-back to some other template."""
     if not isinstance(dataset, str):
         if not len(dataset):
-            raise ValueError("no examples: cannot choose a prompt template for an empty dataset")
+            raise StvError("no examples: cannot choose a prompt template for an empty dataset")
         dataset = dataset[0].metadata.get("dataset", "")
     kind, _, rest = dataset.partition(":")
     if kind == "hf":
@@ -146,7 +147,7 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
         return TASKS[kind]
     if kind in _CHOICE_KINDS:
         return TASKS["choice"]
-    raise ValueError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, fv:TASK, vizwiz, okvqa, "
+    raise StvError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, fv:TASK, vizwiz, okvqa, "
                      f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself")
 
 
@@ -165,5 +166,5 @@ def sample_demos(pool: Sequence[Example], query: Example, shots: int, rng: np.ra
         return []
     candidates = [i for i in rng.permutation(len(pool))[: shots + 1] if pool[i].id != query.id][:shots]
     if len(candidates) < shots:
-        raise ValueError(f"need {shots} demonstrations but the pool has only {len(pool)} examples")
+        raise StvError(f"need {shots} demonstrations but the pool has only {len(pool)} examples")
     return [pool[i] for i in candidates]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from .errors import StvError
+
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,12 +18,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .heads import Policy, replace
+from .io import current_umask
 
 WEIGHTS_NAME = "task_vectors.safetensors"
 CONFIG_NAME = "task_vectors.json"
 
 
-class ArtifactMismatchError(ValueError):
+class ArtifactError(StvError):
+    """A task-vector folder whose files are damaged or disagree with each other."""
+
+
+class ArtifactMismatchError(StvError):
     """Task vectors applied to a model they were not fitted for."""
 
 
@@ -33,16 +41,23 @@ class TaskVectors:
     config: dict = field(default_factory=dict)
     bank: torch.Tensor | None = None  # (K, M, head_dim) candidates
     probabilities: torch.Tensor | None = None  # (K, M) final policy
+    allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
 
     def __post_init__(self) -> None:
         self.locations = torch.as_tensor(self.locations, dtype=torch.long).reshape(-1, 2)
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         if self.vectors.dim() != 2 or self.vectors.shape[0] != self.locations.shape[0]:
-            raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.locations)} locations")
+            raise StvError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.locations)} locations")
 
     @property
     def head_dim(self) -> int:
         return self.vectors.shape[1]
+
+    def fingerprint(self) -> str:
+        """Hash of the locations, vectors and insertion policy (16 hex digits)."""
+        digest = hashlib.sha256(self.locations.numpy().tobytes() + self.vectors.numpy().tobytes())
+        digest.update(str(self.config.get("policy")).encode())
+        return digest.hexdigest()[:16]
 
     def location_list(self) -> list[tuple[int, int]]:
         return [(int(l), int(h)) for l, h in self.locations.tolist()]
@@ -58,6 +73,7 @@ class TaskVectors:
         if self.probabilities is not None:
             tensors["probabilities"] = self.probabilities.float().contiguous()
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
         try:
             save_file(tensors, tmp / WEIGHTS_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps({**self.config, "head_dim": self.head_dim,
@@ -79,15 +95,38 @@ class TaskVectors:
         if not (directory / WEIGHTS_NAME).is_file() or not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} holds no task vectors ({WEIGHTS_NAME} + {CONFIG_NAME}); "
                                     "create them with `stv fit` or TaskVectors.save_pretrained")
-        tensors = load_file(directory / WEIGHTS_NAME)
-        config = json.loads((directory / CONFIG_NAME).read_text())
+        try:
+            tensors = load_file(directory / WEIGHTS_NAME)
+        except Exception as err:  # safetensors raises its own error types for a cut or corrupt file
+            raise ArtifactError(f"{directory / WEIGHTS_NAME} cannot be read ({err}); the file is damaged: "
+                                "fit the vectors again") from None
+        try:
+            config = json.loads((directory / CONFIG_NAME).read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{directory / CONFIG_NAME} is not valid JSON (line {err.lineno}: {err.msg}); "
+                                "restore it or fit the vectors again") from None
+        missing = {"locations", "vectors"} - set(tensors)
+        if missing:
+            raise ArtifactError(f"{directory / WEIGHTS_NAME} lacks {sorted(missing)}; fit the vectors again")
+        stored = config.get("head_dim")
+        if stored is not None and stored != tensors["vectors"].shape[-1]:
+            raise ArtifactError(f"{directory / CONFIG_NAME} says head_dim {stored} but the vectors in {WEIGHTS_NAME} "
+                                f"have {tensors['vectors'].shape[-1]}; the two files do not belong together")
         return cls(tensors["locations"], tensors["vectors"], config, tensors.get("bank"), tensors.get("probabilities"))
 
     # ------------------------------------------------------------- inference
-    def check_model(self, lmm) -> None:
-        """Refuse a model whose head layout or architecture differs from the one fitted on."""
+    def check_model(self, lmm, allow_other_weights: bool = False) -> None:
+        """Refuse a model whose head layout, architecture or weights differ from the ones
+        fitted on (``allow_other_weights``: accept another checkpoint of the same layout)."""
         heads = lmm.heads
         problems = []
+        fitted = self.config.get("weights")
+        allow_other_weights = allow_other_weights or self.allow_other_weights
+        if fitted and not allow_other_weights and fitted != lmm.weights_fingerprint():
+            raise ArtifactMismatchError(
+                f"these task vectors were fitted on other weights ({self.config.get('model')}, {fitted}) than "
+                f"{lmm.name} ({lmm.weights_fingerprint()}); fit them again, or pass --allow-other-weights "
+                "(allow_other_weights=True) to insert them anyway")
         if self.head_dim != heads.head_dim:
             problems.append(f"head_dim {self.head_dim} vs the model's {heads.head_dim}")
         for key, have in (("num_layers", heads.num_layers), ("num_heads", heads.num_heads),
@@ -102,9 +141,9 @@ class TaskVectors:
         heads.check(self.location_list())
 
     @contextlib.contextmanager
-    def apply(self, lmm, policy: Policy | None = None) -> Iterator[None]:
+    def apply(self, lmm, policy: Policy | None = None, allow_other_weights: bool = False) -> Iterator[None]:
         """Insert the vectors while the block runs (``policy`` defaults to the fitted one)."""
-        self.check_model(lmm)
+        self.check_model(lmm, allow_other_weights)
         policy = policy or self.config.get("policy", "every_step")
         with replace(lmm.model, lmm.heads, self.location_list(), self.vectors, policy=policy):
             yield

@@ -24,7 +24,16 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
     """Examples of ``spec``; each remembers its spec in ``metadata["dataset"]`` so the right
     prompt template can be found for it (``stv.tasks.task_for``)."""
     examples = _load(spec, root, split)
+    if not examples:
+        raise DataError(f"dataset {spec!r} has no examples in split {split!r}; check the split name and the files")
+    seen: set[str] = set()
     for e in examples:
+        if e.id in seen:
+            raise DataError(f"dataset {spec!r}: id {e.id!r} appears twice; every record needs its own id")
+        if not e.answers or not str(e.answers[0]).strip():
+            raise DataError(f"dataset {spec!r}: record {e.id!r} has no answer (\"answers\": [] or missing); "
+                            "fix or drop that record")
+        seen.add(e.id)
         e.metadata.setdefault("dataset", spec)
     return examples
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .example import Example
+from ..errors import StvError
 
 TEST_PER_CLASS = 60
 SPLIT_SEED = 0
@@ -82,9 +83,9 @@ def _render(index: int, size: int) -> Image.Image:
 def digit_examples(task: str, split: str = "train", size: int = 32) -> list[Example]:
     """Every image of ``split`` as an Example of ``task`` (answer = the task's word for its class)."""
     if task not in DIGIT_TASKS:
-        raise ValueError(f"unknown digits task {task!r}; choose from {', '.join(DIGIT_TASKS)}")
+        raise StvError(f"unknown digits task {task!r}; choose from {', '.join(DIGIT_TASKS)}")
     if split not in ("train", "test"):
-        raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+        raise StvError(f"digits split must be 'train' or 'test', got {split!r}")
     d, t = digit_images(), DIGIT_TASKS[task]
     indices = d.train if split == "train" else d.test
     return [Example(id=f"digits-{task}-{i}", images=[d.image(i, size)], question="", answers=[t.answer(int(d.labels[i]))],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import StvError
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -9,7 +11,7 @@ from typing import Any, Union
 from PIL import Image
 
 
-class DataError(ValueError):
+class DataError(StvError):
     """A dataset file or record is missing or malformed."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.digits import DIGIT_TASKS, RANDOM_LABELS
+from ..errors import StvError
 
 LAB_CHECKPOINT = Path(__file__).parent / "checkpoint"
 IMAGE_SIZE, PATCH = 16, 16
@@ -74,5 +75,5 @@ def load_lab(path: str | Path | None = None, **kwargs):
 
     path = Path(path) if path else LAB_CHECKPOINT
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no lab checkpoint at {path}; train one with `stv lab train --out {path}`")
+        raise StvError(f"no lab checkpoint at {path}; train one with `stv lab train --out {path}`")
     return load_model(path, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,8 @@ from ..vectors import TaskVectors
 from .bank import build_bank
 from .policy import PolicyResult, reinforce
 from .scan import SENSITIVITIES, ScanResult, Sensitivity, sensitivity_scan
+from ..errors import StvError
+from ..fingerprint import data_fingerprint
 
 
 @dataclass
@@ -48,7 +49,7 @@ class STVConfig:
         """``"paper"`` or ``"stv+"``, with ``overrides`` winning over the preset's own settings."""
         presets = {"paper": cls.paper, "stv+": cls.plus}
         if name not in presets:
-            raise ValueError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
+            raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
         return presets[name](**overrides)
 
     @classmethod
@@ -69,24 +70,41 @@ class STVConfig:
                       "prefix_pool": 16, "policy": "prompt_last", "variant": "stv+", **overrides})
 
 
-    def validate(self, lmm: LMM, n_train: int) -> None:
-        """One clear error for a setting that cannot work with this model and data."""
-        heads = lmm.heads.num_layers * lmm.heads.num_heads
+    def check(self) -> None:
+        """One clear error for a setting that cannot work with any model or data."""
+        problems = self._problems()
+        if problems:
+            raise StvError("STVConfig: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
         problems = []
-        if not 1 <= self.top_k <= heads:
-            problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
-        if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1:
-            problems.append("clusters, samples and pairs must be >= 1 and steps >= 0")
-        if n_train <= self.shots:
-            problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
-        if not 1 <= self.queries_per_step <= n_train:
-            problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
+        if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
+            problems.append("clusters, samples, pairs and batch_size must be >= 1 and steps >= 0")
+        if self.shots < 1:
+            problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
+        if self.clusters > self.pairs:
+            problems.append(f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
+                            f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
         if self.policy not in POLICIES:
             problems.append(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
+        return problems
+
+    def validate(self, lmm: LMM, n_train: int) -> None:
+        """One clear error for a setting that cannot work with this model and data."""
+        heads = lmm.heads.num_layers * lmm.heads.num_heads
+        problems = self._problems()
+        if not 1 <= self.top_k <= heads:
+            problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
+        if self.clusters > n_train:
+            problems.append(f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from")
+        if n_train <= self.shots:
+            problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
+        if not 1 <= self.queries_per_step <= n_train:
+            problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
         if problems:
-            raise ValueError("STVConfig: " + "; ".join(problems))
+            raise StvError("STVConfig: " + "; ".join(problems))
 
 
 @dataclass
@@ -164,7 +182,7 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
-    key = json.dumps([lmm.name, lmm.revision, data_fingerprint(train), asdict(task), config.pairs, config.shots,
+    key = json.dumps([lmm.name, lmm.weights_fingerprint(), data_fingerprint(train), asdict(task), config.pairs, config.shots,
                       config.seed])
     scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress, key=key)
     scan_seconds = time.perf_counter() - t
@@ -200,10 +218,6 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     return artifact, FitState(scan, locations, bank, policy, timings)
 
 
-def data_fingerprint(train: Sequence[Example]) -> str:
-    return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in train).encode()).hexdigest()[:16]
-
-
 def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:
     import transformers
 
@@ -211,7 +225,8 @@ def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Exa
 
     fingerprint = data_fingerprint(train)
     return {"method": "stv", "model": lmm.name, "revision": lmm.revision, "family": lmm.family,
-            "architecture": type(lmm.model).__name__, "num_layers": lmm.heads.num_layers,
+            "architecture": type(lmm.model).__name__, "weights": lmm.weights_fingerprint(),
+            "num_layers": lmm.heads.num_layers,
             "num_heads": lmm.heads.num_heads, "dtype": str(lmm.dtype).replace("torch.", ""),
             "policy": config.policy, "task": asdict(task), "hyperparameters": asdict(config),
             "stv_version": __version__, "transformers_version": transformers.__version__,

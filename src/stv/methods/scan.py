@@ -9,6 +9,8 @@ stage then reads only its top-K columns.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from ..distributed import assemble
 from ..heads import Location, record
 from ..io import atomic_write_json
 from ..models import LMM, Prompt
+from ..errors import StvError
 
 
 Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
@@ -36,6 +39,7 @@ class ScanResult:
     rows: list[tuple[int, int, int]] | None = None  # (batch, start, end) this rank holds; None: all
     query_norm: torch.Tensor | None = None  # (layers, heads) mean ||A_query||, for "relative"
     mean_delta: torch.Tensor | None = None  # (layers, heads) ||mean over pairs of delta||
+    reused: bool = False  # loaded from a finished scan in the workdir, not computed
 
     def scores(self, kind: Sensitivity = "l2") -> torch.Tensor:
         """How sensitive each head is, (layers, heads), under one reading of the paper:
@@ -57,12 +61,12 @@ class ScanResult:
             return self._need(self.mean_delta, kind)
         if kind == "consistency":
             return self._need(self.mean_delta, kind) / self.sensitivity.clamp_min(1e-8)
-        raise ValueError(f"sensitivity {kind!r} is not one of {', '.join(SENSITIVITIES)}")
+        raise StvError(f"sensitivity {kind!r} is not one of {', '.join(SENSITIVITIES)}")
 
     @staticmethod
     def _need(value: torch.Tensor | None, kind: str) -> torch.Tensor:
         if value is None:
-            raise ValueError(f"this scan has no statistics for the {kind!r} sensitivity; run the scan again")
+            raise StvError(f"this scan has no statistics for the {kind!r} sensitivity; run the scan again")
         return value
 
     def top_k(self, k: int, kind: Sensitivity = "l2") -> list[Location]:
@@ -98,25 +102,26 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     """``pairs`` are (query alone, query with demonstrations) prompts.
 
     With a ``workdir`` and a ``key`` (what the scan depends on), a finished scan stored there
-    under the same key is loaded instead of recomputed, so a killed fit resumes after it.
+    under the same key is loaded instead of recomputed, so a killed fit resumes after it. The
+    activations are written under a temporary name and renamed when complete; ``scan.json``,
+    written last, names the key and the file sizes it vouches for. Without a ``workdir`` the
+    activations live in a temporary folder that is removed before this returns (the returned
+    array stays readable: it is mapped, and the mapping outlives the file's name).
     """
     if not pairs:
-        raise ValueError("the sensitivity scan needs at least one query/context pair")
+        raise StvError("the sensitivity scan needs at least one query/context pair")
     h = lmm.heads
     n, width = len(pairs), h.num_layers * h.num_heads
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="stv-scan-"))
+    temporary = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="stv-scan-")) if temporary else Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     done = workdir / "scan.json"
-    if key is not None and done.is_file():
-        stored = json.loads(done.read_text())
-        if stored.get("key") == key and "mean_delta" in stored:
-            context = np.load(workdir / "context_activations.npy", mmap_mode="r")
-            return ScanResult(torch.tensor(stored["sensitivity"]), context, query_norm=torch.tensor(stored["query_norm"]),
-                              mean_delta=torch.tensor(stored["mean_delta"]))
+    if key is not None and (finished := _load_finished(workdir, key)) is not None:
+        return finished
+    done.unlink(missing_ok=True)  # from here on, nothing in workdir is trusted until the marker is back
     dist = distributed.current()
-    suffix = f".rank{dist.rank}" if dist.enabled else ""
-    context = np.lib.format.open_memmap(workdir / f"context_activations{suffix}.npy", mode="w+", dtype=np.float16,
-                                        shape=(n, width, h.head_dim))
+    name = f"context_activations{'.rank%d' % dist.rank if dist.enabled else ''}.npy"
+    context = _allocate(workdir / f"{name}.partial", (n, width, h.head_dim))
     norms, query_norms = torch.zeros(width), torch.zeros(width)
     delta_sum = torch.zeros(width, h.head_dim, dtype=torch.float64)  # for ||mean delta||: one vector per head
     mine = dist.batches(n, batch_size)
@@ -134,12 +139,49 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
         bar.update(len(chunk))
     bar.close()
     context.flush()
+    del context
+    os.replace(workdir / f"{name}.partial", workdir / name)
+    context = np.load(workdir / name, mmap_mode="r")
     sensitivity = (dist.all_sum(norms) / n).view(h.num_layers, h.num_heads)
     query_norm = (dist.all_sum(query_norms) / n).view(h.num_layers, h.num_heads)
     mean_delta = (dist.all_sum(delta_sum) / n).norm(dim=-1).float().view(h.num_layers, h.num_heads)
-    if dist.enabled:  # no resume marker: shards live on several ranks
-        return ScanResult(sensitivity, context, mine, query_norm, mean_delta)
-    if key is not None:  # written last and atomically: its presence means the scan finished
-        atomic_write_json(done, {"key": key, "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist(),
+    result = ScanResult(sensitivity, context, mine if dist.enabled else None, query_norm, mean_delta)
+    if temporary:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif key is not None and not dist.enabled:  # no marker under data parallelism: shards live on several ranks
+        atomic_write_json(done, {"key": key, "files": {name: (workdir / name).stat().st_size},
+                                 "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist(),
                                  "mean_delta": mean_delta.tolist()})
-    return ScanResult(sensitivity, context, query_norm=query_norm, mean_delta=mean_delta)
+    return result
+
+
+def _load_finished(workdir: Path, key: str) -> ScanResult | None:
+    """The scan stored in ``workdir`` if its marker names this key and its files are whole."""
+    try:
+        stored = json.loads((workdir / "scan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    files = stored.get("files") or {}
+    if stored.get("key") != key or "mean_delta" not in stored or not files:
+        return None
+    if not all((workdir / f).is_file() and (workdir / f).stat().st_size == size for f, size in files.items()):
+        return None
+    context = np.load(workdir / "context_activations.npy", mmap_mode="r")
+    return ScanResult(torch.tensor(stored["sensitivity"]), context, query_norm=torch.tensor(stored["query_norm"]),
+                      mean_delta=torch.tensor(stored["mean_delta"]), reused=True)
+
+
+def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A float16 .npy memmap whose blocks are reserved now, so a full disk is an error here,
+    not a SIGBUS in the middle of the scan."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+    except OSError as err:
+        del array
+        path.unlink(missing_ok=True)
+        need = np.prod(shape) * 2 / 2**20
+        raise StvError(f"cannot reserve {need:.0f} MiB for the scan's activations in {path.parent} ({err.strerror}); "
+                       "free disk space or pass a --out on another disk") from None
+    return array

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import StvError
+
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from .processors import load_processor
 __all__ = ["LMM", "NAMED", "Piece", "Prompt", "Render", "load_model", "ModelLoadError", "resolve_source"]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(StvError):
     """A model folder or hub id could not be loaded as a supported model."""
 
 
@@ -57,24 +59,32 @@ def load_model(
     ``heads_pattern`` (e.g. ``"transformer.h.{layer}.attn.c_proj"``) overrides head discovery
     for architectures we don't know; ``trust_remote_code`` stays off unless asked for.
     """
+    dtype = _dtype(dtype)
+    _check_device(device)
     source, weights = resolve_source(name_or_path, gguf_file, progress)
     path = str(source)
     local = Path(path)
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1 or path.endswith(".gguf")):
+        raise ModelLoadError(f"model folder {path} does not exist; pass an existing folder, a hub id such as "
+                             "Qwen/Qwen2-VL-2B-Instruct, or a name from `stv models`")
     if local.exists() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
                              "folder written by save_pretrained, a .gguf file, or a name from `stv models`")
-    hub = {"revision": revision} if revision else {}
+    hub: dict = {"revision": revision} if revision else {}
+    if not local.exists() and not _hub_reachable():
+        hub["local_files_only"] = True  # offline: read the local cache only, no retries
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError, KeyError) as err:
+        if hub.get("local_files_only"):
+            raise ModelLoadError(f"model {path!r} is not a local folder nor in the Hugging Face cache, and the hub "
+                                 "cannot be reached (offline); download it where there is a network, or pass a "
+                                 "local folder or a name from `stv models`") from None
         raise ModelLoadError(f"cannot read a model config from {path}: {err}") from err
     if trust_remote_code and type(config).__module__.startswith("transformers_modules"):
         cls = transformers.AutoModelForCausalLM
     else:
         cls = _model_class(config)
-    if isinstance(dtype, str):
-        dtype = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     kwargs: dict = {"dtype": dtype or torch.float32, **hub}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -98,6 +108,53 @@ def load_model(
     heads = HeadMap.from_model(model, pattern=heads_pattern, num_heads=num_heads)
     return LMM(model=model, processor=processor, heads=heads, name=str(name_or_path), revision=weights or revision,
                family=config.model_type)
+
+
+_DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _dtype(dtype):
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"--dtype {dtype}: not available; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _check_device(device) -> None:
+    if device is None or str(device) == "cpu":
+        return
+    from ..checks import device_available
+
+    try:
+        device_available(str(device))
+    except StvError as err:
+        raise ModelLoadError(str(err)) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (checked once per process)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    global _REACHABLE
+    if _REACHABLE is None:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or ""
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _REACHABLE = True
+        except OSError:
+            _REACHABLE = False
+    return _REACHABLE
+
+
+_REACHABLE: bool | None = None
 
 
 def resolve_source(name_or_path: str | Path, gguf_file: str | None = None, progress: bool = True

@@ -9,6 +9,7 @@ user turn and the generation prompt).
 from __future__ import annotations
 
 import copy
+import hashlib
 
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence, Union
@@ -18,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ..heads import HeadMap, replace
+from ..errors import StvError
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -62,6 +64,22 @@ class LMM:
                    name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
                    family=config.model_type)
 
+    def weights_fingerprint(self) -> str:
+        """Which weights these are: the GGUF's sha256, or a hash of every parameter's name,
+        shape and first/last values (cheap even for 7B models, and different for any other
+        checkpoint of the same architecture)."""
+        if self.revision and self.revision.startswith("gguf-sha256:"):
+            return self.revision
+        if getattr(self, "_weights", None) is None:
+            digest = hashlib.sha256()
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    flat = p.detach().flatten()
+                    digest.update(f"{name}{tuple(p.shape)}".encode())
+                    digest.update(torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy().tobytes())
+            self._weights = f"params-sha256:{digest.hexdigest()[:16]}"
+        return self._weights
+
     # ------------------------------------------------------------------ basics
     @property
     def tokenizer(self):
@@ -85,7 +103,7 @@ class LMM:
             return _PLACEHOLDERS[self.family]
         token = getattr(self.processor, "image_token", None)
         if token is None:
-            raise ValueError(f"{self.name}: the processor defines no image token; this model cannot take images")
+            raise StvError(f"{self.name}: the processor defines no image token; this model cannot take images")
         return token
 
     # --------------------------------------------------------------- rendering
@@ -96,13 +114,13 @@ class LMM:
         if bad:
             raise TypeError(f"prompt pieces must be str or PIL.Image, got {bad[0]}")
         if images and not self.is_multimodal:
-            raise ValueError(f"{self.name} is a text-only model; the prompt has {len(images)} image(s)")
+            raise StvError(f"{self.name} is a text-only model; the prompt has {len(images)} image(s)")
         if mode == "raw":
             return "".join(p if isinstance(p, str) else self.image_placeholder for p in prompt), images
         if mode != "chat":
-            raise ValueError(f"render mode {mode!r} is not 'raw' or 'chat'")
+            raise StvError(f"render mode {mode!r} is not 'raw' or 'chat'")
         if getattr(self.processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError(f"{self.name} has no chat template; use render mode 'raw'")
+            raise StvError(f"{self.name} has no chat template; use render mode 'raw'")
         content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in prompt]
         messages = [{"role": "user", "content": content if self.is_multimodal else "".join(prompt)}]
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -132,6 +150,10 @@ class LMM:
         else:
             inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
         inputs = dict(inputs)
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if limit and inputs["input_ids"].shape[1] > limit:
+            raise StvError(f"a prompt of {inputs['input_ids'].shape[1]} tokens exceeds {self.name}'s maximum of "
+                           f"{limit} positions; use fewer demonstrations (--shots / --context-shots)")
         if self.family != "gemma3":  # Gemma3 needs token_type_ids (bidirectional image attention)
             inputs.pop("token_type_ids", None)
         if positions and self.family not in _OWN_POSITIONS:
@@ -174,7 +196,7 @@ class LMM:
         ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
         empty = [a for a, i in zip(answers, ids) if not i]
         if empty:
-            raise ValueError(f"answer {empty[0]!r} tokenizes to nothing")
+            raise StvError(f"answer {empty[0]!r} tokenizes to nothing")
         return ids
 
     @torch.inference_mode()
@@ -187,7 +209,7 @@ class LMM:
         same thing here as under ``generate``.
         """
         if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+            raise StvError(f"{len(prompts)} prompts but {len(answers)} answers")
         ids = self.answer_ids(answers)
         if first_token_only:
             ids = [i[:1] for i in ids]
@@ -251,7 +273,7 @@ class LMM:
         inputs = self.prepare(prompts, mode)
         last = inputs["input_ids"][:, -1:]
         if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
-            raise ValueError("prefix caching needs prompts that end in text, not in an image")
+            raise StvError("prefix caching needs prompts that end in text, not in an image")
         head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
         out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         mask = inputs["attention_mask"]

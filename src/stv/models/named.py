@@ -7,12 +7,14 @@ at run time: a name whose package is missing gets the pip command that installs 
 
 from __future__ import annotations
 
+from ..errors import StvError
+
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 
-class MissingModelPackage(FileNotFoundError):
+class MissingModelPackage(StvError):
     """A named model whose wheel is not installed."""
 
 

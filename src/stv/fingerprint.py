@@ -1,0 +1,76 @@
+"""What a resumable output depends on, stored beside it.
+
+Every folder a run can resume into (eval predictions, a fit folder, a scan) holds a
+``settings.json``: the model and its weights, the data, and every setting that changes the
+numbers. Resuming with equal settings continues; with other settings it is refused with one
+line naming what differs, so a number can never be computed under old settings and
+reported under new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import SettingsMismatchError, StvError
+from .io import atomic_write_json
+
+SETTINGS_NAME = "settings.json"
+
+
+def data_fingerprint(examples: Sequence) -> str:
+    """Ids and answers of a list of examples (16 hex digits)."""
+    return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in examples).encode()).hexdigest()[:16]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def differences(stored: dict, settings: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (nested dicts compared by key)."""
+    out = []
+    for key in sorted(set(stored) | set(settings)):
+        old, new = stored.get(key), settings.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += [f"{key}.{d}" for d in differences(old, new)]
+        elif old != new:
+            out.append(f"{key}: {_short(old)} -> {_short(new)}")
+    return out
+
+
+def check_settings(folder: str | Path, settings: dict, what: str) -> bool:
+    """Record ``settings`` in ``folder``, or check them against the ones recorded there.
+
+    Returns True when the folder already held these settings (a resume). Raises
+    :class:`SettingsMismatchError` when it holds others."""
+    folder = Path(folder)
+    path = folder / SETTINGS_NAME
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they will be read back
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise StvError(f"{path} is not valid JSON (line {err.lineno}); pass --out NEW or --recompute") from None
+        diff = differences(stored, settings)
+        if diff:
+            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+            raise SettingsMismatchError(f"{folder} holds {what} computed under other settings ({shown}); "
+                                        "pass --out NEW for a new folder, or --recompute to replace them")
+        return True
+    atomic_write_json(path, settings)
+    return False
+
+
+def clear(folder: str | Path, names: Iterable[str]) -> None:
+    """Remove what a run wrote into ``folder`` (its settings first, so a kill in between
+    leaves nothing that a later run trusts)."""
+    folder = Path(folder)
+    (folder / SETTINGS_NAME).unlink(missing_ok=True)
+    for name in names:
+        for path in folder.glob(name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

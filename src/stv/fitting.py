@@ -1,0 +1,66 @@
+"""Fit into a folder: the artifact, its plots and its log, guarded by the folder's settings.
+
+`stv fit` and the demo both write fits through :func:`save_fit`. :func:`prepare_fit_folder`
+makes a folder safe to (re)use: equal settings resume (a finished scan is reused, a finished
+artifact is left alone), other settings are refused, ``recompute`` clears what an earlier
+fit wrote, settings first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import report
+from .fingerprint import check_settings, clear, data_fingerprint
+from .io import atomic_write_json
+from .vectors import CONFIG_NAME, WEIGHTS_NAME
+
+FIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "fit_log.json", "sensitivity.png", "policy.png", "scan")
+
+
+def fit_settings(lmm, train, task, method: str, config, dataset: str | None = None) -> dict:
+    """What a fit folder's content depends on."""
+    from . import __version__
+
+    return {"kind": "fit", "method": method, "model": lmm.name, "weights": lmm.weights_fingerprint(),
+            "dataset": dataset or (train[0].metadata.get("dataset") if train else None),
+            "data": data_fingerprint(train), "task": asdict(task), "config": asdict(config),
+            "stv_version": __version__}
+
+
+def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> bool:
+    """True when ``folder`` already holds a finished fit under these ``settings``."""
+    folder = Path(folder)
+    if recompute:
+        clear(folder, FIT_FILES)
+    folder.mkdir(parents=True, exist_ok=True)
+    resumed = check_settings(folder, settings, "task vectors")
+    return resumed and (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
+
+
+def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timings: dict | None = None,
+             started: float | None = None) -> dict:
+    """Write the artifact, plots and ``fit_log.json``; returns the log.
+
+    ``state`` is an STV :class:`~stv.methods.fit.FitState` (heatmap of the ranking used,
+    REINFORCE curves, whether the scan was reused); MTV passes its ``policy`` and ``timings``."""
+    folder = Path(folder)
+    vectors.save_pretrained(folder)
+    policy = state.policy if state is not None else policy
+    timings = state.timings if state is not None else (timings or {})
+    log = {"method": vectors.config.get("method"), "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
+           "config": asdict(config), "reward_curve": policy.reward_curve if policy is not None else []}
+    if started is not None:
+        log["total_seconds"] = round(time.perf_counter() - started, 3)
+    if state is not None:
+        ranking = getattr(config, "sensitivity", "l2")
+        log.update({"locations": state.locations, "scan_reused": state.scan.reused, "ranking": ranking})
+        report.sensitivity_heatmap(state.scan.scores(ranking), folder / "sensitivity.png", marked=state.locations,
+                                   title=f"head sensitivity ({ranking})")
+    if policy is not None:
+        title = "MTV REINFORCE" if state is None else "STV REINFORCE"
+        report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
+    atomic_write_json(folder / "fit_log.json", log)
+    return log

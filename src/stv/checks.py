@@ -6,9 +6,12 @@ bad flag costs a second, not a model load, and leaves no partial output behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 from .errors import StvError
 
@@ -21,6 +24,8 @@ def writable_folder(path: str | Path, flag: str = "--out") -> Path:
     existing = path
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise StvError(f"{flag} {path}: {existing} is a file, not a folder; pass a folder path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StvError(f"{flag} {path}: no permission to write in {existing}; pass a folder you can write to")
     return path
@@ -62,3 +67,16 @@ def default_eval_folder(model: str | None, dataset: str, split: str, shots: int,
     what = slug(Path(vectors).name) if vectors else "no-vectors"
     tail = f"{what}-shots{shots}-seed{seed}" + (f"-{policy}" if policy else "")
     return Path("runs/eval") / slug(model or "lab") / f"{slug(dataset)}-{slug(split)}" / tail
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path) -> Iterator[None]:
+    """A command that fails leaves no folder it created: a half-made output folder would
+    look like a result (or block the next run as one with other settings)."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

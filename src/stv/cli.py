@@ -101,17 +101,29 @@ def _cmd_scan(args) -> int:
     from .methods.fit import scan_pairs
     from .methods.scan import sensitivity_scan
 
-    lmm = _model(args)
-    train, task = _dataset(args, args.train_split)
+    from .checks import removed_on_error, writable_folder
+    from .fingerprint import check_settings
+    from .fitting import fit_settings
+    from .methods.scan import SENSITIVITIES
+
+    out = writable_folder(args.out)
     cfg = _stv_config(args)
-    out = Path(args.out)
+    cfg.check()
+    train, task = _dataset(args, args.train_split)
+    lmm = _model(args)
     pairs = scan_pairs(train, task, cfg.pairs, cfg.shots, np.random.default_rng(cfg.seed))
-    scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out)
+    settings = fit_settings(lmm, train, task, "scan", cfg, args.dataset)
+    settings["config"] = {k: settings["config"][k] for k in ("pairs", "shots", "seed")}  # what the scan depends on
+    with removed_on_error(out):
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, settings, "a sensitivity scan")
+        scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out, key=json.dumps(settings, sort_keys=True))
     top = scan.top_k(cfg.top_k, cfg.sensitivity)
     if not distributed.current().is_main:
         return 0
     atomic_write_json(out / "sensitivity.json", {"sensitivity": scan.sensitivity.tolist(), "ranking": cfg.sensitivity,
-                                                 "scores": scan.scores(cfg.sensitivity).tolist(), "top_k": top},
+                                                 "scores": scan.scores(cfg.sensitivity).tolist(), "top_k": top,
+                                                 "maps": {k: scan.scores(k).tolist() for k in SENSITIVITIES}},
                       indent=None)
     report.sensitivity_heatmap(scan.scores(cfg.sensitivity), out / "sensitivity.png", marked=top)
     print(json.dumps({"top_k": top[:10], "out": str(out)}))
@@ -119,15 +131,21 @@ def _cmd_scan(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from .checks import writable_folder
-    from .fitting import fit_settings, prepare_fit_folder, save_fit
-    from .methods.fit import fit
+    from .checks import removed_on_error, writable_folder
 
     out = writable_folder(args.out)
     cfg = _stv_config(args)
     cfg.check()
     train, task = _dataset(args, args.train_split)
     lmm = _model(args)
+    with removed_on_error(out):
+        return _fit_into(args, out, cfg, lmm, train, task)
+
+
+def _fit_into(args, out: Path, cfg, lmm, train, task) -> int:
+    from .fitting import fit_settings, prepare_fit_folder, save_fit
+    from .methods.fit import fit
+
     method_cfg = cfg
     if args.method == "mtv":
         from .methods.mtv import MTVConfig
@@ -160,7 +178,7 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .checks import at_least, default_eval_folder, not_a_vectors_folder, writable_folder
+    from .checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
     from .evaluate import first_token_accuracy, run_eval
     from .vectors import TaskVectors
 
@@ -187,10 +205,11 @@ def _cmd_eval(args) -> int:
         if distributed.current().is_main:
             print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
         return 0
-    scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy,
-                      recompute=args.recompute, settings={"split": args.split},
-                      scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json")
+    with removed_on_error(out):
+        scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy,
+                          recompute=args.recompute, settings={"split": args.split},
+                          scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json")
     if distributed.current().is_main:
         extra = {"first_token_accuracy": round(scores["first_token_accuracy"], 2)} if "first_token_accuracy" in scores else {}
         print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": str(out),

@@ -135,6 +135,9 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     rng = np.random.default_rng(seed)
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
     todo = [e for e in examples if e.id not in done]
+    if todo:  # the longest prompt fails now (e.g. too many positions), before any output or progress bar
+        longest = max(todo, key=lambda e: (len(demos[e.id]), len(e.images), len(e.question)))
+        lmm.prepare([task.prompt(demos[longest.id], longest)])
     mine = dist.batches(len(todo), batch_size)
     first = dict(zip([e.id for e in todo], first_token_ids(lmm, todo, task).tolist())) if todo else {}
     inserted = vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext()

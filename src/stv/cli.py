@@ -108,7 +108,7 @@ def _cmd_scan(args) -> int:
 
     out = writable_folder(args.out)
     cfg = _stv_config(args)
-    cfg.check()
+    cfg.check(scan_only=True)
     train, task = _dataset(args, args.train_split)
     lmm = _model(args)
     pairs = scan_pairs(train, task, cfg.pairs, cfg.shots, np.random.default_rng(cfg.seed))

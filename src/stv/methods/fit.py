@@ -70,19 +70,20 @@ class STVConfig:
                       "prefix_pool": 16, "policy": "prompt_last", "variant": "stv+", **overrides})
 
 
-    def check(self) -> None:
-        """One clear error for a setting that cannot work with any model or data."""
-        problems = self._problems()
+    def check(self, scan_only: bool = False) -> None:
+        """One clear error for a setting that cannot work with any model or data
+        (``scan_only``: only what the sensitivity scan uses)."""
+        problems = self._problems(scan_only)
         if problems:
             raise StvError("STVConfig: " + "; ".join(problems))
 
-    def _problems(self) -> list[str]:
+    def _problems(self, scan_only: bool = False) -> list[str]:
         problems = []
         if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
             problems.append("clusters, samples, pairs and batch_size must be >= 1 and steps >= 0")
         if self.shots < 1:
             problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
-        if self.clusters > self.pairs:
+        if self.clusters > self.pairs and not scan_only:
             problems.append(f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
                             f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
         if self.sensitivity not in SENSITIVITIES:

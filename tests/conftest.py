@@ -11,7 +11,7 @@ from PIL import Image
 
 torch.set_num_threads(1)
 
-from transformers.utils import logging as hf_logging
+from transformers.utils import logging as hf_logging  # noqa: E402  (after the thread setting)
 
 hf_logging.disable_progress_bar()
 

@@ -2,8 +2,13 @@
 
 import pytest
 
-from stv.metrics import (choice_accuracy, normalize_answer, vizwiz_scores, vqa_accuracy,
-                         vqa_accuracy_one)
+from stv.metrics import (
+    choice_accuracy,
+    normalize_answer,
+    vizwiz_scores,
+    vqa_accuracy,
+    vqa_accuracy_one,
+)
 
 
 @pytest.mark.parametrize("raw, expected", [

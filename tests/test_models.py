@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import stv
-from stv.models import ModelLoadError
 from stv.heads import HeadDiscoveryError
+from stv.models import ModelLoadError
 from stv.testing import FAMILIES
 
 from .conftest import prompt

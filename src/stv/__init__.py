@@ -1,11 +1,47 @@
-"""stv: sensitivity-aware task vectors for many-shot multimodal in-context learning."""
+"""stv: sensitivity-aware task vectors for many-shot multimodal in-context learning.
 
-from .data import Example, load_dataset
-from .heads import HeadMap, record, replace
-from .methods.fit import STVConfig, fit
-from .models import LMM, load_model
-from .vectors import TaskVectors
+Names load on first use (PEP 562), so ``import stv`` and ``stv --help`` do not import torch
+or transformers until something needs them.
+"""
 
-__version__ = "0.1.0"
-__all__ = ["Example", "HeadMap", "LMM", "STVConfig", "TaskVectors", "fit", "load_dataset", "load_model", "record",
-           "replace", "__version__"]
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("stv")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Example": "stv.data", "load_dataset": "stv.data", "HeadMap": "stv.heads", "record": "stv.heads",
+    "replace": "stv.heads", "STVConfig": "stv.config", "fit": "stv.methods.fit", "LMM": "stv.models",
+    "load_model": "stv.models", "TaskVectors": "stv.vectors", "MTVConfig": "stv.methods.mtv",
+    "fit_mtv": "stv.methods.mtv", "Task": "stv.tasks", "task_for": "stv.tasks", "text_task": "stv.tasks",
+    "run_eval": "stv.evaluate", "first_token_accuracy": "stv.evaluate", "generation_accuracy": "stv.evaluate",
+    "StvError": "stv.errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from .config import STVConfig
+    from .data import Example, load_dataset
+    from .errors import StvError
+    from .evaluate import first_token_accuracy, generation_accuracy, run_eval
+    from .heads import HeadMap, record, replace
+    from .methods.fit import fit
+    from .methods.mtv import MTVConfig, fit_mtv
+    from .models import LMM, load_model
+    from .tasks import Task, task_for, text_task
+    from .vectors import TaskVectors
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stv' has no attribute {name!r}")

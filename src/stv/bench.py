@@ -23,10 +23,10 @@ import torch
 
 from .data.digits import digit_examples
 from .heads import replace
+from .methods.bank import build_bank
 from .methods.fit import first_token_ids, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import record_prompts, sensitivity_scan
-from .methods.bank import build_bank
 from .models import LMM
 from .tasks import DIGITS
 

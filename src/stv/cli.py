@@ -7,14 +7,20 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
-from . import distributed
 from .errors import StvError
 from .io import atomic_write_json, atomic_write_text
 
 DEFAULT_VARIANT = "paper"  # what `stv fit` uses unless --variant says otherwise
+
+
+def _distributed():
+    """The data-parallel helpers, imported on use (they import torch; `stv --help` must not)."""
+    from . import distributed
+
+    return distributed
 
 
 def _quiet_transformers() -> None:
@@ -56,7 +62,7 @@ def _model(args):
     if max_memory:  # "0=20GiB,1=20GiB,cpu=64GiB"
         max_memory = {(int(k) if k.isdigit() else k): v for k, v in (p.split("=") for p in max_memory.split(","))}
     return load_model(args.model or LAB_CHECKPOINT, heads_pattern=getattr(args, "heads_pattern", None),
-                      device=getattr(args, "device", None) or distributed.device_for_rank(), dtype=getattr(args, "dtype", None),
+                      device=getattr(args, "device", None) or _distributed().device_for_rank(), dtype=getattr(args, "dtype", None),
                       trust_remote_code=getattr(args, "trust_remote_code", False),
                       device_map=getattr(args, "device_map", None), max_memory=max_memory,
                       gguf_file=getattr(args, "gguf_file", None))
@@ -98,13 +104,11 @@ def _cmd_scan(args) -> int:
     import numpy as np
 
     from . import report
-    from .methods.fit import scan_pairs
-    from .methods.scan import sensitivity_scan
-
     from .checks import removed_on_error, writable_folder
     from .fingerprint import check_settings
     from .fitting import fit_settings
-    from .methods.scan import SENSITIVITIES
+    from .methods.fit import scan_pairs
+    from .methods.scan import SENSITIVITIES, sensitivity_scan
 
     out = writable_folder(args.out)
     cfg = _stv_config(args)
@@ -119,7 +123,7 @@ def _cmd_scan(args) -> int:
         check_settings(out, settings, "a sensitivity scan")
         scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out, key=json.dumps(settings, sort_keys=True))
     top = scan.top_k(cfg.top_k, cfg.sensitivity)
-    if not distributed.current().is_main:
+    if not _distributed().current().is_main:
         return 0
     atomic_write_json(out / "sensitivity.json", {"sensitivity": scan.sensitivity.tolist(), "ranking": cfg.sensitivity,
                                                  "scores": scan.scores(cfg.sensitivity).tolist(), "top_k": top,
@@ -154,7 +158,7 @@ def _fit_into(args, out: Path, cfg, lmm, train, task) -> int:
                                queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
                                seed=cfg.seed)
     settings = {**fit_settings(lmm, train, task, args.method, method_cfg, args.dataset), "split": args.train_split}
-    dist = distributed.current()
+    dist = _distributed().current()
     finished = prepare_fit_folder(out, settings, args.recompute) if dist.is_main else False
     dist.barrier()
     if finished:
@@ -178,7 +182,13 @@ def _fit_into(args, out: Path, cfg, lmm, train, task) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
+    from .checks import (
+        at_least,
+        default_eval_folder,
+        not_a_vectors_folder,
+        removed_on_error,
+        writable_folder,
+    )
     from .evaluate import first_token_accuracy, run_eval
     from .vectors import TaskVectors
 
@@ -202,7 +212,7 @@ def _cmd_eval(args) -> int:
             "split": args.split}
     if args.first_token:
         acc = first_token_accuracy(lmm, examples, task, pool, args.shots, vectors, seed=args.seed, progress=True)
-        if distributed.current().is_main:
+        if _distributed().current().is_main:
             print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
         return 0
     with removed_on_error(out):
@@ -210,7 +220,7 @@ def _cmd_eval(args) -> int:
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy,
                           recompute=args.recompute, settings={"split": args.split},
                           scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json")
-    if distributed.current().is_main:
+    if _distributed().current().is_main:
         extra = {"first_token_accuracy": round(scores["first_token_accuracy"], 2)} if "first_token_accuracy" in scores else {}
         print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": str(out),
                           "policy": scores["policy"], **info}))
@@ -352,7 +362,7 @@ def _add_data(p) -> None:
 
 
 def _add_stv(p) -> None:
-    from .methods.fit import STVConfig
+    from .config import STVConfig
 
     p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
                    help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the paper's "

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import StvError
 from .evaluate import generation_accuracy
 from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
-from .errors import StvError
 
 # name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
 VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {

@@ -19,12 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import report
+from .compare import fit_variant
 from .evaluate import first_token_accuracy, generation_accuracy
 from .fitting import save_fit
 from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
-from .compare import fit_variant
 from .methods.fit import STVConfig, fit
 from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for

@@ -8,18 +8,17 @@ for every attention backend, because the projection is a plain ``nn.Linear``.
 
 from __future__ import annotations
 
-from .errors import StvError
-
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .errors import StvError
+
 Location = tuple[int, int]  # (layer, head)
-Policy = Literal["every_step", "prompt_last"]
-POLICIES: tuple[str, ...] = ("every_step", "prompt_last")
+from .config import POLICIES, Policy  # noqa: E402  (re-exported: hooks and artifacts use them)
 
 
 class HeadDiscoveryError(StvError):
@@ -41,7 +40,7 @@ class HeadMap:
         return len(self.projections)
 
     def all_locations(self) -> list[Location]:
-        return [(l, h) for l in range(self.num_layers) for h in range(self.num_heads)]
+        return [(layer, h) for layer in range(self.num_layers) for h in range(self.num_heads)]
 
     def check(self, locations: Sequence[Location]) -> list[Location]:
         """Validate and normalise a list of (layer, head) pairs."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Sequence
+
 from .errors import StvError
 
 _CONTRACTIONS = {
@@ -108,7 +109,12 @@ def vizwiz_scores(predictions: dict[str, str], answers: dict[str, Sequence[str]]
     """
     result = vqa_accuracy(predictions, answers, normalize_gt=False)
     if answerable:
-        from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+        from sklearn.metrics import (
+            average_precision_score,
+            f1_score,
+            precision_score,
+            recall_score,
+        )
 
         qs = [q for q in answers if q in answerable]
         truth = [int(answerable[q]) for q in qs]

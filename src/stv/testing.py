@@ -38,7 +38,14 @@ def _chat_template(image: str, user: str = "<|user|>\n", assistant: str = "<|ass
 def build_tokenizer(special: list[str], bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>",
                     vocab_size: int = 400, extra: dict | None = None):
     """A byte-level BPE tokenizer trained on a small corpus, with the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     base = ["<unk>", pad, bos, eos, "<|user|>", "<|assistant|>", "<|end|>"]
@@ -67,9 +74,16 @@ def _text_config(tok, **over) -> dict:
 
 
 def _llava(siglip: bool):
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, SiglipImageProcessorPil,
-                              SiglipVisionConfig)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
 
     tok = build_tokenizer(["<image>"], extra={"image_token": "<image>"})
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -90,7 +104,12 @@ def _llava(siglip: bool):
 
 
 def _text_only(kind: str):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tok = build_tokenizer([])
     tok.chat_template = _chat_template("")

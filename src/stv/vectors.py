@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import StvError
-
 import contextlib
 import hashlib
 import json
@@ -17,6 +15,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import StvError
 from .heads import Policy, replace
 from .io import current_umask
 
@@ -60,7 +59,7 @@ class TaskVectors:
         return digest.hexdigest()[:16]
 
     def location_list(self) -> list[tuple[int, int]]:
-        return [(int(l), int(h)) for l, h in self.locations.tolist()]
+        return [(int(layer), int(h)) for layer, h in self.locations.tolist()]
 
     # ------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:

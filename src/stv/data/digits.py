@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .example import Example
 from ..errors import StvError
+from .example import Example
 
 TEST_PER_CLASS = 60
 SPLIT_SEED = 0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..errors import StvError
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from PIL import Image
+
+from ..errors import StvError
 
 
 class DataError(StvError):

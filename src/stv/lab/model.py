@@ -47,8 +47,14 @@ def build_tokenizer():
 def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0):
     """A fresh, randomly initialised lab model and its processor."""
     import torch
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(seed)
     tok = build_tokenizer()

@@ -11,101 +11,16 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..config import STVConfig
 from ..data.example import Example
-from ..heads import POLICIES, Location, Policy
+from ..fingerprint import data_fingerprint
+from ..heads import Location
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
 from .bank import build_bank
 from .policy import PolicyResult, reinforce
-from .scan import SENSITIVITIES, ScanResult, Sensitivity, sensitivity_scan
-from ..errors import StvError
-from ..fingerprint import data_fingerprint
-
-
-@dataclass
-class STVConfig:
-    """Defaults from the paper and MTV's code (REFERENCE.md)."""
-
-    top_k: int = 64
-    clusters: int = 32
-    pairs: int = 100  # T query/context pairs of the scan (and bank size)
-    shots: int = 4  # S demonstrations per context
-    steps: int = 600
-    samples: int = 32
-    lr: float = 0.1
-    queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
-    sensitivity: Sensitivity = "l2"  # how heads are ranked: l2 (paper), mean_delta, consistency, relative
-    prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
-    keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
-    mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
-    policy: Policy = "every_step"
-    batch_size: int = 8
-    seed: int = 0
-    variant: str = "paper"  # the preset these settings started from (recorded in artifacts)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "STVConfig":
-        """``"paper"`` or ``"stv+"``, with ``overrides`` winning over the preset's own settings."""
-        presets = {"paper": cls.paper, "stv+": cls.plus}
-        if name not in presets:
-            raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
-        return presets[name](**overrides)
-
-    @classmethod
-    def paper(cls, **overrides) -> "STVConfig":
-        """The paper's method as first read: heads ranked by mean ||delta|| (L2), a k-means bank
-        only, every head overwritten, MTV's insertion at every generated token."""
-        return cls(**{"sensitivity": "l2", "keep_arm": False, "mean_arm": False, "policy": "every_step",
-                      "variant": "paper", **overrides})
-
-    @classmethod
-    def plus(cls, **overrides) -> "STVConfig":
-        """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
-        queries, not answer-specific), the bank extended by the mean activation and a "leave
-        the head alone" arm so REINFORCE can prune heads, queries drawn from a pool of cached
-        prefixes, and insertion at the prompt's last token only (multi-token answers are not
-        overwritten token after token)."""
-        return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "queries_per_step": 2,
-                      "prefix_pool": 16, "policy": "prompt_last", "variant": "stv+", **overrides})
-
-
-    def check(self, scan_only: bool = False) -> None:
-        """One clear error for a setting that cannot work with any model or data
-        (``scan_only``: only what the sensitivity scan uses)."""
-        problems = self._problems(scan_only)
-        if problems:
-            raise StvError("STVConfig: " + "; ".join(problems))
-
-    def _problems(self, scan_only: bool = False) -> list[str]:
-        problems = []
-        if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
-            problems.append("clusters, samples, pairs and batch_size must be >= 1 and steps >= 0")
-        if self.shots < 1:
-            problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
-        if self.clusters > self.pairs and not scan_only:
-            problems.append(f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
-                            f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
-        if self.sensitivity not in SENSITIVITIES:
-            problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
-        if self.policy not in POLICIES:
-            problems.append(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
-        return problems
-
-    def validate(self, lmm: LMM, n_train: int) -> None:
-        """One clear error for a setting that cannot work with this model and data."""
-        heads = lmm.heads.num_layers * lmm.heads.num_heads
-        problems = self._problems()
-        if not 1 <= self.top_k <= heads:
-            problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
-        if self.clusters > n_train:
-            problems.append(f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from")
-        if n_train <= self.shots:
-            problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
-        if not 1 <= self.queries_per_step <= n_train:
-            problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
-        if problems:
-            raise StvError("STVConfig: " + "; ".join(problems))
+from .scan import ScanResult, sensitivity_scan
 
 
 @dataclass

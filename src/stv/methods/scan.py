@@ -14,22 +14,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..config import SENSITIVITIES, Sensitivity
 from ..distributed import assemble
+from ..errors import StvError
 from ..heads import Location, record
 from ..io import atomic_write_json
 from ..models import LMM, Prompt
-from ..errors import StvError
-
-
-Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
-SENSITIVITIES: tuple[str, ...] = ("l2", "mean_delta", "consistency", "relative")
 
 
 @dataclass

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from ..errors import StvError
-
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoConfig
 
+from ..errors import StvError
 from ..heads import HeadMap
 from .gguf import converted_folder, find_gguf
 from .lmm import LMM, Piece, Prompt, Render

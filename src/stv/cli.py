@@ -76,6 +76,7 @@ def _stv_config(args):
 
 
 def _cmd_inspect(args) -> int:
+    args.model = args.model or args.name
     lmm = _model(args)
     h = lmm.heads
     print(json.dumps({"model": str(lmm.name), "family": lmm.family, "class": type(lmm.model).__name__,
@@ -142,6 +143,10 @@ def _cmd_fit(args) -> int:
     cfg.check()
     train, task = _dataset(args, args.train_split)
     lmm = _model(args)
+    if args.top_k is None:  # the paper's K = 64 of 1,024 heads: keep about 1/16 of this model's heads
+        heads = lmm.heads.num_layers * lmm.heads.num_heads
+        cfg.top_k = min(heads, 64, max(8, round(heads / 16)))
+        print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):
         return _fit_into(args, out, cfg, lmm, train, task)
 
@@ -476,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("inspect", help="load a model (hub id or folder) and print its head layout")
+    p.add_argument("name", nargs="?", metavar="MODEL", help="the model (same as --model)")
     _add_model(p)
     p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser("models", help="real pretrained models that ship in PyPI wheels, and whether each is installed")

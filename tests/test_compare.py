@@ -1,0 +1,70 @@
+"""STV variants on shared scans (`stv compare`), the presets, and the extra bank arms."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stv.cli import main
+from stv.compare import VARIANTS, compare_table, run_compare, variant_config
+from stv.config import STVConfig
+from stv.data import load_dataset
+from stv.methods.fit import fit, fit_at
+from stv.tasks import task_for
+
+
+def test_presets_and_overrides():
+    paper, plus = STVConfig.paper(top_k=5), STVConfig.plus(top_k=5, policy="every_step")
+    assert (paper.sensitivity, paper.keep_arm, paper.mean_arm, paper.policy, paper.variant) == (
+        "l2", False, False, "every_step", "paper")
+    assert (plus.sensitivity, plus.keep_arm, plus.mean_arm, plus.variant, plus.top_k) == (
+        "mean_delta", True, True, "stv+", 5)
+    assert plus.policy == "every_step"  # an override wins over the preset
+    assert STVConfig.preset("stv+").policy == "prompt_last"
+    with pytest.raises(ValueError, match="unknown STV variant 'best'"):
+        STVConfig.preset("best")
+    base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=1, samples=2)
+    for name in VARIANTS:  # every variant keeps the run's shared sizes
+        cfg = variant_config(name, base)
+        assert (cfg.top_k, cfg.clusters, cfg.pairs, cfg.shots, cfg.steps) == (3, 2, 4, 2, 1), name
+
+
+def test_mean_and_keep_arms_extend_the_bank(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    cfg = STVConfig(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6)
+    _, state = fit(lmm, train, cfg, task=task, progress=False)
+    plus = STVConfig.plus(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, prefix_pool=2)
+    _, arms = fit_at(lmm, train, plus, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
+    assert arms.bank.shape == (3, 4, lmm.heads.head_dim)  # 2 centroids + mean + keep (NaN)
+    means = state.scan.activations_at(state.locations).mean(0)
+    assert torch.allclose(arms.bank[:, 2], means) and bool(torch.isnan(arms.bank[:, 3]).all())
+
+
+def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
+    from stv.methods import scan as scan_module
+
+    scans = []
+    real = scan_module.sensitivity_scan
+    monkeypatch.setattr("stv.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    result = run_compare(lmm_of("llama"), ["capitalize"], [0], ["paper", "stv+"], base, test_per_task=3,
+                         icl_shots=2, max_new_tokens=2, progress=False)
+    assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
+    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "paper", "stv+"]
+    table = compare_table(result, "exact_match")
+    assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table
+    with pytest.raises(ValueError, match="unknown STV variant"):
+        run_compare(lmm_of("llama"), ["capitalize"], [0], ["nope"], base, progress=False)
+
+
+def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
+    out = tmp_path / "tv"
+    assert main(["fit", "--model", family_dir("llama"), "--dataset", "fv:capitalize", "--out", str(out),
+                 "--variant", "stv+", "--top-k", "2", "--clusters", "2", "--pairs", "4", "--context-shots", "2",
+                 "--steps", "2", "--samples", "4", "--prefix-pool", "2"]) == 0
+    config = json.loads((out / "task_vectors.json").read_text())
+    assert config["hyperparameters"]["variant"] == "stv+" and config["policy"] == "prompt_last"
+    assert config["hyperparameters"]["sensitivity"] == "mean_delta" and config["hyperparameters"]["prefix_pool"] == 2

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,14 @@ from pathlib import Path
 import numpy as np
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
+
+
+def _free_port() -> int:
+    """A port nothing listens on now, so parallel test runs do not collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 
 def _run(cmd, out):
@@ -20,7 +29,7 @@ def _run(cmd, out):
 def test_two_process_scan_bank_and_eval_equal_one_process(tmp_path, family_dir):
     model = family_dir("llava")
     single = _run([sys.executable, WORKER, model, str(tmp_path / "one")], tmp_path / "one")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     double = _run([*torchrun, WORKER, model, str(tmp_path / "two")], tmp_path / "two")
     assert single["world"] == 1 and double["world"] == 2
     np.testing.assert_allclose(double["sensitivity"], single["sensitivity"], rtol=1e-5, atol=1e-6)

@@ -22,7 +22,9 @@ SENSITIVITIES: tuple[str, ...] = ("l2", "mean_delta", "consistency", "relative")
 
 @dataclass
 class STVConfig:
-    """Defaults from the paper and MTV's code (REFERENCE.md)."""
+    """Defaults from the STV paper (arXiv 2511.08246: K = 64-300, M = 32, argmax after REINFORCE)
+    and MTV's public code (Huang et al. 2024: Adam lr 0.1, 600 steps x 32 samples, first answer
+    token as the reward)."""
 
     top_k: int = 64
     clusters: int = 32

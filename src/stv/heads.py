@@ -33,7 +33,6 @@ class HeadMap:
     num_heads: int
     head_dim: int
     decoder: nn.Module | None = None
-    pattern: str | None = None
 
     @property
     def num_layers(self) -> int:
@@ -116,7 +115,7 @@ class HeadMap:
             raise HeadDiscoveryError(
                 f"--heads-pattern {pattern!r} matches layers with {width} inputs, not {heads} heads x {expected}; "
                 "point it at each layer's attention output projection (e.g. 'model.layers.{layer}.self_attn.o_proj')")
-        return cls(list(projections), int(heads), width // heads, decoder, pattern)
+        return cls(list(projections), int(heads), width // heads, decoder)
 
 
 def _in_features(proj: nn.Module) -> int | None:

@@ -1,7 +1,7 @@
 """Per-dataset prompt templates: how demonstrations and a query become one prompt, what the
 model should answer, and how its answer is scored.
 
-Defaults follow MTV's code (REFERENCE.md): VizWiz has an instruction and
+Defaults follow MTV's public code (github.com/Brandon3964/MultiModal-Task-Vector): VizWiz has an instruction and
 ``<image>{question} Answer: {answer}`` shots; OK-VQA has no instruction and no space after
 ``Answer:`` in its shots; Flowers/CUB/DTD are 2-way multiple choice answered with a letter.
 """
@@ -31,6 +31,7 @@ class Task:
     instruction: str = ""
     metric: str = "exact"  # vqa | vizwiz | choice | exact
     answer_prefix: str = " "  # what precedes the answer in a shot ("Answer: yes" -> " ")
+    first_word: bool = False  # answers are one word: cut the generated line at its first space
 
     def target(self, example: Example) -> str:
         """What the model should say for ``example`` (teacher forcing, rewards, scoring)."""
@@ -38,9 +39,9 @@ class Task:
 
     def postprocess(self, generated: str) -> str:
         """Generated text -> answer: up to the first newline, stripped (no cut at '.', which
-        would break "3.5"); the digits lab answers in one word."""
+        would break "3.5"); cut at the first space too for one-word tasks (``first_word``)."""
         line = generated.split("\n", 1)[0].strip()
-        return line.split(" ", 1)[0] if self.name == "digits" else line
+        return line.split(" ", 1)[0] if self.first_word else line
 
     def continuation(self, example: Example) -> str:
         """The answer as it continues the query prompt, for tokenizing the first answer token."""
@@ -96,7 +97,7 @@ class ChoiceTask(Task):
 
 
 TASKS: dict[str, Task] = {
-    "digits": Task("digits", shot="{question} = {answer} ", query="{question} =", metric="exact"),
+    "digits": Task("digits", shot="{question} = {answer} ", query="{question} =", metric="exact", first_word=True),
     "vizwiz": Task("vizwiz", shot="{question} Answer: {answer}\n", query="{question} Answer:",
                    instruction=VIZWIZ_INSTRUCTION, metric="vizwiz"),
     "okvqa": Task("okvqa", shot="{question} Answer:{answer}\n", query="{question} Answer:", metric="vqa",

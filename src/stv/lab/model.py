@@ -3,7 +3,7 @@
 A stock ``LlavaForConditionalGeneration``: a 1-layer CLIP vision tower that sees a 16x16
 digit as one patch (one image token per digit, which keeps episodes of 33 items short
 enough to train in minutes) and a 4-layer Llama decoder, 128 wide with 4 heads of 32
-(LAB-NOTES: heads narrower than 32 never learned to match a query against distant demos).
+(in our trials, heads narrower than 32 never learned to match a query against distant demos).
 Nothing in the pipeline treats it specially: it is saved with ``save_pretrained`` and
 loaded with ``stv.load_model`` like any user model.
 """

@@ -4,7 +4,7 @@ An episode is one task (a family task, or a fresh random class->label mapping) a
 ``items`` digit images; the loss is on every label position, so every shot count from 0 to
 ``items - 1`` is trained at once. An auxiliary linear probe reads the digit class off the
 hidden state after layer 1 for the first ``aux_steps`` steps: without it the model stays
-stuck guessing labels seen in the prompt (LAB-NOTES).
+stuck guessing labels seen in the prompt (seen in our trials).
 """
 
 from __future__ import annotations

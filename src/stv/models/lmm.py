@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence, Union
 
 import torch
@@ -46,7 +46,6 @@ class LMM:
     name: str = ""
     revision: str | None = None
     family: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: nn.Module, processor: Any, name: str | None = None,

@@ -25,9 +25,10 @@ def test_presets_and_overrides():
     with pytest.raises(ValueError, match="unknown STV variant 'best'"):
         STVConfig.preset("best")
     base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=1, samples=2)
-    for name in VARIANTS:  # every variant keeps the run's shared sizes
+    for name in VARIANTS:  # every variant keeps the run's shared sizes (K scaled only where it says so)
         cfg = variant_config(name, base)
-        assert (cfg.top_k, cfg.clusters, cfg.pairs, cfg.shots, cfg.steps) == (3, 2, 4, 2, 1), name
+        assert (cfg.clusters, cfg.pairs, cfg.shots, cfg.steps) == (2, 4, 2, 1), name
+        assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12}.get(name, 3), name
 
 
 def test_mean_and_keep_arms_extend_the_bank(lmm_of):

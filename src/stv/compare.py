@@ -34,6 +34,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_l2": lambda base: STVConfig.plus(**_sizes(base), sensitivity="l2"),
     "stv+_no_arms": lambda base: STVConfig.plus(**_sizes(base), keep_arm=False, mean_arm=False),
     "stv+_every_step": lambda base: STVConfig.plus(**_sizes(base), policy="every_step"),
+    "stv+_2k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
+    "stv+_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
+    "stv+_4q": lambda base: STVConfig.plus(**_sizes(base), queries_per_step=4),
 }
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 

@@ -195,16 +195,23 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
 
 def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:
     tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
+    icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
         report.accuracy_bars(per, out / ("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png"),
-                             title=f"{summary['model']}: {metric.replace('_', ' ')} (%)")
+                             title=f"{summary['model']}: {metric.replace('_', ' ')} (%)", reference=icl)
+    ranking = config.stv.sensitivity
     for task, state in artifacts.items():
-        report.sensitivity_heatmap(state.scan.scores(config.stv.sensitivity), out / f"sensitivity_{task}.png",
-                                   title=f"{task}: head sensitivity ({config.stv.sensitivity})", marked=state.locations)
+        report.sensitivity_heatmap(state.scan.scores(ranking), out / f"sensitivity_{task}.png", marked=state.locations,
+                                   title=f"{task}: head sensitivity ({ranking}), paper's STV heads",
+                                   label=f"{ranking} score")
         report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / f"policy_{task}.png",
                              title=f"{task}: STV REINFORCE")
+    command = "stv demo" + (f" --model {config.model}" if config.model else "") + f" --out {out}"
+    seeds = list(config.seeds)
+    spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]})"
     lines = [f"# stv demo: {summary['model']}", "",
-             f"Mean ± std over seeds {list(config.seeds)}; {config.test_per_task} held-out queries per task.", ""]
+             f"{spread}; n = {config.test_per_task} held-out queries per task (the same queries for every "
+             f"method and seed). Reproduce with `{command}`.", ""]
     for metric, table in tables.items():
         lines += [f"## {summary['metric'][metric]}", "", table, ""]
     if config.max_new_tokens:

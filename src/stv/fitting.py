@@ -58,7 +58,7 @@ def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timin
         ranking = getattr(config, "sensitivity", "l2")
         log.update({"locations": state.locations, "scan_reused": state.scan.reused, "ranking": ranking})
         report.sensitivity_heatmap(state.scan.scores(ranking), folder / "sensitivity.png", marked=state.locations,
-                                   title=f"head sensitivity ({ranking})")
+                                   title=f"head sensitivity ({ranking})", label=f"{ranking} score")
     if policy is not None:
         title = "MTV REINFORCE" if state is None else "STV REINFORCE"
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)

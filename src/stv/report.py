@@ -35,30 +35,50 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def sensitivity_heatmap(sensitivity, path: str | Path, title: str = "head sensitivity (mean ||delta||)",
-                        marked: Sequence[tuple[int, int]] = ()) -> Path:
+                        marked: Sequence[tuple[int, int]] = (), label: str = "sensitivity score") -> Path:
+    """Layers x heads map of the score used to rank heads; the chosen heads are outlined."""
     plt = _plt()
     s = np.asarray(sensitivity)
     fig, ax = plt.subplots(figsize=(max(4, s.shape[1] * 0.35 + 2), max(3, s.shape[0] * 0.3 + 1.5)))
-    im = ax.imshow(s, aspect="auto", cmap="viridis")
-    for layer, head in marked:
-        ax.scatter([head], [layer], marker="s", facecolors="none", edgecolors="red", s=60)
+    im = ax.imshow(s, aspect="auto", cmap="viridis", origin="lower")
+    if len(marked):
+        heads = [h for _, h in marked]
+        layers = [layer for layer, _ in marked]
+        ax.scatter(heads, layers, marker="s", facecolors="none", edgecolors="red", s=60,
+                   label=f"chosen heads (top {len(marked)})")
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, frameon=False)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     step = max(1, s.shape[0] // 16), max(1, s.shape[1] // 16)
     ax.set_yticks(range(0, s.shape[0], step[0]))
     ax.set_xticks(range(0, s.shape[1], step[1]))
     ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=label)
     return _save(fig, path)
 
 
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return v
+    cumulative = np.cumsum(np.insert(v, 0, 0.0))
+    ends = np.arange(1, len(v) + 1)
+    starts = np.maximum(0, ends - window)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
 def policy_curves(reward: Sequence[float], max_prob: Sequence[float], path: str | Path, title: str = "REINFORCE") -> Path:
+    """Mean reward per step (raw, and smoothed over 5% of the steps) and policy confidence."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
-    a.plot(reward)
+    window = max(1, len(reward) // 20)
+    a.plot(reward, color="0.75", lw=0.8, label="per step")
+    a.plot(_smooth(reward, window), color="C0", lw=1.8, label=f"mean of {window} steps")
     a.set_xlabel("step")
     a.set_ylabel("mean reward (log p of answer)")
-    b.plot(max_prob)
+    a.legend(fontsize=7)
+    b.plot(max_prob, color="C1")
     b.set_xlabel("step")
     b.set_ylabel("mean max probability")
     b.set_ylim(0, 1.02)
@@ -66,30 +86,48 @@ def policy_curves(reward: Sequence[float], max_prob: Sequence[float], path: str 
     return _save(fig, path)
 
 
-def accuracy_bars(methods: dict[str, dict[str, list[float]]], path: str | Path, title: str = "accuracy (%)") -> Path:
+def accuracy_bars(methods: dict[str, dict[str, list[float]]], path: str | Path, title: str = "accuracy (%)",
+                  chance: float | None = None, reference: str | None = None) -> Path:
+    """Grouped bars (mean over seeds, std as error bars) with value labels; a colour per
+    method; ``reference`` (e.g. the ICL method) is drawn as a dashed line per task."""
     plt = _plt()
     names = list(methods)
     tasks = list(next(iter(methods.values())))
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, len(tasks) * 2.2), 3.8))
+    width = 0.84 / len(names)
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: len(names)] if len(names) > 10 else None
+    fig, ax = plt.subplots(figsize=(max(7, len(tasks) * len(names) * 0.32 + 2), 4.2))
     for i, name in enumerate(names):
-        means = [np.mean(methods[name][t]) for t in tasks]
-        stds = [np.std(methods[name][t]) for t in tasks]
-        ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=stds, label=name)
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2)
+        means = [float(np.mean(methods[name][t])) for t in tasks]
+        stds = [float(np.std(methods[name][t])) for t in tasks]
+        x = np.arange(len(tasks)) + i * width
+        bars = ax.bar(x, [max(m, 0.4) for m in means], width, yerr=stds, label=name, capsize=1.5,
+                      color=None if colours is None else colours[i], edgecolor="0.3", linewidth=0.3)
+        for bar, m in zip(bars, means):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{m:.0f}", ha="center", va="bottom",
+                    fontsize=5.5, rotation=90)
+    if reference in methods:
+        for t, task in enumerate(tasks):
+            level = float(np.mean(methods[reference][task]))
+            ax.hlines(level, t - width / 2, t + 0.84 - width / 2, colors="k", linestyles="dashed", lw=0.8)
+        ax.plot([], [], "k--", lw=0.8, label=f"{reference} (reference)")
+    if chance is not None:
+        ax.axhline(chance, color="0.5", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
+    ax.set_xticks(np.arange(len(tasks)) + 0.42 - width / 2)
     ax.set_xticklabels(tasks)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1, 1))
     return _save(fig, path)
 
 
 def results_table(methods: dict[str, dict[str, list[float]]]) -> str:
-    """Markdown table of mean ± std (over seeds) per method and task, plus the average."""
+    """Markdown table of mean ± std (over seeds) per method and task, plus the average.
+    A single seed shows no ± (there is no spread to report)."""
     tasks = list(next(iter(methods.values())))
     lines = ["| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
     for name, per_task in methods.items():
-        cells = [f"{np.mean(v):.1f} ± {np.std(v):.1f}" for v in per_task.values()]
+        cells = [f"{np.mean(v):.1f}" + (f" ± {np.std(v):.1f}" if len(v) > 1 else "") for v in per_task.values()]
         avg = np.mean([np.mean(v) for v in per_task.values()])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} |")
     return "\n".join(lines)

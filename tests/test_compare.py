@@ -28,7 +28,7 @@ def test_presets_and_overrides():
     for name in VARIANTS:  # every variant keeps the run's shared sizes (K scaled only where it says so)
         cfg = variant_config(name, base)
         assert (cfg.clusters, cfg.pairs, cfg.shots, cfg.steps) == (2, 4, 2, 1), name
-        assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12}.get(name, 3), name
+        assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12, "stv+_prior_4k": 12}.get(name, 3), name
 
 
 def test_mean_and_keep_arms_extend_the_bank(lmm_of):
@@ -69,3 +69,12 @@ def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
     config = json.loads((out / "task_vectors.json").read_text())
     assert config["hyperparameters"]["variant"] == "stv+" and config["policy"] == "prompt_last"
     assert config["hyperparameters"]["sensitivity"] == "mean_delta" and config["hyperparameters"]["prefix_pool"] == 2
+
+
+def test_arm_prior_starts_where_mtv_starts():
+    from stv.methods.fit import _prior_logits
+
+    probs = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True), 6).exp()
+    assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
+    assert _prior_logits(STVConfig.plus(), 6) is None
+    assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))

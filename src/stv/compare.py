@@ -37,6 +37,8 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_2k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
     "stv+_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
     "stv+_4q": lambda base: STVConfig.plus(**_sizes(base), queries_per_step=4),
+    "stv+_prior": lambda base: STVConfig.plus(**_sizes(base), arm_prior=True),
+    "stv+_prior_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}, arm_prior=True),
 }
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 

@@ -38,6 +38,7 @@ class STVConfig:
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
+    arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
     policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0

@@ -107,6 +107,21 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     return artifact, state
 
 
+def _prior_logits(config: STVConfig, arms: int) -> torch.Tensor | None:
+    """With ``arm_prior``, REINFORCE starts where MTV starts (most heads left alone) instead of
+    uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest."""
+    if not config.arm_prior:
+        return None
+    probs = torch.full((arms,), 1.0)
+    centroids = arms - config.keep_arm - config.mean_arm
+    probs[:centroids] = (0.25 if config.keep_arm and config.mean_arm else 0.5) / max(1, centroids)
+    if config.mean_arm:
+        probs[centroids] = 0.25 if config.keep_arm else 0.5
+    if config.keep_arm:
+        probs[-1] = 0.5
+    return probs.log()
+
+
 def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, scan: ScanResult,
            locations: Sequence[Location], rng: np.random.Generator, progress: bool = True
            ) -> tuple[TaskVectors, FitState]:
@@ -124,7 +139,7 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     t = time.perf_counter()
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
     policy = reinforce(reward, len(locations), bank.shape[1], config.steps, config.samples, config.lr,
-                       seed=config.seed, progress=progress)
+                       seed=config.seed, progress=progress, init_logits=_prior_logits(config, bank.shape[1]))
     timings["reinforce"] = time.perf_counter() - t
     vectors = bank[torch.arange(len(locations)), policy.choice]
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped

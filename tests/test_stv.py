@@ -193,6 +193,7 @@ def test_paper_configs_parse_for_fit_and_eval():
         assert fit_args.top_k == 64 and fit_args.clusters == 32 and fit_args.shots == 4 and fit_args.steps == 600
         assert eval_args.shots == 0 and eval_args.vectors == fit_args.out and eval_args.limit == 3
         assert eval_args.out != fit_args.out  # eval never writes into the vectors folder
+        assert fit_args.variant == "paper"  # the paper's cells reproduce the paper's method
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "gemma3"])

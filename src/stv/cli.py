@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import StvError
 from .io import atomic_write_json, atomic_write_text
 
-DEFAULT_VARIANT = "paper"  # what `stv fit` uses unless --variant says otherwise
+DEFAULT_VARIANT = "stv+"  # what `stv fit` uses unless --variant says otherwise (the measured winner over "paper")
 
 
 def _distributed():

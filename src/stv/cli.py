@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -137,6 +136,7 @@ def _cmd_scan(args) -> int:
 
 def _cmd_fit(args) -> int:
     from .checks import removed_on_error, writable_folder
+    from .fitting import fit_into
 
     out = writable_folder(args.out)
     cfg = _stv_config(args)
@@ -148,41 +148,11 @@ def _cmd_fit(args) -> int:
         cfg.top_k = min(heads, 64, max(8, round(heads / 16)))
         print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):
-        return _fit_into(args, out, cfg, lmm, train, task)
-
-
-def _fit_into(args, out: Path, cfg, lmm, train, task) -> int:
-    from .fitting import fit_settings, prepare_fit_folder, save_fit
-    from .methods.fit import fit
-
-    method_cfg = cfg
-    if args.method == "mtv":
-        from .methods.mtv import MTVConfig
-
-        method_cfg = MTVConfig(shots=cfg.shots, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr, prompts=cfg.pairs,
-                               queries_per_step=cfg.queries_per_step, batch_size=cfg.batch_size, policy=cfg.policy,
-                               seed=cfg.seed)
-    settings = {**fit_settings(lmm, train, task, args.method, method_cfg, args.dataset), "split": args.train_split}
-    dist = _distributed().current()
-    finished = prepare_fit_folder(out, settings, args.recompute) if dist.is_main else False
-    dist.barrier()
-    if finished:
+        summary = fit_into(out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute)
+    if summary is None:
         print(f"{out} already holds task vectors fitted with these settings; pass --recompute to fit again")
-        return 0
-    start = time.perf_counter()
-    if args.method == "mtv":
-        from .methods.mtv import fit_mtv
-
-        vectors, log = fit_mtv(lmm, train, method_cfg, task=task)
-        if dist.is_main:
-            save_fit(out, vectors, method_cfg, policy=log["policy"], timings=log["timings"], started=start)
-            print(json.dumps({"out": str(out), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}))
-        return 0
-    vectors, state = fit(lmm, train, cfg, task=task, workdir=out / "scan")
-    if dist.is_main:
-        log = save_fit(out, vectors, cfg, state=state, started=start)
-        print(json.dumps({"out": str(out), "variant": cfg.variant, "locations": len(vectors.locations),
-                          "scan_reused": state.scan.reused, **log["stages_seconds"]}))
+    elif _distributed().current().is_main:
+        print(json.dumps(summary))
     return 0
 
 

@@ -64,3 +64,35 @@ def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timin
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
     atomic_write_json(folder / "fit_log.json", log)
     return log
+
+
+def fit_into(folder: str | Path, lmm, train, task, config, method: str = "stv", dataset: str | None = None,
+             split: str = "train", recompute: bool = False) -> dict | None:
+    """Fit STV (``config``) or MTV (the same sizes) into ``folder``; None when the folder
+    already holds a fit with these settings. Only rank 0 writes under data parallelism."""
+    from . import distributed
+    from .methods.fit import fit
+    from .methods.mtv import MTVConfig, fit_mtv
+
+    folder = Path(folder)
+    method_cfg = config
+    if method == "mtv":
+        method_cfg = MTVConfig(shots=config.shots, steps=config.steps, samples=config.samples, lr=config.lr,
+                               prompts=config.pairs, queries_per_step=config.queries_per_step,
+                               batch_size=config.batch_size, policy=config.policy, seed=config.seed)
+    settings = {**fit_settings(lmm, train, task, method, method_cfg, dataset), "split": split}
+    dist = distributed.current()
+    finished = prepare_fit_folder(folder, settings, recompute) if dist.is_main else False
+    dist.barrier()
+    if finished:
+        return None
+    start = time.perf_counter()
+    if method == "mtv":
+        vectors, log = fit_mtv(lmm, train, method_cfg, task=task)
+        if dist.is_main:
+            save_fit(folder, vectors, method_cfg, policy=log["policy"], timings=log["timings"], started=start)
+        return {"out": str(folder), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}
+    vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
+    log = save_fit(folder, vectors, config, state=state, started=start) if dist.is_main else {"stages_seconds": {}}
+    return {"out": str(folder), "variant": config.variant, "locations": len(vectors.locations),
+            "scan_reused": state.scan.reused, **log["stages_seconds"]}

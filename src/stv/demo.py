@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import report
-from .compare import fit_variant
+from .compare import fit_variant, fv_task
 from .evaluate import first_token_accuracy, generation_accuracy
 from .fitting import save_fit
 from .heads import Policy
@@ -96,15 +96,12 @@ METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 def _data(config: DemoConfig, task: str):
     """(train, test, template) of one demo task."""
-    from .data import digit_examples, load_dataset
+    from .data import digit_examples
     from .lab.curve import test_subset
 
     if config.subject == "lab":
         return digit_examples(task, "train"), test_subset(task, config.test_per_task), task_for("digits")
-    train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
-    rng = np.random.default_rng(0)  # the same held-out queries for every seed and method
-    test = [test[i] for i in sorted(rng.permutation(len(test))[: config.test_per_task])]
-    return train, test, task_for(train)
+    return fv_task(task, config.test_per_task)
 
 
 def _load(config: DemoConfig, checkpoint=None):
@@ -178,7 +175,7 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
         timings.setdefault(f"stv_{stage}", []).append(seconds)
     means = None
     if config.mtv_means_from_scan:
-        means = torch.from_numpy(np.asarray(state.scan.context_activations, dtype=np.float32).mean(0))
+        means = state.scan.mean_activations()
     mtv_vectors, mtv_log = fit_mtv(lmm, train, replace(config.mtv, seed=seed), task=template, progress=False,
                                    means=means)
     for stage, seconds in mtv_log["timings"].items():

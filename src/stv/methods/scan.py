@@ -73,6 +73,11 @@ class ScanResult:
         heads = self.sensitivity.shape[1]
         return [(int(i) // heads, int(i) % heads) for i in torch.topk(flat, k).indices]
 
+    def mean_activations(self) -> torch.Tensor:
+        """(layers*heads, head_dim) mean with-context activation of every head: MTV's vectors,
+        from the same many-shot prompts, without recording them again (one process only)."""
+        return torch.from_numpy(np.asarray(self.context_activations, dtype=np.float32).mean(0))
+
     def activations_at(self, locations: Sequence[Location]) -> torch.Tensor:
         """(T, K, head_dim) float32 with-context activations at the given locations.
 

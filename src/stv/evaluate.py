@@ -54,14 +54,23 @@ def generation_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool:
     rng = np.random.default_rng(seed)
     prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
     targets = first_token_ids(lmm, examples, task)
-    first, predictions = 0, {}
+    rows = []
     with vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
-            ids = lmm.generate_ids(prompts[start : start + batch_size], max_new_tokens=max_new_tokens)
-            first += int((ids[:, 0] == targets[start : start + batch_size]).sum())
-            for e, text in zip(examples[start : start + batch_size], lmm.decode(ids)):
-                predictions[e.id] = task.postprocess(text)
-    return 100.0 * first / max(1, len(examples)), score_predictions(task, examples, predictions)["accuracy"]
+            rows += answer_rows(lmm, task, examples[start : start + batch_size], prompts[start : start + batch_size],
+                                targets[start : start + batch_size].tolist(), max_new_tokens)
+    first = sum(r["first_token_correct"] for r in rows)
+    accuracy = score_predictions(task, examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
+    return 100.0 * first / max(1, len(examples)), accuracy
+
+
+def answer_rows(lmm: LMM, task: Task, examples: Sequence[Example], prompts: Sequence, first_ids: Sequence[int],
+                max_new_tokens: int) -> list[dict]:
+    """One greedy generation for a batch: per example its post-processed answer, the raw text
+    and whether the first generated token is the answer's first token (``first_ids``)."""
+    ids = lmm.generate_ids(prompts, max_new_tokens=max_new_tokens)
+    return [{"question_id": e.id, "answer": task.postprocess(text), "raw": text, "first_token_correct": token == want}
+            for e, text, token, want in zip(examples, lmm.decode(ids), ids[:, 0].tolist(), first_ids)]
 
 
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
@@ -144,11 +153,9 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     with inserted, open(part_file, "a") as f:
         for _, start, end in tqdm(mine, desc="eval", disable=not progress or not dist.is_main):
             batch = todo[start:end]
-            ids = lmm.generate_ids([task.prompt(demos[e.id], e) for e in batch], max_new_tokens=max_new_tokens)
-            for e, text, token in zip(batch, lmm.decode(ids), ids[:, 0].tolist()):
-                row = {"question_id": e.id, "answer": task.postprocess(text), "raw": text,
-                       "first_token_correct": token == first[e.id]}
-                done[e.id] = row
+            prompts = [task.prompt(demos[e.id], e) for e in batch]
+            for row in answer_rows(lmm, task, batch, prompts, [first[e.id] for e in batch], max_new_tokens):
+                done[row["question_id"]] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()
     if dist.enabled:

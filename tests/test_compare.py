@@ -25,9 +25,10 @@ def test_presets_and_overrides():
     with pytest.raises(ValueError, match="unknown STV variant 'best'"):
         STVConfig.preset("best")
     base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=1, samples=2)
-    for name in VARIANTS:  # every variant keeps the run's shared sizes (K scaled only where it says so)
+    for name in VARIANTS:  # every variant keeps the run's shared sizes (K, steps scaled only where it says so)
         cfg = variant_config(name, base)
-        assert (cfg.clusters, cfg.pairs, cfg.shots, cfg.steps) == (2, 4, 2, 1), name
+        assert (cfg.clusters, cfg.pairs, cfg.shots) == (2, 4, 2), name
+        assert cfg.steps == (3 if name.endswith("_3x") else 1), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12, "stv+_prior_4k": 12}.get(name, 3), name
 
 
@@ -54,7 +55,7 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     result = run_compare(lmm_of("llama"), ["capitalize"], [0], ["paper", "stv+"], base, test_per_task=3,
                          icl_shots=2, max_new_tokens=2, progress=False)
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
-    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "paper", "stv+"]
+    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "paper", "stv+"]
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table
     with pytest.raises(ValueError, match="unknown STV variant"):
@@ -78,3 +79,24 @@ def test_arm_prior_starts_where_mtv_starts():
     assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
     assert _prior_logits(STVConfig.plus(), 6) is None
     assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))
+
+
+def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
+    """A policy whose argmax writes garbage into every head loses to a draw that leaves some
+    heads alone: select_final keeps the candidate with the best first-token log-prob."""
+    from stv.methods.fit import bank_rewards, select_final
+    from stv.methods.policy import PolicyResult
+
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    locations = lmm.heads.all_locations()[:6]
+    garbage = torch.full((6, 1, lmm.heads.head_dim), 50.0)
+    bank = torch.cat([garbage, torch.full_like(garbage, float("nan"))], 1)  # arm 0 garbage, arm 1 keep
+    policy = PolicyResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
+    cfg = STVConfig(final_samples=8, final_items=6, seed=0)
+    chosen = select_final(lmm, train, task, locations, bank, policy, cfg, np.random.default_rng(0))
+    assert chosen.shape == (6,) and int(chosen.sum()) > 0  # some heads left alone
+    score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the same queries
+    both = score(0, torch.stack([policy.choice, chosen]))
+    assert both[1] > both[0]

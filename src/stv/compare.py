@@ -38,6 +38,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_4q": lambda base: STVConfig.plus(**_sizes(base), queries_per_step=4),
     "stv+_prior": lambda base: STVConfig.plus(**_sizes(base), arm_prior=True),
     "stv+_prior_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}, arm_prior=True),
+    "stv+_select": lambda base: STVConfig.plus(**_sizes(base), arm_prior=True, final_samples=10),
+    "stv+_select_3x": lambda base: STVConfig.plus(**{**_sizes(base), "steps": 3 * base.steps}, arm_prior=True,
+                                                  final_samples=10),
 }
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
@@ -68,7 +71,7 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
-    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + 2), desc="compare", disable=not progress)
+    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + 3), desc="compare", disable=not progress)
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
         for seed in seeds:
@@ -89,7 +92,9 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
             mtv_cfg = MTVConfig(prompts=base.pairs, shots=base.shots, steps=base.steps, samples=base.samples,
                                 queries_per_step=2, final_items=20, seed=seed)
             mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=scan.mean_activations())
-            add("mtv", mtv, policy="every_step", fit_s=scan_s + time.perf_counter() - start)
+            mtv_s = scan_s + time.perf_counter() - start
+            add("mtv", mtv, policy="every_step", fit_s=mtv_s)
+            add("mtv_prompt_last", mtv, policy="prompt_last", fit_s=mtv_s)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
                 add(name, vectors, policy=vectors.config["policy"], fit_s=scan_s + seconds)

@@ -39,6 +39,8 @@ class STVConfig:
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
+    final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
+    final_items: int = 32  # training queries that score those final candidates
     policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0
@@ -85,6 +87,8 @@ class STVConfig:
         if self.clusters > self.pairs and not scan_only:
             problems.append(f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
                             f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
+        if self.final_samples < 0 or self.final_items < 1:
+            problems.append("final_samples must be >= 0 and final_items >= 1")
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
         if self.policy not in POLICIES:

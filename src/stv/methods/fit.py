@@ -141,12 +141,30 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     policy = reinforce(reward, len(locations), bank.shape[1], config.steps, config.samples, config.lr,
                        seed=config.seed, progress=progress, init_logits=_prior_logits(config, bank.shape[1]))
     timings["reinforce"] = time.perf_counter() - t
-    vectors = bank[torch.arange(len(locations)), policy.choice]
+    choice = policy.choice
+    if config.final_samples:
+        t = time.perf_counter()
+        choice = select_final(lmm, train, task, locations, bank, policy, config, rng)
+        timings["select"] = time.perf_counter() - t
+    vectors = bank[torch.arange(len(locations)), choice]
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     artifact = TaskVectors(loc_tensor[kept], vectors[kept], config=artifact_config(lmm, config, task, train),
                            bank=torch.nan_to_num(bank), probabilities=policy.probabilities)
     return artifact, FitState(scan, locations, bank, policy, timings)
+
+
+def select_final(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location], bank: torch.Tensor,
+                 policy: PolicyResult, config: STVConfig, rng: np.random.Generator) -> torch.Tensor:
+    """The best of the argmax and ``final_samples`` draws from the trained policy, by mean
+    first-token log-prob on ``final_items`` training queries (K,). A policy that has not
+    converged puts its argmax on arms that were never good together; scoring a few joint
+    draws on more queries than one REINFORCE step sees removes that noise."""
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    draws = torch.multinomial(policy.probabilities, config.final_samples, replacement=True, generator=gen).T  # (N, K)
+    candidates = torch.cat([policy.choice[None], draws])  # (N + 1, K); row 0 = argmax
+    score = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
+    return candidates[int(score(0, candidates).argmax())]
 
 
 def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:

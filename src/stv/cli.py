@@ -289,15 +289,18 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_lab(args) -> int:
+    if args.backbone:
+        return _cmd_lab_smol(args)
     from .lab import LAB_CHECKPOINT, load_lab
     from .lab.curve import format_curve, icl_curve, save_curve
 
+    per_task = getattr(args, "per_task", None) or 200
     if args.lab_command == "train":
         from .lab.train import LabConfig, train_lab
 
         cfg = LabConfig(seed=args.seed, steps=args.steps) if args.steps else LabConfig(seed=args.seed)
         result = train_lab(args.out, cfg)
-        curve = icl_curve(load_lab(args.out), per_task=args.per_task)
+        curve = icl_curve(load_lab(args.out), per_task=per_task)
         save_curve(curve, args.out)
         print(format_curve(curve))
         print(f"\ntrained in {result['train_seconds']} s; wrote {args.out}")
@@ -307,8 +310,39 @@ def _cmd_lab(args) -> int:
             raise StvError(f"no ICL curve at {path}; run `stv lab curve`")
         print(format_curve(json.loads(path.read_text())))
     else:
-        curve = icl_curve(load_lab(args.checkpoint), per_task=args.per_task)
+        curve = icl_curve(load_lab(args.checkpoint), per_task=per_task)
         print(format_curve(curve))
+    return 0
+
+
+def _cmd_lab_smol(args) -> int:
+    """The SmolLM2 lab: train the tower, or print / recompute its image and text ICL curves."""
+    from .io import atomic_write_json
+    from .lab import smol
+    from .lab.curve import format_number_curve, number_curve
+
+    folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or smol.TOWER)
+    if args.lab_command == "info":
+        path = folder / "icl_curve.json"
+        if not path.is_file():
+            raise StvError(f"no ICL curve at {path}; run `stv lab curve --backbone {args.backbone}`")
+        curves = json.loads(path.read_text())
+    else:
+        if args.lab_command == "train":
+            from .lab.align import AlignConfig, train_tower
+
+            cfg = AlignConfig(steps=args.steps or AlignConfig.steps, embed_weight=args.embed_weight,
+                              distill_weight=args.distill_weight, seed=args.seed)
+            result = train_tower(folder, cfg)
+            print(f"trained in {result['train_seconds']} s; image read as its digit: {result['reads_as_digit']}")
+        lmm = smol.load_tower(folder)
+        per_task = args.per_task or 60
+        curves = {"image": number_curve(lmm, "numbers", per_task=per_task),
+                  "text": number_curve(lmm, "numbers-text", per_task=per_task)}
+        atomic_write_json(folder / "icl_curve.json", curves)
+    for kind, curve in curves.items():
+        print(f"\n{kind} ({curve['kind']}:TASK, first token / exact match %, {curve['per_task']} test queries)")
+        print(format_number_curve(curve))
     return 0
 
 

@@ -27,7 +27,7 @@ def _add_model(p) -> None:
 
 def _add_data(p) -> None:
     p.add_argument("--dataset", required=True,
-                   help="digits:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
+                   help="digits:TASK | numbers[-text]:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
                    "mtv:KIND:FILE")
     p.add_argument("--root", help="folder with the dataset's original files")
     p.add_argument("--train-split", default="train", help="split that demonstrations and fitting use")
@@ -114,18 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help="official questions file (checks the question set)")
     p.set_defaults(command="score")
 
-    p = sub.add_parser("lab", help="the lab model: train, info, curve")
+    p = sub.add_parser("lab", help="the lab models: train, info, curve")
     lab = p.add_subparsers(dest="lab_command", required=True)
-    t = lab.add_parser("train", help="retrain the lab model (seeded) and write its ICL curve")
-    t.add_argument("--out", required=True)
+    backbone = {"choices": ["smollm2-135m"],
+                "help": "the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained here) "
+                        "instead of the from-scratch lab model"}
+    t = lab.add_parser("train", help="retrain a lab model (seeded) and write its ICL curve",
+                       epilog="example: stv lab train --backbone smollm2-135m --out runs/tower")
+    t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
+    t.add_argument("--backbone", **backbone)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--per-task", type=int, default=200)
+    t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 300 for --backbone)")
+    t.add_argument("--embed-weight", type=float, default=1.0,
+                   help="--backbone: weight of the image feature -> digit token embedding term")
+    t.add_argument("--distill-weight", type=float, default=1.0,
+                   help="--backbone: weight of the KL to SmolLM2 reading the digit as text")
+    t.add_argument("--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)")
     i = lab.add_parser("info", help="print the stored ICL curve")
-    i.add_argument("--checkpoint")
+    i.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
+    i.add_argument("--backbone", **backbone)
     c = lab.add_parser("curve", help="recompute the ICL curve")
-    c.add_argument("--checkpoint")
-    c.add_argument("--per-task", type=int, default=200)
+    c.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
+    c.add_argument("--backbone", **backbone)
+    c.add_argument("--per-task", type=int, help="test queries per task (default 200; 60 with --backbone)")
     p.set_defaults(command="lab")
 
     p = sub.add_parser("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")

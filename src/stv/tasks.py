@@ -98,6 +98,9 @@ class ChoiceTask(Task):
 
 TASKS: dict[str, Task] = {
     "digits": Task("digits", shot="{question} = {answer} ", query="{question} =", metric="exact", first_word=True),
+    # the SmolLM2 lab: "<image>:seven\n" (the image stands where "7" would; no space before
+    # the answer, so a numeric answer's first token is its first digit, not a space)
+    "numbers": Task("numbers", shot="{question}:{answer}\n", query="{question}:", metric="exact", answer_prefix=""),
     "vizwiz": Task("vizwiz", shot="{question} Answer: {answer}\n", query="{question} Answer:",
                    instruction=VIZWIZ_INSTRUCTION, metric="vizwiz"),
     "okvqa": Task("okvqa", shot="{question} Answer:{answer}\n", query="{question} Answer:", metric="vqa",
@@ -144,11 +147,13 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
         kind = rest
     if kind.startswith("digits"):
         return DIGITS
+    if kind.startswith("numbers"):
+        return TASKS["numbers"]
     if kind in TASKS:
         return TASKS[kind]
     if kind in _CHOICE_KINDS:
         return TASKS["choice"]
-    raise StvError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, fv:TASK, vizwiz, okvqa, "
+    raise StvError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, numbers:TASK, fv:TASK, vizwiz, okvqa, "
                      f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself")
 
 

@@ -1,6 +1,7 @@
 """Datasets as lists of Example records.
 
-``load_dataset(spec, root, split)`` with spec one of: ``digits:TASK`` (bundled, offline),
+``load_dataset(spec, root, split)`` with spec one of: ``digits:TASK``, ``numbers:TASK`` and
+``numbers-text:TASK`` (bundled, offline; the last two for the SmolLM2 lab),
 ``vizwiz``, ``okvqa``, ``dtd``, ``flowers102``, ``cub`` (original files under ``root``),
 ``hf:NAME`` (the Hugging Face parquet repo of NAME), ``jsonl`` (root = the .jsonl file) or
 ``mtv:KIND:FILE`` (MTV's 2-way records, images under ``root``; KIND = flower, bird or texture)
@@ -40,8 +41,8 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
 
 def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     kind, _, rest = spec.partition(":")
-    if kind == "digits":
-        return digit_examples(rest, split)
+    if kind in ("digits", "numbers", "numbers-text"):
+        return digit_examples(rest, split, kind=kind)
     if kind == "hf":
         return load_hf(rest, split)
     if kind == "fv":
@@ -53,7 +54,7 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
         return load_mtv_choice(file, _need_root(spec, root), what)
     if kind in LOADERS:
         return LOADERS[kind](_need_root(spec, root), split)
-    raise DataError(f"unknown dataset {spec!r}; use digits:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
+    raise DataError(f"unknown dataset {spec!r}; use digits:TASK, numbers:TASK, numbers-text:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
                     "jsonl:FILE, mtv:KIND:FILE or fv:TASK")
 
 

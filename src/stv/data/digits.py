@@ -43,6 +43,18 @@ DIGIT_TASKS: dict[str, DigitTask] = {t.name: t for t in [
     DigitTask("big_AB", "mapping", lambda c: "A" if c > 4 else "B"),
     DigitTask("big_AB_flip", "mapping", lambda c: "B" if c > 4 else "A"),
 ]}
+# Tasks for the lab on SmolLM2 (``numbers:TASK``): functions of the digit the pretrained
+# language model already computes in text, so in-context learning can come from pretraining.
+NUMBER_TASKS: dict[str, DigitTask] = {t.name: t for t in [
+    DigitTask("word", "number", lambda c: _NAMES[c]),
+    DigitTask("next", "number", lambda c: str(c + 1)),
+    DigitTask("previous", "number", lambda c: str(c - 1)),
+    DigitTask("parity", "number", lambda c: "even" if c % 2 == 0 else "odd"),
+    DigitTask("size", "number", lambda c: "small" if c < 5 else "big"),
+    DigitTask("double", "number", lambda c: str(2 * c)),
+    DigitTask("copy", "format", str),
+    DigitTask("word_caps", "format", lambda c: _NAMES[c].capitalize()),
+]}
 # Answer pool for random class->label episodes (pure induction, used in lab training).
 RANDOM_LABELS = [f"L{i}" for i in range(16)]
 
@@ -80,15 +92,20 @@ def _render(index: int, size: int) -> Image.Image:
     return Image.fromarray(array, mode="L").resize((size, size), Image.NEAREST).convert("RGB")
 
 
-def digit_examples(task: str, split: str = "train", size: int = 32) -> list[Example]:
-    """Every image of ``split`` as an Example of ``task`` (answer = the task's word for its class)."""
-    if task not in DIGIT_TASKS:
-        raise StvError(f"unknown digits task {task!r}; choose from {', '.join(DIGIT_TASKS)}")
+def digit_examples(task: str, split: str = "train", size: int = 32, kind: str = "digits") -> list[Example]:
+    """Every image of ``split`` as an Example of ``task`` (answer = the task's word for its class).
+
+    ``kind``: ``digits`` (the lab's tasks), ``numbers`` (NUMBER_TASKS on images) or
+    ``numbers-text`` (the same records with the digit written as text instead of an image)."""
+    tasks = DIGIT_TASKS if kind == "digits" else NUMBER_TASKS
+    if task not in tasks:
+        raise StvError(f"unknown {kind} task {task!r}; choose from {', '.join(tasks)}")
     if split not in ("train", "test"):
-        raise StvError(f"digits split must be 'train' or 'test', got {split!r}")
-    d, t = digit_images(), DIGIT_TASKS[task]
+        raise StvError(f"{kind} split must be 'train' or 'test', got {split!r}")
+    d, t, text = digit_images(), tasks[task], kind == "numbers-text"
     indices = d.train if split == "train" else d.test
-    return [Example(id=f"digits-{task}-{i}", images=[d.image(i, size)], question="", answers=[t.answer(int(d.labels[i]))],
+    return [Example(id=f"{kind}-{task}-{i}", images=[] if text else [d.image(i, size)],
+                    question=str(d.labels[i]) if text else "", answers=[t.answer(int(d.labels[i]))],
                     choices=t.vocabulary, metadata={"index": int(i), "class": int(d.labels[i]), "task": task,
-                              "dataset": f"digits:{task}"})
+                                                   "dataset": f"{kind}:{task}"})
             for i in indices]

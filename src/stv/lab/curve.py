@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..data.digits import DIGIT_TASKS, digit_examples
 from ..evaluate import first_token_accuracy
@@ -15,8 +16,8 @@ from ..tasks import DIGITS
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
 
-def test_subset(task: str, n: int, seed: int = 0):
-    examples = digit_examples(task, "test")
+def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
+    examples = digit_examples(task, "test", kind=kind)
     idx = np.random.default_rng(seed).permutation(len(examples))[:n]
     return [examples[i] for i in sorted(idx)]
 
@@ -35,6 +36,41 @@ def icl_curve(lmm, shots: Sequence[int] = SHOTS, per_task: int = 200, tasks: Seq
     kinds = {kind: [t for t in tasks if DIGIT_TASKS[t].kind == kind] for kind in ("format", "mapping")}
     return {"metric": "first-token accuracy over the whole vocabulary, %", "per_task": per_task, "tasks": table,
             "average": avg(tasks), "kind_average": {k: avg(v) for k, v in kinds.items() if v}}
+
+
+NUMBER_SHOTS = (0, 1, 4, 10, 16)
+
+
+def number_curve(lmm, kind: str = "numbers", shots: Sequence[int] = NUMBER_SHOTS, per_task: int = 60,
+                 tasks: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """The SmolLM2 lab's curve: {"tasks": {task: {shots: {"first_token", "exact_match"}}}} on
+    ``numbers`` (digit images) or ``numbers-text`` (the same records, digits as text)."""
+    from ..data.digits import NUMBER_TASKS
+    from ..evaluate import generation_accuracy
+    from ..tasks import task_for
+
+    tasks = list(tasks or NUMBER_TASKS)
+    table: dict[str, dict] = {}
+    bar = tqdm(total=len(tasks) * len(shots), desc=f"{kind} curve", disable=not progress)
+    for name in tasks:
+        pool, queries = digit_examples(name, "train", kind=kind), test_subset(name, per_task, seed, kind)
+        table[name] = {}
+        for k in shots:
+            first, exact = generation_accuracy(lmm, queries, task_for(kind), pool, k, seed=seed + k, max_new_tokens=4)
+            table[name][str(k)] = {"first_token": round(first, 2), "exact_match": round(exact, 2)}
+            bar.update(1)
+    bar.close()
+    return {"kind": kind, "per_task": per_task, "seed": seed, "tasks": table}
+
+
+def format_number_curve(curve: dict) -> str:
+    """Markdown: task x shots, "first token / exact match" in each cell."""
+    shots = list(next(iter(curve["tasks"].values())))
+    lines = ["| task | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
+    for name, row in curve["tasks"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]['first_token']:.0f} / {row[k]['exact_match']:.0f}"
+                                                 for k in shots) + " |")
+    return "\n".join(lines)
 
 
 def format_curve(curve: dict) -> str:

@@ -161,7 +161,15 @@ def resolve_source(name_or_path: str | Path, gguf_file: str | None = None, progr
     """(what ``from_pretrained`` should read, a weights fingerprint or None).
 
     Named models and GGUF files become their cached float folder, fingerprinted by the
-    GGUF's sha256; anything else (hub id, model folder) passes through unchanged."""
+    GGUF's sha256; the SmolLM2 lab is assembled once (backbone + shipped tower); anything
+    else (hub id, model folder) passes through unchanged."""
+    if str(name_or_path) == "lab-smollm2":
+        from ..lab.smol import assembled_folder
+
+        try:
+            return assembled_folder(progress)
+        except MissingModelPackage as err:
+            raise ModelLoadError(str(err)) from None
     try:
         gguf = named_gguf(str(name_or_path)) or find_gguf(name_or_path, gguf_file)
     except MissingModelPackage as err:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 MARKER = "stv-gguf.json"
 _STALE_SECONDS = 3600  # a temporary conversion folder this old belongs to a dead process
@@ -75,28 +76,40 @@ def converted_folder(gguf: str | Path, progress: bool = True) -> tuple[Path, str
     """(float model folder, sha256 of the GGUF): converted on first use, then cached."""
     gguf = Path(gguf)
     digest = sha256_file(gguf)
-    root = cache_dir() / "gguf"
-    target = root / digest
+    message = f"converting {gguf.name} to float weights once" if progress else None
+    folder = cached_build("gguf", digest, lambda out: _convert(gguf, out, progress), message,
+                          {"source": str(gguf), "sha256": digest})
+    return folder, digest
+
+
+def cached_build(kind: str, key: str, write: Callable[[Path], None], message: str | None = None,
+                 record: dict | None = None) -> Path:
+    """``cache_dir()/kind/key``, built by ``write(folder)`` on first use.
+
+    Built under a temporary name and trusted only through a marker written last that lists
+    every file with its size, so a killed build is never read; stale temporaries are removed."""
+    root = cache_dir() / kind
+    target = root / key
     if _complete(target):
-        return target, digest
+        return target
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob(f".{digest}.*"):  # left by a killed conversion
+    for old in root.glob(f".{key}.*"):  # left by a killed build
         if time.time() - old.stat().st_mtime > _STALE_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
-    if progress:
-        print(f"converting {gguf.name} to float weights once (cached in {target})", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=root))
+    if message:
+        print(f"{message} (cached in {target})", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        _convert(gguf, tmp, progress)
+        write(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "sha256": digest, "files": files}, indent=1))
+        (tmp / MARKER).write_text(json.dumps({**(record or {}), "files": files}, indent=1))
         if target.exists():  # an incomplete folder from an older version: never trusted, replaced
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target, digest
+    return target
 
 
 def _convert(gguf: Path, out: Path, progress: bool) -> None:

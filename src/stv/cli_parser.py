@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline (zero-shot, ICL, MTV, STV, ablations) on the bundled lab "
                        "model, or on a real LM with --model")
-    p.add_argument("--model", help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks "
-                   "instead of the lab model (~25 min on 2 CPU cores)")
+    p.add_argument("--model", help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
+                   "or lab-smollm2 on digit-image tasks, instead of the lab model (~25-45 min on 2 CPU cores)")
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
     p.add_argument("--quick", action="store_true", help="a ~15-second version (2 tasks, 1 seed)")
@@ -124,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
     t.add_argument("--backbone", **backbone)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 300 for --backbone)")
+    t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for --backbone)")
     t.add_argument("--embed-weight", type=float, default=1.0,
                    help="--backbone: weight of the image feature -> digit token embedding term")
-    t.add_argument("--distill-weight", type=float, default=1.0,
+    t.add_argument("--distill-weight", type=float, default=0.0,
                    help="--backbone: weight of the KL to SmolLM2 reading the digit as text")
     t.add_argument("--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)")
     i = lab.add_parser("info", help="print the stored ICL curve")

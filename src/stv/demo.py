@@ -33,7 +33,7 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) measured with these configs on 2 CPU cores (2026-11-22), for the
 # estimate printed before a run. The real-model figure was taken with a second experiment
 # sharing the two cores (2,770 s for 15 task-seeds at K = 64), so alone it is an upper bound.
-MEASURED_SECONDS = {"lab": 12.0, "real": 185.0}
+MEASURED_SECONDS = {"lab": 12.0, "real": 185.0, "numbers": 185.0}
 
 
 def variant_method(name: str) -> str:
@@ -60,7 +60,8 @@ class DemoConfig:
 
     @property
     def subject(self) -> str:
-        return "lab" if self.model is None else "real"
+        """lab (the from-scratch lab on digits), numbers (lab-smollm2 on digit images), real (fv text tasks)."""
+        return "lab" if self.model is None else "numbers" if self.model == "lab-smollm2" else "real"
 
     def methods(self) -> list[str]:
         return ["zero_shot", *(f"icl_{k}" for k in self.icl_shots), "mtv", "stv", *ABLATIONS,
@@ -85,12 +86,16 @@ class DemoConfig:
                                          "country-capital"),
                      test_per_task=30, icl_shots=(1, 4, 10), max_new_tokens=8, variants=("mean_delta", "stv+"),
                      mtv_means_from_scan=True, stv=stv, mtv=mtv)
+        if model == "lab-smollm2":  # digit images; the tasks SmolLM2 learns in context from images
+            config = replace(config, tasks=SMOL_LAB_TASKS, max_new_tokens=4)
         if quick:
-            config = replace(config, tasks=("capitalize", "present-past"), seeds=(0,), test_per_task=20,
+            config = replace(config, tasks=config.tasks[:2], seeds=(0,), test_per_task=20,
                              stv=replace(stv, pairs=16, steps=40), mtv=replace(mtv, prompts=16, steps=40))
         return config
 
 
+# numbers:TASK tasks where 10-shot ICL on images reaches 70% (first token) on lab-smollm2
+SMOL_LAB_TASKS = ("word", "size", "copy", "word_caps")
 METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 
@@ -101,6 +106,9 @@ def _data(config: DemoConfig, task: str):
 
     if config.subject == "lab":
         return digit_examples(task, "train"), test_subset(task, config.test_per_task), task_for("digits")
+    if config.subject == "numbers":
+        return (digit_examples(task, "train", kind="numbers"), test_subset(task, config.test_per_task, kind="numbers"),
+                task_for("numbers"))
     return fv_task(task, config.test_per_task)
 
 

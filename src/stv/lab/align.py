@@ -35,18 +35,30 @@ CONTEXTS = [("", ""), ("", " apples"), ("I have ", " cats and a dog."), ("Page "
 
 @dataclass
 class AlignConfig:
-    steps: int = 300
+    steps: int = 600
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 30
     embed_weight: float = 1.0  # weight of the feature -> token-embedding term (0: distillation only)
-    distill_weight: float = 1.0  # weight of the KL to the text model (0: embedding term only)
+    # weight of the KL to the text model (0: embedding term only). Measured (30 test digits,
+    # 10 shots): embedding only, word 63 / parity 60 / copy 30 %; embedding + KL (300 steps),
+    # 13 / 50 / 10 %: the KL on neutral sentences pulls features off the digit's embedding.
+    distill_weight: float = 0.0
+    shift: int = 0  # random translation of each training image by up to this many pixels (of 16); 2 did not help
     seed: int = 0
 
 
 def _pixels(processor, indices: np.ndarray) -> torch.Tensor:
     d = digit_images()
     return processor.image_processor([d.image(int(i)) for i in indices], return_tensors="pt")["pixel_values"]
+
+
+def _shifted(pixels: torch.Tensor, most: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image translated by up to ``most`` pixels in x and y (the black border wraps around)."""
+    if not most:
+        return pixels
+    offsets = torch.randint(-most, most + 1, (len(pixels), 2), generator=gen)
+    return torch.stack([p.roll((int(dy), int(dx)), (-2, -1)) for p, (dy, dx) in zip(pixels, offsets)])
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -96,6 +108,7 @@ def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bo
     pixels = _pixels(processor, train)  # (n, 3, 16, 16)
     classes = torch.from_numpy(d.labels[train])
     rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / max(1, config.steps)))))
@@ -105,7 +118,7 @@ def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bo
         pick = torch.from_numpy(rng.choice(len(train), config.batch, replace=False))
         c = int(rng.integers(len(contexts)))
         before, after = contexts[c]
-        feats = image_features(model, pixels[pick])  # (B, D)
+        feats = image_features(model, _shifted(pixels[pick], config.shift, gen))  # (B, D)
         target = embed[[digit_ids[int(k)] for k in classes[pick]]]  # (B, D)
         embed_loss = ((feats - target) ** 2).sum(-1).mean() / (target ** 2).sum(-1).mean()
         kl = torch.zeros(())

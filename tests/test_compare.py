@@ -30,6 +30,10 @@ def test_presets_and_overrides():
         assert (cfg.clusters, cfg.pairs, cfg.shots) == (2, 4, 2), name
         assert cfg.steps == (3 if name.endswith("_3x") else 1), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12, "stv+_prior_4k": 12}.get(name, 3), name
+    # the old stv+ names keep their meaning after stv+ gained the arm prior and final selection
+    for name in ("stv+_v1", "stv+_l2", "stv+_no_arms", "stv+_every_step", "stv+_2k", "stv+_4k", "stv+_4q"):
+        assert (variant_config(name, base).arm_prior, variant_config(name, base).final_samples) == (False, 0), name
+    assert (variant_config("stv+", base).arm_prior, variant_config("stv+", base).final_samples) == (True, 10)
 
 
 def test_mean_and_keep_arms_extend_the_bank(lmm_of):
@@ -77,7 +81,7 @@ def test_arm_prior_starts_where_mtv_starts():
 
     probs = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True), 6).exp()
     assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
-    assert _prior_logits(STVConfig.plus(), 6) is None
+    assert _prior_logits(STVConfig.plus(arm_prior=False), 6) is None
     assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))
 
 

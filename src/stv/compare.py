@@ -30,23 +30,30 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
-    "stv+_l2": lambda base: STVConfig.plus(**_sizes(base), sensitivity="l2"),
-    "stv+_no_arms": lambda base: STVConfig.plus(**_sizes(base), keep_arm=False, mean_arm=False),
-    "stv+_every_step": lambda base: STVConfig.plus(**_sizes(base), policy="every_step"),
-    "stv+_2k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
-    "stv+_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
-    "stv+_4q": lambda base: STVConfig.plus(**_sizes(base), queries_per_step=4),
-    "stv+_prior": lambda base: STVConfig.plus(**_sizes(base), arm_prior=True),
-    "stv+_prior_4k": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}, arm_prior=True),
-    "stv+_select": lambda base: STVConfig.plus(**_sizes(base), arm_prior=True, final_samples=10),
-    "stv+_select_3x": lambda base: STVConfig.plus(**{**_sizes(base), "steps": 3 * base.steps}, arm_prior=True,
-                                                  final_samples=10),
+    # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
+    # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
+    "stv+_v1": lambda base: _v1(base),
+    "stv+_l2": lambda base: _v1(base, sensitivity="l2"),
+    "stv+_no_arms": lambda base: _v1(base, keep_arm=False, mean_arm=False),
+    "stv+_every_step": lambda base: _v1(base, policy="every_step"),
+    "stv+_2k": lambda base: _v1(base, top_k=2 * base.top_k),
+    "stv+_4k": lambda base: _v1(base, top_k=4 * base.top_k),
+    "stv+_4q": lambda base: _v1(base, queries_per_step=4),
+    "stv+_prior": lambda base: _v1(base, arm_prior=True),
+    "stv+_prior_4k": lambda base: _v1(base, top_k=4 * base.top_k, arm_prior=True),
+    "stv+_select": lambda base: _v1(base, arm_prior=True, final_samples=10),
+    "stv+_select_3x": lambda base: _v1(base, steps=3 * base.steps, arm_prior=True, final_samples=10),
 }
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
 
 def _sizes(base: STVConfig) -> dict:
     return {k: getattr(base, k) for k in _SIZES}
+
+
+def _v1(base: STVConfig, **overrides) -> STVConfig:
+    """stv+ as first defined (no arm prior, no final selection), with ``overrides``."""
+    return STVConfig.plus(**{**_sizes(base), "arm_prior": False, "final_samples": 0, **overrides})
 
 
 def variant_config(name: str, base: STVConfig) -> STVConfig:

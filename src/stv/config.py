@@ -65,11 +65,13 @@ class STVConfig:
     def plus(cls, **overrides) -> "STVConfig":
         """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
         queries, not answer-specific), the bank extended by the mean activation and a "leave
-        the head alone" arm so REINFORCE can prune heads, queries drawn from a pool of cached
-        prefixes, and insertion at the prompt's last token only (multi-token answers are not
-        overwritten token after token)."""
-        return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "queries_per_step": 2,
-                      "prefix_pool": 16, "policy": "prompt_last", "variant": "stv+", **overrides})
+        the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
+        (most heads left alone), queries drawn from a pool of cached prefixes, the best of the
+        argmax and 10 draws kept at the end, and insertion at the prompt's last token only
+        (multi-token answers are not overwritten token after token)."""
+        return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "arm_prior": True,
+                      "final_samples": 10, "queries_per_step": 2, "prefix_pool": 16, "policy": "prompt_last",
+                      "variant": "stv+", **overrides})
 
     def check(self, scan_only: bool = False) -> None:
         """One clear error for a setting that cannot work with any model or data

@@ -104,3 +104,13 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the same queries
     both = score(0, torch.stack([policy.choice, chosen]))
     assert both[1] > both[0]
+
+
+def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
+    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    result = run_compare(lmm_of("llama"), ["capitalize"], [0], ["stv+_cont"], base, test_per_task=3,
+                         icl_shots=2, max_new_tokens=3, progress=False)
+    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "mtv_cont", "stv+_cont"]
+    assert variant_config("stv+_cont", base).continuation == 4
+    with pytest.raises(ValueError, match="only with policy prompt_last"):
+        STVConfig(continuation=2, policy="every_step").check()

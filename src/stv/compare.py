@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import StvError
 from .evaluate import generation_accuracy
+from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
@@ -30,6 +31,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
+    "stv+_cont": lambda base: STVConfig.plus(**_sizes(base), continuation=CONTINUATION_STEPS),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -44,6 +46,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_select": lambda base: _v1(base, arm_prior=True, final_samples=10),
     "stv+_select_3x": lambda base: _v1(base, steps=3 * base.steps, arm_prior=True, final_samples=10),
 }
+CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the *_cont variants
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
 
@@ -78,7 +81,8 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
-    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + 3), desc="compare", disable=not progress)
+    extra = 4 if any(variant_config(name, base).continuation for name in variants) else 3  # icl, mtv x 2 (+ cont)
+    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
         for seed in seeds:
@@ -102,6 +106,11 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
             mtv_s = scan_s + time.perf_counter() - start
             add("mtv", mtv, policy="every_step", fit_s=mtv_s)
             add("mtv_prompt_last", mtv, policy="prompt_last", fit_s=mtv_s)
+            if any(variant_config(name, base).continuation for name in variants):
+                start = time.perf_counter()
+                cont = with_continuation(mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots,
+                                         base.batch_size, seed)
+                add("mtv_cont", cont, policy="prompt_last", fit_s=mtv_s + time.perf_counter() - start)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
                 add(name, vectors, policy=vectors.config["policy"], fit_s=scan_s + seconds)

@@ -41,6 +41,7 @@ class STVConfig:
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
+    continuation: int = 0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
     policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0
@@ -91,6 +92,8 @@ class STVConfig:
                             f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
         if self.final_samples < 0 or self.final_items < 1:
             problems.append("final_samples must be >= 0 and final_items >= 1")
+        if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
+            problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
         if self.policy not in POLICIES:

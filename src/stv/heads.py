@@ -203,6 +203,18 @@ def record(
         rec._parts.clear()
 
 
+def _check_continuation(continuation, policy: str, n: int, head_dim: int) -> torch.Tensor | None:
+    if continuation is None:
+        return None
+    later = torch.as_tensor(continuation)
+    if policy != "prompt_last":
+        raise StvError(f"continuation vectors are written at generated tokens 1..T by policy 'prompt_last'; "
+                       f"policy {policy!r} already writes every token")
+    if later.dim() != 3 or later.shape[1:] != (n, head_dim):
+        raise StvError(f"continuation must have shape (T, {n}, {head_dim}); got {tuple(later.shape)}")
+    return later
+
+
 @contextlib.contextmanager
 def replace(
     model: nn.Module,
@@ -211,6 +223,7 @@ def replace(
     values: torch.Tensor,
     policy: Policy = "every_step",
     span: int = 1,
+    continuation: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """Overwrite head outputs at the last position with ``values``.
 
@@ -221,12 +234,15 @@ def replace(
     every forward pass is edited (each one ends at a prompt's last token). ``span`` > 1 edits
     the last ``span`` positions of each row, each with its own values (rows ordered
     ``row * span + position``): how many candidates are scored side by side after one
-    prefix. Hooks are removed on exit, also after an exception.
+    prefix. ``continuation`` ``(T, n_locations, head_dim)``, with ``"prompt_last"`` only:
+    under ``generate``, generated token t (1..T) gets row t - 1 (NaN = leave alone).
+    Hooks are removed on exit, also after an exception.
     """
     if policy not in POLICIES:
         raise StvError(f"policy {policy!r} is not one of {POLICIES}")
     locs = heads.check(locations)
     values = torch.as_tensor(values)
+    later = _check_continuation(continuation, policy, len(locs), heads.head_dim)
     if values.dim() not in (2, 3) or values.shape[-2:] != (len(locs), heads.head_dim):
         raise StvError(
             f"values must have shape ({len(locs)}, {heads.head_dim}) or (batch, {len(locs)}, "
@@ -237,19 +253,20 @@ def replace(
     step = _Step()
     per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
-    def values_on(x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype)
+    def values_on(x: torch.Tensor, t: int) -> torch.Tensor:
+        key = (x.device, x.dtype, t)
         if key not in per_device:
-            per_device[key] = values.to(device=x.device, dtype=x.dtype)
+            per_device[key] = (values if t == 0 else later[t - 1]).to(device=x.device, dtype=x.dtype)
         return per_device[key]
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple):
-            if step.in_generate and policy == "prompt_last" and step.forward_index > 0:
+            t = step.forward_index if step.in_generate and policy == "prompt_last" else 0
+            if t > (0 if later is None else len(later)):
                 return None
             x = args[0]
             batch = x.shape[0]
-            v = values_on(x)
+            v = values_on(x, t)
             if v.dim() == 3:
                 if v.shape[0] != batch * span:
                     raise StvError(f"per-row values have {v.shape[0]} rows but the input has {batch} rows "
@@ -259,7 +276,7 @@ def replace(
             tail = x[:, -span:].view(batch, span, heads.num_heads, heads.head_dim)
             for i, head in groups[layer]:
                 new = v[..., i, :].expand_as(tail[:, :, head])
-                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan else new
+                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan or t else new
             return (x,) + tuple(args[1:])
 
         return hook

@@ -40,6 +40,7 @@ class TaskVectors:
     config: dict = field(default_factory=dict)
     bank: torch.Tensor | None = None  # (K, M, head_dim) candidates
     probabilities: torch.Tensor | None = None  # (K, M) final policy
+    continuation: torch.Tensor | None = None  # (T, K, head_dim) written at generated tokens 1..T (prompt_last)
     allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,11 @@ class TaskVectors:
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         if self.vectors.dim() != 2 or self.vectors.shape[0] != self.locations.shape[0]:
             raise StvError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.locations)} locations")
+        if self.continuation is not None:
+            self.continuation = torch.as_tensor(self.continuation, dtype=torch.float32)
+            if self.continuation.dim() != 3 or self.continuation.shape[1:] != self.vectors.shape:
+                raise StvError(f"continuation {tuple(self.continuation.shape)} must be (T, "
+                               f"{len(self.locations)}, {self.head_dim})")
 
     @property
     def head_dim(self) -> int:
@@ -55,6 +61,8 @@ class TaskVectors:
     def fingerprint(self) -> str:
         """Hash of the locations, vectors and insertion policy (16 hex digits)."""
         digest = hashlib.sha256(self.locations.numpy().tobytes() + self.vectors.numpy().tobytes())
+        if self.continuation is not None:
+            digest.update(self.continuation.numpy().tobytes())
         digest.update(str(self.config.get("policy")).encode())
         return digest.hexdigest()[:16]
 
@@ -71,6 +79,8 @@ class TaskVectors:
             tensors["bank"] = self.bank.float().contiguous()
         if self.probabilities is not None:
             tensors["probabilities"] = self.probabilities.float().contiguous()
+        if self.continuation is not None:
+            tensors["continuation"] = self.continuation.float().contiguous()
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
         try:
@@ -111,7 +121,8 @@ class TaskVectors:
         if stored is not None and stored != tensors["vectors"].shape[-1]:
             raise ArtifactError(f"{directory / CONFIG_NAME} says head_dim {stored} but the vectors in {WEIGHTS_NAME} "
                                 f"have {tensors['vectors'].shape[-1]}; the two files do not belong together")
-        return cls(tensors["locations"], tensors["vectors"], config, tensors.get("bank"), tensors.get("probabilities"))
+        return cls(tensors["locations"], tensors["vectors"], config, tensors.get("bank"), tensors.get("probabilities"),
+                   tensors.get("continuation"))
 
     # ------------------------------------------------------------- inference
     def check_model(self, lmm, allow_other_weights: bool = False) -> None:
@@ -144,5 +155,6 @@ class TaskVectors:
         """Insert the vectors while the block runs (``policy`` defaults to the fitted one)."""
         self.check_model(lmm, allow_other_weights)
         policy = policy or self.config.get("policy", "every_step")
-        with replace(lmm.model, lmm.heads, self.location_list(), self.vectors, policy=policy):
+        later = self.continuation if policy == "prompt_last" else None  # every_step writes step 0's values
+        with replace(lmm.model, lmm.heads, self.location_list(), self.vectors, policy=policy, continuation=later):
             yield

@@ -19,6 +19,7 @@ from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
 from .bank import build_bank
+from .continuation import with_continuation
 from .policy import PolicyResult, reinforce
 from .scan import ScanResult, sensitivity_scan
 
@@ -151,6 +152,11 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     artifact = TaskVectors(loc_tensor[kept], vectors[kept], config=artifact_config(lmm, config, task, train),
                            bank=torch.nan_to_num(bank), probabilities=policy.probabilities)
+    if config.continuation:
+        t = time.perf_counter()
+        artifact = with_continuation(artifact, lmm, train, task, config.continuation, config.pairs, config.shots,
+                                     config.batch_size, config.seed)
+        timings["continuation"] = time.perf_counter() - t
     return artifact, FitState(scan, locations, bank, policy, timings)
 
 

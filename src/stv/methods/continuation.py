@@ -1,0 +1,92 @@
+"""Continuation vectors: what the written heads carry at the answer's later tokens.
+
+Task vectors written at the prompt's last token steer the first answer token; a zero-shot
+query then writes the rest of the answer without the demonstrations, and on tasks whose
+format the query alone does not show (stop after one list item, stop after one word) it
+goes on in the query's own format. Writing the same vectors at every token (MTV's
+``every_step``) breaks multi-token answers. Here each written head instead gets, at
+generated token t, the mean of its own output at answer position t over many-shot prompts
+(teacher-forced with the reference answer and the line break that ends it): the signal the
+demonstrations give there, averaged over queries. Not in the STV or MTV papers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace as dc_replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.example import Example
+from ..heads import _by_layer
+from ..models import LMM
+from ..tasks import Task, sample_demos
+from ..vectors import TaskVectors
+
+
+def continuation_means(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[tuple[int, int]],
+                       steps: int, prompts: int, shots: int, batch_size: int, rng: np.random.Generator
+                       ) -> torch.Tensor:
+    """(steps, K, head_dim): mean output of each location at answer tokens 1..steps over
+    ``prompts`` many-shot prompts; NaN where no prompt's answer is that long."""
+    queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
+    texts = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries]
+    answers = [task.continuation(q) + "\n" for q in queries]
+    total = torch.zeros(steps, len(locations), lmm.heads.head_dim)
+    count = torch.zeros(steps, 1, 1)
+    for start in range(0, len(texts), batch_size):
+        values, valid = _record_steps(lmm, texts[start : start + batch_size], answers[start : start + batch_size],
+                                      locations, steps)
+        total += (values * valid[..., None, None]).sum(1)
+        count += valid.sum(1)[:, None, None]
+    means = total / count.clamp(min=1)
+    means[count.expand_as(means) == 0] = float("nan")
+    return means
+
+
+@torch.inference_mode()
+def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: int):
+    """Last-position outputs at teacher-forced answer tokens 1..steps: values (steps, B, K, D)
+    and valid (steps, B), true where the answer has a token t to predict."""
+    ids = lmm.answer_ids(answers)
+    width = min(steps + 1, max(len(i) for i in ids))
+    target = torch.zeros(len(ids), width, dtype=torch.long, device=lmm.device)
+    valid = torch.zeros(len(ids), width, dtype=torch.bool, device=lmm.device)
+    for r, i in enumerate(ids):
+        target[r, : min(len(i), width)] = torch.tensor(i[:width])
+        valid[r, : min(len(i), width)] = True
+    groups, heads = _by_layer(locations), lmm.heads
+    seen: dict[int, list[torch.Tensor]] = {layer: [] for layer in groups}
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            x = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)
+            seen[layer].append(x[:, [h for _, h in groups[layer]]].float().cpu())
+        return hook
+
+    handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
+    try:
+        for _ in lmm._teacher_forced(lmm.prepare(prompts), target, valid):
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    values = torch.full((steps, len(ids), len(locations), heads.head_dim), float("nan"))
+    for layer, items in groups.items():
+        for t, x in enumerate(seen[layer][1 : steps + 1]):  # pass 0 is the prompt
+            for j, (i, _) in enumerate(items):
+                values[t, :, i] = x[:, j]
+    ok = torch.zeros(steps, len(ids), dtype=torch.bool)
+    ok[: width - 1] = valid[:, 1:width].T.cpu()  # token t exists to be predicted at pass t
+    return torch.nan_to_num(values), ok
+
+
+def with_continuation(vectors: TaskVectors, lmm: LMM, train: Sequence[Example], task: Task, steps: int = 4,
+                      prompts: int = 40, shots: int = 10, batch_size: int = 8, seed: int = 0) -> TaskVectors:
+    """``vectors`` plus continuation vectors at the same locations (written under prompt_last)."""
+    means = continuation_means(lmm, train, task, vectors.location_list(), steps, prompts, shots, batch_size,
+                               np.random.default_rng(seed + 7))
+    config = {**vectors.config, "policy": "prompt_last", "continuation": {"steps": steps, "prompts": prompts,
+                                                                          "shots": shots, "seed": seed}}
+    return dc_replace(vectors, config=config, continuation=means)

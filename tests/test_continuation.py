@@ -1,0 +1,75 @@
+"""Continuation vectors: written at generated tokens 1..T under prompt_last, and recorded at
+the same positions a teacher-forced many-shot prompt has them."""
+
+import numpy as np
+import pytest
+import torch
+
+from stv.data import load_dataset
+from stv.heads import record, replace
+from stv.methods.continuation import continuation_means, with_continuation
+from stv.tasks import task_for
+from stv.vectors import TaskVectors
+
+
+def test_generated_tokens_get_their_continuation_rows(lmm_of):
+    lmm = lmm_of("llama")
+    heads = lmm.heads
+    first = torch.full((1, heads.head_dim), 7.0)
+    later = torch.stack([torch.full((1, heads.head_dim), 8.0), torch.full((1, heads.head_dim), float("nan"))])
+    seen = []
+
+    def observe(module, args):  # registered after replace's hook: sees what it wrote
+        head = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)[0, 3]
+        seen.append(next((v for v in (7.0, 8.0) if torch.allclose(head, torch.full_like(head, v))), None))
+
+    with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
+        handle = heads.projections[1].register_forward_pre_hook(observe)
+        try:
+            lmm.generate([["go on"]], max_new_tokens=5, min_new_tokens=5)
+        finally:
+            handle.remove()
+    assert seen == [7.0, 8.0, None, None, None]  # prompt, token 1, token 2 left alone (NaN), then nothing
+    with pytest.raises(ValueError, match="policy 'every_step' already writes every token"):
+        with replace(lmm.model, heads, [(1, 3)], first, policy="every_step", continuation=later):
+            pass
+    with pytest.raises(ValueError, match="continuation must have shape"):
+        with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later[0]):
+            pass
+
+
+def test_means_are_outputs_at_the_answer_positions(lmm_of):
+    """Step 1 of one prompt = the head's output at the last position of prompt + first answer token."""
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:20]
+    task = task_for(train)
+    locs = [(0, 1), (1, 2)]
+    means = continuation_means(lmm, train, task, locs, steps=2, prompts=1, shots=2, batch_size=1,
+                               rng=np.random.default_rng(3))
+    rng = np.random.default_rng(3)  # the same draw as inside continuation_means
+    query = train[int(rng.choice(len(train), 1, replace=False)[0])]
+    from stv.tasks import sample_demos
+
+    text = task.prompt(sample_demos(train, query, 2, rng), query)
+    first = lmm.answer_ids([task.continuation(query) + "\n"])[0][0]
+    inputs = lmm.prepare([text], positions=False)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([[first]])], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
+    with record(lmm.heads, locs) as rec, torch.no_grad():
+        lmm.model(**inputs)
+    torch.testing.assert_close(means[0], rec.values[0], atol=1e-4, rtol=1e-4)
+    assert means.shape == (2, 2, lmm.heads.head_dim)
+
+
+def test_artifact_round_trip_and_fingerprint(lmm_of, tmp_path):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:20]
+    vectors = TaskVectors(torch.tensor([[0, 1]]), torch.zeros(1, lmm.heads.head_dim), config={"policy": "every_step"})
+    cont = with_continuation(vectors, lmm, train, task_for(train), steps=3, prompts=4, shots=2, batch_size=2)
+    assert cont.config["policy"] == "prompt_last" and cont.continuation.shape == (3, 1, lmm.heads.head_dim)
+    assert cont.fingerprint() != vectors.fingerprint()
+    cont.save_pretrained(tmp_path / "v")
+    back = TaskVectors.from_pretrained(tmp_path / "v")
+    assert torch.equal(torch.nan_to_num(back.continuation, 9.0), torch.nan_to_num(cont.continuation, 9.0))
+    with pytest.raises(ValueError, match="continuation"):
+        TaskVectors(vectors.locations, vectors.vectors, continuation=torch.zeros(3, 2, lmm.heads.head_dim))

@@ -154,3 +154,12 @@ def test_score_reads_the_librarys_own_predictions(tmp_path, models, capsys):
     assert main(["score", "--metric", "choice", "--predictions", str(preds), "--annotations",
                  str(tmp_path / "ann.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
+
+
+def test_scan_takes_only_the_flags_it_uses(capsys):
+    """`stv scan` rejects REINFORCE flags it would ignore (exit 2, argparse's message)."""
+    from stv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scan", "--dataset", "digits:parity_word", "--out", "x", "--steps", "5"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --steps 5" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from .config import SCAN_FIELDS
 from .errors import StvError
 
 DEFAULT_VARIANT = "stv+"  # what `stv fit` uses unless --variant says otherwise (the measured winner over "paper")
@@ -38,22 +39,29 @@ def _add_data(p) -> None:
     p.add_argument("--normalize", action="store_true", help="text tasks: exact match ignores case and extra spaces")
 
 
-def _add_stv(p) -> None:
-    from .config import STVConfig
+def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
+    """One flag per STVConfig field (``only``: just these), with the preset switch."""
+    from .config import FIELD_HELP, STVConfig
 
-    p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
-                   help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the paper's "
-                   "method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours (consistent-"
-                   "shift ranking, mean and keep arms, prompt-last insertion)")
+    if only is None:
+        p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
+                       help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the "
+                       "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours "
+                       "(consistent-shift ranking, mean and keep arms, MTV-like start, best-of-draws, prompt-last "
+                       "insertion)")
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
+    plus, paper = STVConfig.plus(), STVConfig.paper()
     for f in fields(STVConfig):
-        if f.name == "variant":
+        if f.name == "variant" or (only is not None and f.name not in only):
             continue
         flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
+        ours, theirs = getattr(plus, f.name), getattr(paper, f.name)
+        default = f"default {ours}" if ours == theirs else f"stv+: {ours}, paper: {theirs}"
+        text = f"{FIELD_HELP.get(f.name, '')} ({default})"
         if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", default=None, dest=f.name)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=text)
         else:
-            p.add_argument(flag, type=type(f.default), dest=f.name, help=f"default {f.default}")
+            p.add_argument(flag, type=type(f.default), dest=f.name, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~15-second version (2 tasks, 1 seed)")
     p.set_defaults(command="demo")
 
-    p = sub.add_parser("fit", help="fit STV task vectors; writes the artifact, plots and a stage log into --out")
+    p = sub.add_parser("fit", help="fit STV task vectors; writes the artifact, plots and a stage log into --out",
+                       epilog="examples: stv fit --model smollm2-135m --dataset fv:capitalize --out runs/cap | "
+                       "stv fit --dataset digits:parity_word --variant paper --out runs/pw")
     _add_model(p)
     _add_data(p)
     p.add_argument("--out", required=True)
@@ -80,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stv(p)
     p.set_defaults(command="fit")
 
-    p = sub.add_parser("scan", help="sensitivity scan only: map JSON + heatmap PNG")
+    p = sub.add_parser("scan", help="sensitivity scan only: map JSON + heatmap PNG",
+                       epilog="example: stv scan --model smollm2-135m --dataset fv:capitalize --pairs 40 "
+                       "--context-shots 10 --out runs/scan-cap")
     _add_model(p)
     _add_data(p)
-    p.add_argument("--out", required=True)
-    _add_stv(p)
+    p.add_argument("--out", required=True, help="folder for the scan, sensitivity.json and the heatmap")
+    _add_stv(p, only=SCAN_FIELDS)
     p.set_defaults(command="scan")
 
     p = sub.add_parser("eval", help="zero-shot, k-shot ICL or inserted task vectors over a split: predictions + scores")

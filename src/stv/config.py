@@ -20,6 +20,32 @@ Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
 SENSITIVITIES: tuple[str, ...] = ("l2", "mean_delta", "consistency", "relative")
 
 
+# help of each STVConfig field as a command-line flag (what it does, its unit)
+FIELD_HELP: dict[str, str] = {
+    "top_k": "K, heads to write (count; default: min(64, max(8, heads/4)) picked from the model)",
+    "clusters": "M, k-means candidates per head (count)",
+    "pairs": "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)",
+    "shots": "demonstrations per scan context (count)",
+    "steps": "REINFORCE steps (optimiser updates)",
+    "samples": "joint choices sampled per REINFORCE step (count)",
+    "lr": "Adam learning rate of the policy logits",
+    "queries_per_step": "zero-shot training queries scored per REINFORCE step (count)",
+    "sensitivity": "head ranking: l2 (paper: mean ||delta||), mean_delta (||mean delta||), consistency, relative",
+    "prefix_pool": "draw each step's queries from this many fixed groups with cached prefixes (0: fresh queries)",
+    "keep_arm": "add a 'leave this head alone' arm to every head's bank",
+    "mean_arm": "add the mean with-context activation (MTV's vector) as an arm",
+    "arm_prior": "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform",
+    "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
+    "final_items": "training queries that score those final candidates (count)",
+    "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
+    "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
+    "batch_size": "prompts per forward pass (count)",
+    "seed": "seed of every random draw (queries, demonstrations, k-means, REINFORCE)",
+}
+# the fields the sensitivity scan reads (`stv scan` takes only these)
+SCAN_FIELDS: tuple[str, ...] = ("pairs", "shots", "sensitivity", "top_k", "batch_size", "seed")
+
+
 @dataclass
 class STVConfig:
     """Defaults from the STV paper (arXiv 2511.08246: K = 64-300, M = 32, argmax after REINFORCE)

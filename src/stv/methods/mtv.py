@@ -44,14 +44,17 @@ class MTVConfig:
 
 
 def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: int, shots: int,
-                     batch_size: int, rng: np.random.Generator) -> torch.Tensor:
+                     batch_size: int, rng: np.random.Generator, progress: bool = False) -> torch.Tensor:
     """Running mean of every head's last-token output over many-shot prompts: (L*H, head_dim)."""
+    from tqdm.auto import tqdm
+
     queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
     all_prompts = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries]
     dist = distributed.current()
     total = torch.zeros(lmm.heads.num_layers * lmm.heads.num_heads, lmm.heads.head_dim)
-    for _, start, end in dist.batches(len(all_prompts), batch_size):  # each rank sums its batches
-        total += record_prompts(lmm, all_prompts[start:end]).sum(0)
+    batches = list(dist.batches(len(all_prompts), batch_size))
+    for _, start, end in tqdm(batches, desc="MTV means", disable=not progress or not dist.is_main):
+        total += record_prompts(lmm, all_prompts[start:end]).sum(0)  # each rank sums its batches
     return dist.all_sum(total) / len(all_prompts)
 
 
@@ -65,7 +68,7 @@ def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None,
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     if means is None:
-        means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng)
+        means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng, progress)
     t_means = time.perf_counter() - t
     locations = lmm.heads.all_locations()
     # arm 0 = leave the head alone (NaN), arm 1 = write its mean

@@ -1,0 +1,35 @@
+"""MTV: its Bernoulli head search learns to leave alone the heads whose mean hurts, and the
+final mask is drawn from what it learned."""
+
+import numpy as np
+import torch
+
+from stv.data import load_dataset
+from stv.methods.fit import bank_rewards
+from stv.methods.mtv import MTVConfig, fit_mtv
+from stv.tasks import task_for
+
+
+def test_head_search_drops_heads_whose_vector_hurts(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    heads = lmm.heads
+    locations = heads.all_locations()
+    n = len(locations)
+    means = torch.full((n, heads.head_dim), 30.0)
+    # measured, not assumed: the answer's log-prob with each head written alone vs none
+    bank = torch.stack([torch.full_like(means, float("nan")), means], 1)
+    score = bank_rewards(lmm, train, task, locations, bank, 16, np.random.default_rng(0))
+    rewards = score(0, torch.cat([torch.zeros(1, n, dtype=torch.long), torch.eye(n, dtype=torch.long)]))
+    harm = rewards[0] - rewards[1:]  # (n,) how much writing head i alone lowers the reward
+    order = harm.argsort()
+    good, bad = order[:2], order[-2:]  # the tiny random model's effects are small (~0.1 nat) but real
+    assert harm[bad].min() > 0 > harm[good].max()
+    cfg = MTVConfig(steps=40, samples=16, queries_per_step=4, final_masks=6, final_items=8, batch_size=8)
+    vectors, log = fit_mtv(lmm, train, cfg, task=task, progress=False, means=means)
+    keep = log["policy"].probabilities[:, 1]
+    assert keep[bad].max() < 0.15 and keep[good].min() > 0.5  # every head started at 0.27
+    written = {tuple(x) for x in vectors.locations.tolist()}
+    assert not written & {locations[i] for i in bad.tolist()}
+    assert vectors.config["method"] == "mtv" and torch.all(vectors.vectors == 30.0)

@@ -284,7 +284,7 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
                       "forward_passes_stv", "forward_passes_mtv"], lines)
     with _section("3. Inference: zero-shot + inserted vectors vs plain zero-shot and vs 16-shot ICL", lines):
         rows = [bench_inference(s) for s in subs]
-        if not quick:
+        if mid is not None:
             rows.append(bench_inference(mid, batch=4, repeats=3))
         _table(rows, ["subject", "batch", "zero_shot_ms", "inserted_ms", "icl16_ms", "overhead_pct", "vs_icl16",
                       "heads_written"], lines)

@@ -128,13 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="the lab models: train, info, curve")
     lab = p.add_subparsers(dest="lab_command", required=True)
-    backbone = {"choices": ["smollm2-135m"],
-                "help": "the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained here) "
-                        "instead of the from-scratch lab model"}
+
+    def add_backbone(command) -> None:
+        command.add_argument("--backbone", choices=["smollm2-135m"],
+                             help="the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained "
+                             "here) instead of the from-scratch lab model")
+
     t = lab.add_parser("train", help="retrain a lab model (seeded) and write its ICL curve",
                        epilog="example: stv lab train --backbone smollm2-135m --out runs/tower")
     t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
-    t.add_argument("--backbone", **backbone)
+    add_backbone(t)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for --backbone)")
     t.add_argument("--embed-weight", type=float, default=1.0,
@@ -144,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)")
     i = lab.add_parser("info", help="print the stored ICL curve")
     i.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
-    i.add_argument("--backbone", **backbone)
+    add_backbone(i)
     c = lab.add_parser("curve", help="recompute the ICL curve")
     c.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
-    c.add_argument("--backbone", **backbone)
+    add_backbone(c)
     c.add_argument("--per-task", type=int, help="test queries per task (default 200; 60 with --backbone)")
     p.set_defaults(command="lab")
 

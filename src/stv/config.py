@@ -7,7 +7,7 @@ Where the paper is ambiguous each reading is an option here, measured by ``stv c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import StvError
 
@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from .models import LMM
 
 Policy = Literal["every_step", "prompt_last"]
-POLICIES: tuple[str, ...] = ("every_step", "prompt_last")
+POLICIES: tuple[Policy, ...] = get_args(Policy)
 Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
-SENSITIVITIES: tuple[str, ...] = ("l2", "mean_delta", "consistency", "relative")
+SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
 
 
 # help of each STVConfig field as a command-line flag (what it does, its unit)

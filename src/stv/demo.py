@@ -119,6 +119,7 @@ def _load(config: DemoConfig, checkpoint=None):
         return load_lab(checkpoint)
     from .models import load_model
 
+    assert config.model is not None  # subject != "lab"
     return load_model(config.model)
 
 
@@ -131,7 +132,8 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
     lmm = _load(config, checkpoint)
     metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
     methods = config.methods()
-    results = {m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics}
+    results: dict[str, dict[str, dict[str, list[float]]]] = {
+        m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics}
     timings: dict[str, list[float]] = {}
     artifacts = {}
     start = time.perf_counter()

@@ -87,7 +87,7 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
     else:  # choice, exact, exact_normalized
         scores = exact_match(predictions, {e.id: task.target(e) for e in examples},
                              normalize=task.metric == "exact_normalized")
-    groups = {e.id: e.metadata.get("answer_type") for e in examples if e.metadata.get("answer_type")}
+    groups = {e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")}
     if groups:
         scores["by_answer_type"] = breakdown(scores["per_question"], groups)
     scores.pop("per_question")
@@ -136,8 +136,8 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
     pred_file = out / "predictions.jsonl"
     part_file = out / f"predictions.rank{dist.rank}.jsonl" if dist.enabled else pred_file
     done: dict[str, dict] = {}
-    for f in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
-        done.update(_read_predictions(f))
+    for earlier in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
+        done.update(_read_predictions(earlier))
     if part_file.is_file():  # drop a line cut by a kill
         atomic_write_text(part_file, "".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
     dist.barrier()
@@ -167,8 +167,8 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
         rows = [done[e.id] for e in examples] + [r for k, r in done.items() if k not in asked]
         atomic_write_text(pred_file, "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_json(out / scores_name, scores)
-        for f in out.glob("predictions.rank*.jsonl"):
-            f.unlink()
+        for rank_file in out.glob("predictions.rank*.jsonl"):
+            rank_file.unlink()
     dist.barrier()
     return scores
 
@@ -177,7 +177,7 @@ def _scores(task: Task, examples: Sequence[Example], done: dict[str, dict], shot
     scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
     flags = [done[e.id].get("first_token_correct") for e in examples]
     if None not in flags:
-        scores["first_token_accuracy"] = 100.0 * sum(flags) / max(1, len(flags))
+        scores["first_token_accuracy"] = 100.0 * sum(bool(f) for f in flags) / max(1, len(flags))
     scores.update({"shots": shots, "task": task.name, "n": len(examples), "metric": task.metric, "policy": policy})
     return scores
 

@@ -70,7 +70,7 @@ class HeadMap:
             if "{layer}" not in pattern:
                 raise HeadDiscoveryError(f"module pattern {pattern!r} must contain '{{layer}}'")
             modules = dict(model.named_modules())
-            projections = []
+            projections: list[nn.Module] = []
             while pattern.format(layer=len(projections)) in modules:
                 projections.append(modules[pattern.format(layer=len(projections))])
             if not projections:
@@ -103,12 +103,12 @@ class HeadMap:
                 f"cannot tell the number of attention heads of {type(model).__name__}; pass num_heads"
             )
         widths = {_in_features(p) for p in projections}
-        if len(widths) != 1 or None in widths or next(iter(widths)) % heads:
+        width = next(iter(widths))
+        if len(widths) != 1 or width is None or width % heads:
             raise HeadDiscoveryError(
                 f"the output projections of {type(model).__name__} have input widths {sorted(map(str, widths))}, "
                 f"which cannot be split into {heads} heads of equal size"
             )
-        width = next(iter(widths))
         expected = getattr(text_config, "head_dim", None) or (
             getattr(text_config, "hidden_size", 0) // int(heads) if getattr(text_config, "hidden_size", None) else None)
         if pattern is not None and expected and width != int(heads) * expected:
@@ -251,12 +251,13 @@ def replace(
     groups = _by_layer(locs)
     keep_nan = bool(torch.isnan(values).any())  # NaN rows mean "leave this head as it is"
     step = _Step()
-    per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    per_device: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
 
     def values_on(x: torch.Tensor, t: int) -> torch.Tensor:
         key = (x.device, x.dtype, t)
         if key not in per_device:
-            per_device[key] = (values if t == 0 else later[t - 1]).to(device=x.device, dtype=x.dtype)
+            chosen = values if t == 0 or later is None else later[t - 1]
+            per_device[key] = chosen.to(device=x.device, dtype=x.dtype)
         return per_device[key]
 
     def make_hook(layer: int):

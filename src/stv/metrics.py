@@ -11,7 +11,7 @@ truth at all.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .errors import StvError
 
@@ -92,7 +92,7 @@ def vqa_accuracy_one(prediction: str, answers: Sequence[str], normalize_gt: bool
     return sum(scores) / len(scores)
 
 
-def vqa_accuracy(predictions: dict[str, str], answers: dict[str, Sequence[str]], normalize_gt: bool = True) -> dict:
+def vqa_accuracy(predictions: dict[str, str], answers: Mapping[str, Sequence[str]], normalize_gt: bool = True) -> dict:
     """{"accuracy": ×100, "n": ..., "per_question": {...}}; every annotated question must have a prediction."""
     missing = [q for q in answers if q not in predictions]
     if missing:
@@ -101,7 +101,7 @@ def vqa_accuracy(predictions: dict[str, str], answers: dict[str, Sequence[str]],
     return {"accuracy": 100.0 * sum(per.values()) / max(1, len(per)), "n": len(per), "per_question": per}
 
 
-def vizwiz_scores(predictions: dict[str, str], answers: dict[str, Sequence[str]],
+def vizwiz_scores(predictions: dict[str, str], answers: Mapping[str, Sequence[str]],
                   answerable: dict[str, int] | None = None) -> dict:
     """VizWiz accuracy (no ground-truth normalisation) plus answerability precision/recall/F1/AP.
 

@@ -142,7 +142,7 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
     if not isinstance(dataset, str):
         if not len(dataset):
             raise StvError("no examples: cannot choose a prompt template for an empty dataset")
-        dataset = dataset[0].metadata.get("dataset", "")
+        dataset = str(dataset[0].metadata.get("dataset", ""))
     kind, _, rest = dataset.partition(":")
     if kind == "hf":
         kind = rest

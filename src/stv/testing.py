@@ -132,7 +132,7 @@ def _qwen_vl(kind: str):
     # head_dim 16 -> mrope sections must sum to head_dim / 2
     text = _text_config(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                               "mrope_section": [2, 3, 3]})
-    vision = dict(depth=1, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+    vision: dict[str, object] = dict(depth=1, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
                   in_channels=3)
     if kind == "qwen2_vl":
         cfg_cls, model_cls, proc_name = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"

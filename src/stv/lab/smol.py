@@ -99,7 +99,9 @@ def assembled_folder(progress: bool = True) -> tuple[Path, str]:
     from ..models.gguf import cached_build, converted_folder
     from ..models.named import named_gguf
 
-    backbone, backbone_sha = converted_folder(named_gguf(BACKBONE), progress)
+    gguf = named_gguf(BACKBONE)
+    assert gguf is not None  # BACKBONE is one of NAMED
+    backbone, backbone_sha = converted_folder(gguf, progress)
     tower, tower_sha = shipped_tower()
     key = hashlib.sha256(f"{backbone_sha}:{tower_sha}".encode()).hexdigest()
 

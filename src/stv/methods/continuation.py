@@ -53,9 +53,9 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
     width = min(steps + 1, max(len(i) for i in ids))
     target = torch.zeros(len(ids), width, dtype=torch.long, device=lmm.device)
     valid = torch.zeros(len(ids), width, dtype=torch.bool, device=lmm.device)
-    for r, i in enumerate(ids):
-        target[r, : min(len(i), width)] = torch.tensor(i[:width])
-        valid[r, : min(len(i), width)] = True
+    for r, row in enumerate(ids):
+        target[r, : min(len(row), width)] = torch.tensor(row[:width])
+        valid[r, : min(len(row), width)] = True
     groups, heads = _by_layer(locations), lmm.heads
     seen: dict[int, list[torch.Tensor]] = {layer: [] for layer in groups}
 

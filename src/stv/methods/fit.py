@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .bank import build_bank
 from .continuation import with_continuation
 from .policy import PolicyResult, reinforce
 from .scan import ScanResult, sensitivity_scan
+
+if TYPE_CHECKING:
+    from .mtv import MTVConfig
 
 
 @dataclass
@@ -173,7 +176,7 @@ def select_final(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
     return candidates[int(score(0, candidates).argmax())]
 
 
-def artifact_config(lmm: LMM, config: STVConfig, task: Task, train: Sequence[Example]) -> dict:
+def artifact_config(lmm: LMM, config: STVConfig | MTVConfig, task: Task, train: Sequence[Example]) -> dict:
     import transformers
 
     from .. import __version__

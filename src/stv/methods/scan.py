@@ -115,7 +115,7 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     h = lmm.heads
     n, width = len(pairs), h.num_layers * h.num_heads
     temporary = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="stv-scan-")) if temporary else Path(workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="stv-scan-") if workdir is None else workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     done = workdir / "scan.json"
     if key is not None and (finished := _load_finished(workdir, key)) is not None:

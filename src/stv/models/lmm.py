@@ -318,7 +318,7 @@ class LMM:
 
     def _mask_kind(self) -> torch.dtype | None:
         """The dtype of a custom 4D attention mask this model's attention takes, or None."""
-        impl = getattr(self.model.config, "_attn_implementation", None)
+        impl = str(getattr(self.model.config, "_attn_implementation", None))
         return {"sdpa": torch.bool, "eager": self.dtype}.get(impl)
 
     def _fan_out_mask(self, prefix_mask: torch.Tensor, span: int) -> torch.Tensor:
@@ -335,7 +335,7 @@ class LMM:
 
 def _croppable(cache) -> bool:
     """Plain dynamic layers can drop the fanned-out tokens again; sliding windows cannot."""
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 

@@ -25,6 +25,13 @@ def _package_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _installed_dir(module: str) -> Path:
+    folder = _package_dir(module)
+    if folder is None:
+        raise MissingModelPackage(f"package {module!r} is not installed")
+    return folder
+
+
 @dataclass(frozen=True)
 class NamedModel:
     name: str
@@ -45,7 +52,7 @@ class NamedModel:
         if not self.installed():
             raise MissingModelPackage(f"model {self.name!r} is not installed; install it with: {self.pip}")
         if not self.chunks:
-            return _package_dir(self.module) / self.file
+            return _installed_dir(self.module) / self.file
         return _joined(self)
 
 
@@ -56,7 +63,7 @@ def _joined(model: NamedModel) -> Path:
 
     from .gguf import cache_dir
 
-    parts = [_package_dir(f"{model.module}_part{i}") / "data" / f"{model.file}.part{i - 1:02d}"
+    parts = [_installed_dir(f"{model.module}_part{i}") / "data" / f"{model.file}.part{i - 1:02d}"
              for i in range(1, model.chunks + 1)]
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:

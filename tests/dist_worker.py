@@ -27,11 +27,20 @@ top = scan.top_k(3)
 bank = build_bank(scan.activations_at(top), 2, seed=0)
 means = mean_activations(lmm, train, DIGITS, 7, 2, 3, np.random.default_rng(1))
 acc = first_token_accuracy(lmm, test, DIGITS, train, 2, batch_size=3)
-scores = run_eval(lmm, test, DIGITS, f"{out_dir}/eval", train, shots=2, batch_size=3, max_new_tokens=3,
-                  progress=False)
+scores = run_eval(lmm, test, DIGITS, f"{out_dir}/eval", train, shots=2, batch_size=3, max_new_tokens=3, progress=False)
 dist = distributed.current()
 if dist.is_main:
     predictions = [json.loads(line) for line in open(f"{out_dir}/eval/predictions.jsonl")]
-    json.dump({"world": dist.world, "sensitivity": scan.sensitivity.tolist(), "top": top, "bank": bank.tolist(),
-               "means": means.tolist(), "first_token": acc, "predictions": predictions, "accuracy": scores["accuracy"]},
-              open(f"{out_dir}/result.json", "w"))
+    json.dump(
+        {
+            "world": dist.world,
+            "sensitivity": scan.sensitivity.tolist(),
+            "top": top,
+            "bank": bank.tolist(),
+            "means": means.tolist(),
+            "first_token": acc,
+            "predictions": predictions,
+            "accuracy": scores["accuracy"],
+        },
+        open(f"{out_dir}/result.json", "w"),
+    )

@@ -31,7 +31,17 @@ def _fitted(tmp_path, models, edit=None):
     assert main(["fit", "--model", models["llama"], "--dataset", spec, "--out", str(tmp_path / "tv"), *TINY_FIT]) == 0
     if edit:
         edit(tmp_path / "tv")
-    return ["eval", "--dataset", spec, "--vectors", str(tmp_path / "tv"), "--limit", "2", "--out", str(tmp_path / "out")]
+    return [
+        "eval",
+        "--dataset",
+        spec,
+        "--vectors",
+        str(tmp_path / "tv"),
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
 def _truncate(folder):
@@ -61,48 +71,100 @@ CASES = {
     "nonexistent folder": (lambda t, m: ["inspect", "--model", str(t / "no" / "such" / "model")], "does not exist"),
     "dtype not available": (lambda t, m: ["inspect", "--model", m["llama"], "--dtype", "float8"], "--dtype float8"),
     "device not available": (lambda t, m: ["inspect", "--model", m["llama"], "--device", "cuda"], "--device cuda"),
-    "heads pattern not an attention output": (lambda t, m: ["inspect", "--model", m["llama"], "--heads-pattern",
-                                                           "model.layers.{layer}.mlp.down_proj"], "4 heads x 16"),
+    "heads pattern not an attention output": (
+        lambda t, m: ["inspect", "--model", m["llama"], "--heads-pattern", "model.layers.{layer}.mlp.down_proj"],
+        "4 heads x 16",
+    ),
     # ----------------------------------------------------------------- data
     "empty file": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _fv(t, "[]"), *OUT], "non-empty"),
     "empty split": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(t, []), *OUT], "no examples"),
-    "duplicate ids": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(
-        t, [{"id": 1, "question": "a", "answer": "b"}, {"id": 1, "question": "c", "answer": "d"}]), *OUT],
-        "appears twice"),
-    "record without an answer": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(
-        t, [{"id": 1, "question": "a"}]), *OUT], "needs 'question' and 'answer'"),
-    "empty answers": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(
-        t, [{"id": 7, "question": "a", "answers": []}]), *OUT], "record '7' has no answer"),
-    "malformed JSON": (lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(
-        t, [{"id": 1, "question": "a", "answer": "b"}, '{"id": 2,']), *OUT], "d.jsonl:2 is not valid JSON"),
+    "duplicate ids": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _jsonl(t, [{"id": 1, "question": "a", "answer": "b"}, {"id": 1, "question": "c", "answer": "d"}]),
+            *OUT,
+        ],
+        "appears twice",
+    ),
+    "record without an answer": (
+        lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(t, [{"id": 1, "question": "a"}]), *OUT],
+        "needs 'question' and 'answer'",
+    ),
+    "empty answers": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _jsonl(t, [{"id": 7, "question": "a", "answers": []}]),
+            *OUT,
+        ],
+        "record '7' has no answer",
+    ),
+    "malformed JSON": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _jsonl(t, [{"id": 1, "question": "a", "answer": "b"}, '{"id": 2,']),
+            *OUT,
+        ],
+        "d.jsonl:2 is not valid JSON",
+    ),
     # ------------------------------------------------------------- settings
     "negative shots": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--shots", "-3", *OUT], "--shots -3"),
-    "zero context shots": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT[:6], "--context-shots", "0",
-                                         *OUT], "shots=0"),
+    "zero context shots": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT[:6], "--context-shots", "0", *OUT],
+        "shots=0",
+    ),
     "zero limit": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--limit", "0", *OUT], "--limit 0"),
-    "zero batch size": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--batch-size", "0", *OUT],
-                        "--batch-size 0"),
-    "more clusters than bank samples": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--clusters", "50",
-                                                      "--pairs", "8", *OUT], "clusters=50 exceeds pairs=8"),
-    "unknown policy at fit": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT, "--policy", "sometimes",
-                                            *OUT], "policy='sometimes'"),
-    "prompt longer than the model's positions": (lambda t, m: ["eval", *DIGITS, "--shots", "700", "--limit", "1",
-                                                               *OUT], "exceeds"),
+    "zero batch size": (
+        lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--batch-size", "0", *OUT],
+        "--batch-size 0",
+    ),
+    "more clusters than bank samples": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--clusters", "50", "--pairs", "8", *OUT],
+        "clusters=50 exceeds pairs=8",
+    ),
+    "unknown policy at fit": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT, "--policy", "sometimes", *OUT],
+        "policy='sometimes'",
+    ),
+    "prompt longer than the model's positions": (
+        lambda t, m: ["eval", *DIGITS, "--shots", "700", "--limit", "1", *OUT],
+        "exceeds",
+    ),
     # ------------------------------------------------------------ artifacts
     "truncated safetensors": (lambda t, m: _fitted(t, m, _truncate) + ["--model", m["llama"]], "cannot be read"),
-    "invalid artifact JSON": (lambda t, m: _fitted(t, m, lambda f: (f / "task_vectors.json").write_text("{")) + [
-        "--model", m["llama"]], "task_vectors.json is not valid JSON"),
-    "head_dim edited": (lambda t, m: _fitted(t, m, lambda f: _edit_config(f, lambda c: c.update(head_dim=32))) + [
-        "--model", m["llama"]], "says head_dim 32"),
+    "invalid artifact JSON": (
+        lambda t, m: _fitted(t, m, lambda f: (f / "task_vectors.json").write_text("{")) + ["--model", m["llama"]],
+        "task_vectors.json is not valid JSON",
+    ),
+    "head_dim edited": (
+        lambda t, m: (
+            _fitted(t, m, lambda f: _edit_config(f, lambda c: c.update(head_dim=32))) + ["--model", m["llama"]]
+        ),
+        "says head_dim 32",
+    ),
     "vectors from other weights": (lambda t, m: _fitted(t, m) + ["--model", m["llama1"]], "--allow-other-weights"),
     # ---------------------------------------------------------------- files
     "out is a file": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--out", str(_file(t))], "is a file"),
-    "out inside a file": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--out", str(_file(t) / "x")],
-                          "is a file"),
-    "disk full during the scan": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT, *OUT],
-                                  "cannot reserve"),
-    "config asks for remote code": (lambda t, m: ["inspect", "--config", str(_config(t)), "--model", m["llama"]],
-                                    "--trust-remote-code"),
+    "out inside a file": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--out", str(_file(t) / "x")],
+        "is a file",
+    ),
+    "disk full during the scan": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT, *OUT],
+        "cannot reserve",
+    ),
+    "config asks for remote code": (
+        lambda t, m: ["inspect", "--config", str(_config(t)), "--model", m["llama"]],
+        "--trust-remote-code",
+    ),
 }
 
 
@@ -123,8 +185,11 @@ def models(tmp_path_factory):
     from stv.testing import build
 
     root = tmp_path_factory.mktemp("bad")
-    return {"llama": str(build("llama", root / "llama")), "llava": str(build("llava", root / "llava")),
-            "llama1": str(build("llama", root / "llama1", seed=1))}
+    return {
+        "llama": str(build("llama", root / "llama")),
+        "llava": str(build("llava", root / "llava")),
+        "llama1": str(build("llama", root / "llama1", seed=1)),
+    }
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -144,15 +209,36 @@ def test_bad_input(case, tmp_path, models, capsys, monkeypatch):
 
 def test_score_reads_the_librarys_own_predictions(tmp_path, models, capsys):
     spec = _fv(tmp_path, json.dumps([{"input": f"w{i}", "output": f"W{i}"} for i in range(20)]))
-    assert main(["eval", "--model", models["llama"], "--dataset", spec, "--split", "all", "--limit", "3",
-                 "--max-new-tokens", "2", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                models["llama"],
+                "--dataset",
+                spec,
+                "--split",
+                "all",
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     preds = tmp_path / "ev" / "predictions.jsonl"
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
-    (tmp_path / "ann.jsonl").write_text("".join(json.dumps({"question_id": r["question_id"], "answer": r["answer"]})
-                                                + "\n" for r in rows))
+    (tmp_path / "ann.jsonl").write_text(
+        "".join(json.dumps({"question_id": r["question_id"], "answer": r["answer"]}) + "\n" for r in rows)
+    )
     capsys.readouterr()
-    assert main(["score", "--metric", "choice", "--predictions", str(preds), "--annotations",
-                 str(tmp_path / "ann.jsonl")]) == 0
+    assert (
+        main(["score", "--metric", "choice", "--predictions", str(preds), "--annotations", str(tmp_path / "ann.jsonl")])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
 
 

@@ -17,9 +17,19 @@ from stv.tasks import task_for
 def test_presets_and_overrides():
     paper, plus = STVConfig.paper(top_k=5), STVConfig.plus(top_k=5, policy="every_step")
     assert (paper.sensitivity, paper.keep_arm, paper.mean_arm, paper.policy, paper.variant) == (
-        "l2", False, False, "every_step", "paper")
+        "l2",
+        False,
+        False,
+        "every_step",
+        "paper",
+    )
     assert (plus.sensitivity, plus.keep_arm, plus.mean_arm, plus.variant, plus.top_k) == (
-        "mean_delta", True, True, "stv+", 5)
+        "mean_delta",
+        True,
+        True,
+        "stv+",
+        5,
+    )
     assert plus.policy == "every_step"  # an override wins over the preset
     assert STVConfig.preset("stv+").policy == "prompt_last"
     with pytest.raises(ValueError, match="unknown STV variant 'best'"):
@@ -56,8 +66,17 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     real = scan_module.sensitivity_scan
     monkeypatch.setattr("stv.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
-    result = run_compare(lmm_of("llama"), ["capitalize"], [0], ["paper", "stv+"], base, test_per_task=3,
-                         icl_shots=2, max_new_tokens=2, progress=False)
+    result = run_compare(
+        lmm_of("llama"),
+        ["capitalize"],
+        [0],
+        ["paper", "stv+"],
+        base,
+        test_per_task=3,
+        icl_shots=2,
+        max_new_tokens=2,
+        progress=False,
+    )
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
     assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "paper", "stv+"]
     table = compare_table(result, "exact_match")
@@ -68,9 +87,36 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
 
 def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
     out = tmp_path / "tv"
-    assert main(["fit", "--model", family_dir("llama"), "--dataset", "fv:capitalize", "--out", str(out),
-                 "--variant", "stv+", "--top-k", "2", "--clusters", "2", "--pairs", "4", "--context-shots", "2",
-                 "--steps", "2", "--samples", "4", "--prefix-pool", "2"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                family_dir("llama"),
+                "--dataset",
+                "fv:capitalize",
+                "--out",
+                str(out),
+                "--variant",
+                "stv+",
+                "--top-k",
+                "2",
+                "--clusters",
+                "2",
+                "--pairs",
+                "4",
+                "--context-shots",
+                "2",
+                "--steps",
+                "2",
+                "--samples",
+                "4",
+                "--prefix-pool",
+                "2",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "task_vectors.json").read_text())
     assert config["hyperparameters"]["variant"] == "stv+" and config["policy"] == "prompt_last"
     assert config["hyperparameters"]["sensitivity"] == "mean_delta" and config["hyperparameters"]["prefix_pool"] == 2
@@ -108,8 +154,17 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
 
 def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
-    result = run_compare(lmm_of("llama"), ["capitalize"], [0], ["stv+_cont"], base, test_per_task=3,
-                         icl_shots=2, max_new_tokens=3, progress=False)
+    result = run_compare(
+        lmm_of("llama"),
+        ["capitalize"],
+        [0],
+        ["stv+_cont"],
+        base,
+        test_per_task=3,
+        icl_shots=2,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "mtv_cont", "stv+_cont"]
     assert variant_config("stv+_cont", base).continuation == 4
     with pytest.raises(ValueError, match="only with policy prompt_last"):

@@ -44,8 +44,9 @@ def test_means_are_outputs_at_the_answer_positions(lmm_of):
     train = load_dataset("fv:capitalize", split="train")[:20]
     task = task_for(train)
     locs = [(0, 1), (1, 2)]
-    means = continuation_means(lmm, train, task, locs, steps=2, prompts=1, shots=2, batch_size=1,
-                               rng=np.random.default_rng(3))
+    means = continuation_means(
+        lmm, train, task, locs, steps=2, prompts=1, shots=2, batch_size=1, rng=np.random.default_rng(3)
+    )
     rng = np.random.default_rng(3)  # the same draw as inside continuation_means
     query = train[int(rng.choice(len(train), 1, replace=False)[0])]
     from stv.tasks import sample_demos

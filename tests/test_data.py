@@ -16,11 +16,22 @@ def _image(path, value=128):
 
 
 def test_vizwiz(tmp_path):
-    records = [{"image": "VizWiz_val_00000000.jpg", "question": "What is this?", "answer_type": "other",
-                "answerable": 1, "answers": [{"answer": a, "answer_confidence": "yes"} for a in
-                                             ["soap"] * 3 + ["hand soap"] * 7]},
-               {"image": "VizWiz_val_00000001.jpg", "question": "Color?", "answer_type": "unanswerable",
-                "answerable": 0, "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10}]
+    records = [
+        {
+            "image": "VizWiz_val_00000000.jpg",
+            "question": "What is this?",
+            "answer_type": "other",
+            "answerable": 1,
+            "answers": [{"answer": a, "answer_confidence": "yes"} for a in ["soap"] * 3 + ["hand soap"] * 7],
+        },
+        {
+            "image": "VizWiz_val_00000001.jpg",
+            "question": "Color?",
+            "answer_type": "unanswerable",
+            "answerable": 0,
+            "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10,
+        },
+    ]
     (tmp_path / "val.json").write_text(json.dumps(records))
     for r in records:
         _image(tmp_path / "val" / r["image"])
@@ -41,9 +52,17 @@ def test_vizwiz(tmp_path):
 
 def test_okvqa(tmp_path):
     qs = {"questions": [{"question_id": 5, "image_id": 42, "question": "What sport?"}]}
-    ann = {"annotations": [{"question_id": 5, "image_id": 42, "answer_type": "other", "question_type": "what",
-                            "answers": [{"answer": a, "answer_id": i + 1} for i, a in
-                                        enumerate(["tennis"] * 8 + ["ball"] * 2)]}]}
+    ann = {
+        "annotations": [
+            {
+                "question_id": 5,
+                "image_id": 42,
+                "answer_type": "other",
+                "question_type": "what",
+                "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["tennis"] * 8 + ["ball"] * 2)],
+            }
+        ]
+    }
     (tmp_path / "OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps(qs))
     (tmp_path / "mscoco_val2014_annotations.json").write_text(json.dumps(ann))
     _image(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg")
@@ -61,7 +80,11 @@ def test_dtd_and_choice_prompt(tmp_path):
     for line in lines:
         _image(tmp_path / "images" / line)
     ex = load_dataset("dtd", tmp_path, "test")
-    assert [e.answer for e in ex] == ["banded", "dotted", "striped"] and ex[0].choices == ["banded", "dotted", "striped"]
+    assert [e.answer for e in ex] == ["banded", "dotted", "striped"] and ex[0].choices == [
+        "banded",
+        "dotted",
+        "striped",
+    ]
     task = task_for(ex)
     assert task_for("hf:vizwiz") is TASKS["vizwiz"] and task_for("digits:letter").name == "digits"
     assert isinstance(task, ChoiceTask)
@@ -116,8 +139,9 @@ def test_mtv_records_and_support(tmp_path):
 
 def test_jsonl_and_errors(tmp_path):
     _image(tmp_path / "x.jpg")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"question_id": 7, "image": "x.jpg", "question": "q?",
-                                                  "answers": ["a", "b", "b"]}) + "\n\n")
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"question_id": 7, "image": "x.jpg", "question": "q?", "answers": ["a", "b", "b"]}) + "\n\n"
+    )
     ex = load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}")
     assert ex[0].id == "7" and ex[0].answer == "b"
     (tmp_path / "e.jsonl").write_text('{"question": "no answer"}\n')
@@ -138,11 +162,14 @@ def test_hugging_face_parquet_label_names_by_id(tmp_path):
     images = [Image.fromarray(np.full((8, 8, 3), v, dtype=np.uint8)) for v in (10, 20, 30)]
     names = ["10", "2", "bluebell"]  # string-sorted: id 1 is "2", not the second class numerically
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    datasets.Dataset.from_dict({"image": images, "label": [1, 0, 2]}, features=features).to_parquet(tmp_path / "f.parquet")
+    datasets.Dataset.from_dict({"image": images, "label": [1, 0, 2]}, features=features).to_parquet(
+        tmp_path / "f.parquet"
+    )
     ex = load_hf("flowers102", "train", data_files={"train": str(tmp_path / "f.parquet")})
     assert [e.answer for e in ex] == ["2", "10", "bluebell"] and ex[0].choices == ["10", "2", "bluebell"]
-    vqa = datasets.Dataset.from_dict({"question_id": [3], "image": images[:1], "question": ["what?"],
-                                      "answers": [["x", "y", "y"]]})
+    vqa = datasets.Dataset.from_dict(
+        {"question_id": [3], "image": images[:1], "question": ["what?"], "answers": [["x", "y", "y"]]}
+    )
     vqa.to_parquet(tmp_path / "v.parquet")
     ex = load_hf("vizwiz", "val", data_files={"val": str(tmp_path / "v.parquet")})
     assert ex[0].id == "3" and ex[0].answer == "y" and ex[0].pil_images()[0].size == (8, 8)

@@ -19,7 +19,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-
 def _run(cmd, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     subprocess.run(cmd, check=True, env=env, timeout=240, capture_output=True, text=True)
@@ -29,7 +28,15 @@ def _run(cmd, out):
 def test_two_process_scan_bank_and_eval_equal_one_process(tmp_path, family_dir):
     model = family_dir("llava")
     single = _run([sys.executable, WORKER, model, str(tmp_path / "one")], tmp_path / "one")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+    ]
     double = _run([*torchrun, WORKER, model, str(tmp_path / "two")], tmp_path / "two")
     assert single["world"] == 1 and double["world"] == 2
     np.testing.assert_allclose(double["sensitivity"], single["sensitivity"], rtol=1e-5, atol=1e-6)

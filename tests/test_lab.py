@@ -23,7 +23,7 @@ def test_tasks_format_vs_mapping():
     mapping = [t for t in DIGIT_TASKS.values() if t.kind == "mapping"]
     assert all(t.vocabulary == ["A", "B"] for t in mapping)
     formats = [set(t.vocabulary) for t in DIGIT_TASKS.values() if t.kind == "format"]
-    assert all(not a & b for i, a in enumerate(formats) for b in formats[i + 1:])
+    assert all(not a & b for i, a in enumerate(formats) for b in formats[i + 1 :])
     ex = digit_examples("parity_AB_flip", "test")
     assert all(e.answer == ("B" if e.metadata["class"] % 2 == 0 else "A") for e in ex)
 
@@ -45,7 +45,9 @@ def test_training_layout_matches_the_processor():
     ids = batch["input_ids"][0]
     answers = [processor.tokenizer.convert_ids_to_tokens(int(a)) for a in batch["answers"][0]]
     images = [d.image(int(i)) for i in batch["images"]]
-    items = [Example(id=str(i), images=[im], question="", answers=[a]) for i, (im, a) in enumerate(zip(images, answers))]
+    items = [
+        Example(id=str(i), images=[im], question="", answers=[a]) for i, (im, a) in enumerate(zip(images, answers))
+    ]
     prompt = DIGITS.prompt(items[:2], items[2])
     lmm = LMM(model, processor, None, family="llava")
     made = lmm.prepare([prompt], positions=False)["input_ids"][0]
@@ -60,8 +62,19 @@ def test_short_retraining_learns_in_context(tmp_path):
     from stv.evaluate import first_token_accuracy
     from stv.lab import load_lab
 
-    cfg = LabConfig(steps=150, batch=16, items=9, hidden=64, layers=2, heads=2, warmup=20, aux_steps=150,
-                    random_mapping_share=0.0, lr=3e-3, threads=1)
+    cfg = LabConfig(
+        steps=150,
+        batch=16,
+        items=9,
+        hidden=64,
+        layers=2,
+        heads=2,
+        warmup=20,
+        aux_steps=150,
+        random_mapping_share=0.0,
+        lr=3e-3,
+        threads=1,
+    )
     train_lab(tmp_path / "lab", cfg, progress=False)
     lmm = load_lab(tmp_path / "lab")
     zero, few = [], []

@@ -2,32 +2,29 @@
 
 import pytest
 
-from stv.metrics import (
-    choice_accuracy,
-    normalize_answer,
-    vizwiz_scores,
-    vqa_accuracy,
-    vqa_accuracy_one,
+from stv.metrics import choice_accuracy, normalize_answer, vizwiz_scores, vqa_accuracy, vqa_accuracy_one
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("3.5", "3.5"),  # a period before a digit stays
+        ("yes.", "yes"),  # a trailing period goes
+        ("1,000", "1000"),  # a digit comma: every mark is deleted
+        ("red, white", "red white"),  # a mark next to a space is deleted
+        ("red,white", "red white"),  # otherwise it becomes a space
+        ("black/white", "black white"),
+        ("Two Dogs", "2 dogs"),  # lower case, number words
+        ("ten", "10"),
+        ("none", "0"),
+        ("a dog", "dog"),  # articles
+        ("The Cat in the hat", "cat in hat"),
+        ("dont", "don't"),  # contractions
+        ("isnt it", "isn't it"),
+        ("  yes\n", "yes"),
+        ("it's (maybe) blue!", "it's maybe blue"),
+    ],
 )
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("3.5", "3.5"),  # a period before a digit stays
-    ("yes.", "yes"),  # a trailing period goes
-    ("1,000", "1000"),  # a digit comma: every mark is deleted
-    ("red, white", "red white"),  # a mark next to a space is deleted
-    ("red,white", "red white"),  # otherwise it becomes a space
-    ("black/white", "black white"),
-    ("Two Dogs", "2 dogs"),  # lower case, number words
-    ("ten", "10"),
-    ("none", "0"),
-    ("a dog", "dog"),  # articles
-    ("The Cat in the hat", "cat in hat"),
-    ("dont", "don't"),  # contractions
-    ("isnt it", "isn't it"),
-    ("  yes\n", "yes"),
-    ("it's (maybe) blue!", "it's maybe blue"),
-])
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 

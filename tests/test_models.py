@@ -69,7 +69,9 @@ def test_not_a_model_folder(tmp_path):
 def test_unknown_architecture(tmp_path):
     from transformers import ViTConfig
 
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ModelLoadError, match="not a transformers image-text-to-text or causal LM"):
         stv.load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "my_private_lmm"}))

@@ -9,8 +9,23 @@ import pytest
 from stv.cli import main
 
 EVAL = ["eval", "--dataset", "digits:parity_AB", "--max-new-tokens", "2"]
-FIT = ["fit", "--dataset", "digits:parity_word", "--top-k", "2", "--clusters", "2", "--pairs", "8",
-       "--context-shots", "4", "--steps", "2", "--samples", "4"]
+FIT = [
+    "fit",
+    "--dataset",
+    "digits:parity_word",
+    "--top-k",
+    "2",
+    "--clusters",
+    "2",
+    "--pairs",
+    "8",
+    "--context-shots",
+    "4",
+    "--steps",
+    "2",
+    "--samples",
+    "4",
+]
 
 
 def _last_json(capsys) -> dict:

@@ -52,8 +52,9 @@ def test_alignment_moves_only_the_tower_and_can_be_reloaded(family_dir, tmp_path
     out = tmp_path / "tower"
     backbone = family_dir("llama")
     before = load_model(backbone).model.state_dict()
-    result = train_tower(out, AlignConfig(steps=30, batch=16, lr=3e-3, distill_weight=0.1, shift=1), progress=False,
-                         backbone=backbone)
+    result = train_tower(
+        out, AlignConfig(steps=30, batch=16, lr=3e-3, distill_weight=0.1, shift=1), progress=False, backbone=backbone
+    )
     log = result["log"]
     assert log[-1]["embed"] < 0.5 * log[0]["embed"]  # the feature moves towards the digit's embedding
     lab = smol.load_tower(out, progress=False, backbone=backbone)
@@ -79,8 +80,12 @@ def test_number_tasks_image_and_text_versions_match():
 
 def test_tiny_lab_learns_to_read_digits(family_dir, tmp_path):
     """Embedding-term alignment alone makes most test digits read as their own token."""
-    result = train_tower(tmp_path / "t", AlignConfig(steps=200, batch=32, lr=3e-3, distill_weight=0.0),
-                         progress=False, backbone=family_dir("llama"))
+    result = train_tower(
+        tmp_path / "t",
+        AlignConfig(steps=200, batch=32, lr=3e-3, distill_weight=0.0),
+        progress=False,
+        backbone=family_dir("llama"),
+    )
     assert result["reads_as_digit"]["test"] > 80.0
     assert np.isfinite([r["embed"] for r in result["log"]]).all()
 

@@ -20,17 +20,33 @@ from stv.vectors import ArtifactMismatchError, TaskVectors
 def _text_examples(n: int, seed: int = 0) -> list[Example]:
     rng = np.random.default_rng(seed)
     words = ["even", "odd", "small", "big"]
-    return [Example(id=str(i), images=[], question=" ".join(rng.choice(list("abcdefgh"), 3)),
-                    answers=[words[i % 4]], metadata={"dataset": "digits:text"}) for i in range(n)]
+    return [
+        Example(
+            id=str(i),
+            images=[],
+            question=" ".join(rng.choice(list("abcdefgh"), 3)),
+            answers=[words[i % 4]],
+            metadata={"dataset": "digits:text"},
+        )
+        for i in range(n)
+    ]
 
 
 def test_scan_ranks_the_only_context_sensitive_head_first():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = build_tokenizer([])
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64,
-                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-                                         pad_token_id=tok.pad_token_id)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     # Every head but (layer 1, head 2) gets zero values, so only it can move with context.
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
@@ -64,8 +80,14 @@ def test_bank_shapes_determinism_and_centroids():
 
 @pytest.mark.parametrize("good_arm", [0, 1])
 def test_reinforce_moves_towards_the_rewarded_arm(good_arm):
-    result = reinforce(lambda step, choices: (choices[:, 0] == good_arm).float(), locations=1, arms=2,
-                       steps=40, samples=16, progress=False)
+    result = reinforce(
+        lambda step, choices: (choices[:, 0] == good_arm).float(),
+        locations=1,
+        arms=2,
+        steps=40,
+        samples=16,
+        progress=False,
+    )
     assert result.probabilities[0, good_arm] > 0.9 and result.choice[0] == good_arm
     assert result.reward_curve[-1] > result.reward_curve[0]
 
@@ -98,9 +120,13 @@ def test_prefix_cached_rewards_equal_naive_forward(lmm_of, family):
 
 def test_artifact_round_trip_and_mismatch(tmp_path, lmm_of):
     lmm = lmm_of("llava")
-    vectors = TaskVectors(torch.tensor([[0, 1], [1, 2]]), torch.randn(2, lmm.heads.head_dim),
-                          config={"num_layers": 2, "num_heads": 4, "architecture": type(lmm.model).__name__},
-                          bank=torch.randn(2, 3, lmm.heads.head_dim), probabilities=torch.rand(2, 3))
+    vectors = TaskVectors(
+        torch.tensor([[0, 1], [1, 2]]),
+        torch.randn(2, lmm.heads.head_dim),
+        config={"num_layers": 2, "num_heads": 4, "architecture": type(lmm.model).__name__},
+        bank=torch.randn(2, 3, lmm.heads.head_dim),
+        probabilities=torch.rand(2, 3),
+    )
     vectors.save_pretrained(tmp_path / "tv")
     loaded = TaskVectors.from_pretrained(tmp_path / "tv")
     torch.testing.assert_close(loaded.vectors, vectors.vectors)
@@ -165,15 +191,63 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     from stv.cli import main
 
     model = family_dir("idefics3")
-    args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), "--top-k", "2",
-            "--clusters", "2", "--pairs", "4", "--context-shots", "2", "--steps", "2", "--samples", "4"]
+    args = [
+        "--model",
+        model,
+        "--dataset",
+        "digits:parity_AB",
+        "--out",
+        str(tmp_path / "run"),
+        "--top-k",
+        "2",
+        "--clusters",
+        "2",
+        "--pairs",
+        "4",
+        "--context-shots",
+        "2",
+        "--steps",
+        "2",
+        "--samples",
+        "4",
+    ]
     assert main(["fit", *args]) == 0
     assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
-    assert main(["eval", "--model", model, "--dataset", "digits:parity_AB", "--vectors", str(tmp_path / "run"),
-                 "--limit", "4", "--first-token"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--dataset",
+                "digits:parity_AB",
+                "--vectors",
+                str(tmp_path / "run"),
+                "--limit",
+                "4",
+                "--first-token",
+            ]
+        )
+        == 0
+    )
     assert '"accuracy"' in capsys.readouterr().out
-    assert main(["eval", "--model", family_dir("llava"), "--dataset", "digits:parity_AB", "--vectors",
-                 str(tmp_path / "run"), "--limit", "4", "--first-token"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                family_dir("llava"),
+                "--dataset",
+                "digits:parity_AB",
+                "--vectors",
+                str(tmp_path / "run"),
+                "--limit",
+                "4",
+                "--first-token",
+            ]
+        )
+        == 2
+    )
     assert "fitted on" in capsys.readouterr().err
     assert main(["eval", "--model", model, "--dataset", "digits:nope"]) == 2
     assert "unknown digits task" in capsys.readouterr().err
@@ -225,8 +299,11 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
 def test_relative_sensitivity_discounts_large_activations():
     from stv.methods.scan import ScanResult
 
-    scan = ScanResult(torch.tensor([[1.0, 2.0], [4.0, 8.0]]), np.zeros((1, 4, 2), dtype=np.float16),
-                      query_norm=torch.tensor([[1.0, 1.0], [100.0, 100.0]]))
+    scan = ScanResult(
+        torch.tensor([[1.0, 2.0], [4.0, 8.0]]),
+        np.zeros((1, 4, 2), dtype=np.float16),
+        query_norm=torch.tensor([[1.0, 1.0], [100.0, 100.0]]),
+    )
     assert scan.top_k(2) == [(1, 1), (1, 0)]
     assert scan.top_k(2, "relative") == [(0, 1), (0, 0)]
     with pytest.raises(ValueError, match="'cosine' is not one of l2, mean_delta, consistency, relative"):
@@ -269,8 +346,28 @@ def test_cli_scan_ranks_by_the_chosen_sensitivity(tmp_path, family_dir, ranking)
     from stv.cli import main
 
     out = tmp_path / "scan"
-    assert main(["scan", "--model", family_dir("llava"), "--dataset", "digits:parity_AB", "--out", str(out),
-                 "--top-k", "3", "--pairs", "4", "--context-shots", "2", "--sensitivity", ranking]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                family_dir("llava"),
+                "--dataset",
+                "digits:parity_AB",
+                "--out",
+                str(out),
+                "--top-k",
+                "3",
+                "--pairs",
+                "4",
+                "--context-shots",
+                "2",
+                "--sensitivity",
+                ranking,
+            ]
+        )
+        == 0
+    )
     saved = json.loads((out / "sensitivity.json").read_text())
     scores = torch.tensor(saved["scores"])
     heads = scores.shape[1]

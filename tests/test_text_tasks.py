@@ -50,12 +50,15 @@ def test_text_template_prompt_and_first_token_continuation():
     assert task is TASKS["fv"]
     demos, query = load_dataset("fv:capitalize", split="train")[:2], load_dataset("fv:capitalize", split="test")[0]
     text = "".join(task.prompt(demos, query))
-    assert text == (f"Q: {demos[0].question}\nA: {demos[0].answer}\n\nQ: {demos[1].question}\nA: {demos[1].answer}"
-                    f"\n\nQ: {query.question}\nA:")
+    assert text == (
+        f"Q: {demos[0].question}\nA: {demos[0].answer}\n\nQ: {demos[1].question}\nA: {demos[1].answer}"
+        f"\n\nQ: {query.question}\nA:"
+    )
     assert task.continuation(query) == " " + query.answer
     custom = text_task("Input: {input} Output: {output}", separator="\n")
-    assert "".join(custom.prompt(demos[:1], query)) == (f"Input: {demos[0].question} Output: {demos[0].answer}\n"
-                                                         f"Input: {query.question} Output:")
+    assert "".join(custom.prompt(demos[:1], query)) == (
+        f"Input: {demos[0].question} Output: {demos[0].answer}\nInput: {query.question} Output:"
+    )
     with pytest.raises(ValueError, match="end with"):
         text_task("{output} is {input}")
 

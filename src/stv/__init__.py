@@ -17,11 +17,24 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 
 # public name -> module that defines it
 _EXPORTS = {
-    "Example": "stv.data", "load_dataset": "stv.data", "HeadMap": "stv.heads", "record": "stv.heads",
-    "replace": "stv.heads", "STVConfig": "stv.config", "fit": "stv.methods.fit", "LMM": "stv.models",
-    "load_model": "stv.models", "TaskVectors": "stv.vectors", "MTVConfig": "stv.methods.mtv",
-    "fit_mtv": "stv.methods.mtv", "Task": "stv.tasks", "task_for": "stv.tasks", "text_task": "stv.tasks",
-    "run_eval": "stv.evaluate", "first_token_accuracy": "stv.evaluate", "generation_accuracy": "stv.evaluate",
+    "Example": "stv.data",
+    "load_dataset": "stv.data",
+    "HeadMap": "stv.heads",
+    "record": "stv.heads",
+    "replace": "stv.heads",
+    "STVConfig": "stv.config",
+    "fit": "stv.methods.fit",
+    "LMM": "stv.models",
+    "load_model": "stv.models",
+    "TaskVectors": "stv.vectors",
+    "MTVConfig": "stv.methods.mtv",
+    "fit_mtv": "stv.methods.mtv",
+    "Task": "stv.tasks",
+    "task_for": "stv.tasks",
+    "text_task": "stv.tasks",
+    "run_eval": "stv.evaluate",
+    "first_token_accuracy": "stv.evaluate",
+    "generation_accuracy": "stv.evaluate",
     "StvError": "stv.errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

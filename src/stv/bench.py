@@ -133,31 +133,48 @@ def bench_scoring(subject: Subject, images=(1, 4, 16), samples: int = 32, k: int
         reference = naive()
         diff = max(float((reference - cached()).abs().max()), float((reference - pooled()).abs().max()))
         t_naive, t_cached, t_pooled = _timeit(naive, repeats), _timeit(cached, repeats), _timeit(pooled, repeats)
-        rows_out.append({"subject": subject.name, "images": n, "tokens": int(inputs["input_ids"].shape[1]),
-                         "naive_ms": 1000 * t_naive, "cached_ms": 1000 * t_cached, "ratio": t_naive / t_cached,
-                         "pooled_ms": 1000 * t_pooled, "pooled_ratio": t_naive / t_pooled, "max_reward_diff": diff})
+        rows_out.append(
+            {
+                "subject": subject.name,
+                "images": n,
+                "tokens": int(inputs["input_ids"].shape[1]),
+                "naive_ms": 1000 * t_naive,
+                "cached_ms": 1000 * t_cached,
+                "ratio": t_naive / t_cached,
+                "pooled_ms": 1000 * t_pooled,
+                "pooled_ratio": t_naive / t_pooled,
+                "max_reward_diff": diff,
+            }
+        )
     return rows_out
 
 
 # 2 ---------------------------------------------------------------- location search
-def bench_location_search(subject: Subject, pairs: int = 100, shots: int = 4, steps: int = 600,
-                          samples: int = 32) -> dict:
+def bench_location_search(
+    subject: Subject, pairs: int = 100, shots: int = 4, steps: int = 600, samples: int = 32
+) -> dict:
     """STV's scan + bank vs MTV's mean activations + Bernoulli REINFORCE over all heads,
     at the papers' settings (T=100 x 4-shot; 600 steps x 32 samples), both prefix-cached."""
     lmm, train = subject.lmm, digit_examples("parity_AB")
     k = min(64, lmm.heads.num_layers * lmm.heads.num_heads // 2)
     start = time.perf_counter()
-    scan = sensitivity_scan(lmm, scan_pairs(train, DIGITS, pairs, shots, np.random.default_rng(0)), 25,
-                            progress=False)
+    scan = sensitivity_scan(lmm, scan_pairs(train, DIGITS, pairs, shots, np.random.default_rng(0)), 25, progress=False)
     t_scan = time.perf_counter() - start
     build_bank(scan.activations_at(scan.top_k(k)), 32)
     t_stv = time.perf_counter() - start
-    _, log = fit_mtv(lmm, train, MTVConfig(prompts=pairs, shots=shots, steps=steps, samples=samples, batch_size=25),
-                     progress=False)
+    _, log = fit_mtv(
+        lmm, train, MTVConfig(prompts=pairs, shots=shots, steps=steps, samples=samples, batch_size=25), progress=False
+    )
     t_mtv = log["timings"]["means"] + log["timings"]["search"]
-    return {"subject": subject.name, "stv_scan_s": t_scan, "stv_scan_bank_s": t_stv, "mtv_search_s": t_mtv,
-            "reduction_pct": 100 * (1 - t_stv / t_mtv), "forward_passes_stv": 2 * pairs,
-            "forward_passes_mtv": pairs + steps * 2}
+    return {
+        "subject": subject.name,
+        "stv_scan_s": t_scan,
+        "stv_scan_bank_s": t_stv,
+        "mtv_search_s": t_mtv,
+        "reduction_pct": 100 * (1 - t_stv / t_mtv),
+        "forward_passes_stv": 2 * pairs,
+        "forward_passes_mtv": pairs + steps * 2,
+    }
 
 
 # 3 ---------------------------------------------------------------- inference overhead
@@ -185,9 +202,16 @@ def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repe
         inserted.append(_timeit(with_vectors, 1, warmup=0))
     t_plain, t_vec = float(np.median(plain)), float(np.median(inserted))
     t_icl = _timeit(gen(icl), repeats)
-    return {"subject": subject.name, "batch": batch, "zero_shot_ms": 1000 * t_plain, "inserted_ms": 1000 * t_vec,
-            "icl16_ms": 1000 * t_icl, "overhead_pct": 100 * (t_vec / t_plain - 1), "vs_icl16": t_vec / t_icl,
-            "heads_written": len(locs)}
+    return {
+        "subject": subject.name,
+        "batch": batch,
+        "zero_shot_ms": 1000 * t_plain,
+        "inserted_ms": 1000 * t_vec,
+        "icl16_ms": 1000 * t_icl,
+        "overhead_pct": 100 * (t_vec / t_plain - 1),
+        "vs_icl16": t_vec / t_icl,
+        "heads_written": len(locs),
+    }
 
 
 # 4 + 5 ----------------------------------------------------------- scaling and batching
@@ -215,8 +239,12 @@ print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": record(
 
 
 def _child(n: int, shots: int, batch: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _SCALING_CHILD, str(n), str(shots), str(batch)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCALING_CHILD, str(n), str(shots), str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -235,8 +263,14 @@ def bench_batching(subject: Subject, n: int = 64, batch: int = 16) -> dict:
         return lambda: [record_prompts(lmm, prompts[i : i + size]) for i in range(0, n, size)]
 
     t1, tb = _timeit(run(1), 1), _timeit(run(batch), 1)
-    return {"subject": subject.name, "prompts": n, "batch": batch, "batch1_per_s": n / t1, "batched_per_s": n / tb,
-            "speedup": t1 / tb}
+    return {
+        "subject": subject.name,
+        "prompts": n,
+        "batch": batch,
+        "batch1_per_s": n / t1,
+        "batched_per_s": n / tb,
+        "speedup": t1 / tb,
+    }
 
 
 # ------------------------------------------------------------------------------ driver
@@ -251,8 +285,9 @@ def _section(title: str, lines: list[str]):
 def _table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
     head = "| " + " | ".join(keys) + " |"
     sep = "|" + "---|" * len(keys)
-    body = ["| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-            for r in rows]
+    body = [
+        "| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows
+    ]
     for line in [head, sep, *body]:
         print(line, flush=True)
         lines.append(line)
@@ -262,10 +297,13 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
     import transformers
 
     torch.set_num_threads(1)
-    lines = [f"# stv bench — {time.strftime('%Y-%m-%d')}", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}, "
-             f"torch {torch.__version__}, transformers {transformers.__version__}, device cpu.",
-             f"Command: `stv bench{' --quick' if quick else ''}{'' if only == 'all' else ' --only ' + only}`."]
+    lines = [
+        f"# stv bench — {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, device cpu.",
+        f"Command: `stv bench{' --quick' if quick else ''}{'' if only == 'all' else ' --only ' + only}`.",
+    ]
     if only in ("all", "smollm2"):
         _real_sections(quick, lines)
     if only == "smollm2":
@@ -276,20 +314,58 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
         mid = None if quick else mid_qwen2_vl()
         if mid is not None:
             rows += bench_scoring(mid, images=(1, 4), repeats=1)
-        _table(rows, ["subject", "images", "tokens", "naive_ms", "cached_ms", "ratio", "pooled_ms", "pooled_ratio",
-                      "max_reward_diff"], lines)
+        _table(
+            rows,
+            [
+                "subject",
+                "images",
+                "tokens",
+                "naive_ms",
+                "cached_ms",
+                "ratio",
+                "pooled_ms",
+                "pooled_ratio",
+                "max_reward_diff",
+            ],
+            lines,
+        )
     with _section("2. Location search: STV scan + bank vs MTV mean + head search (papers' settings)", lines):
         rows = [bench_location_search(s, steps=60 if quick else 600) for s in subs]
-        _table(rows, ["subject", "stv_scan_s", "stv_scan_bank_s", "mtv_search_s", "reduction_pct",
-                      "forward_passes_stv", "forward_passes_mtv"], lines)
+        _table(
+            rows,
+            [
+                "subject",
+                "stv_scan_s",
+                "stv_scan_bank_s",
+                "mtv_search_s",
+                "reduction_pct",
+                "forward_passes_stv",
+                "forward_passes_mtv",
+            ],
+            lines,
+        )
     with _section("3. Inference: zero-shot + inserted vectors vs plain zero-shot and vs 16-shot ICL", lines):
         rows = [bench_inference(s) for s in subs]
         if mid is not None:
             rows.append(bench_inference(mid, batch=4, repeats=3))
-        _table(rows, ["subject", "batch", "zero_shot_ms", "inserted_ms", "icl16_ms", "overhead_pct", "vs_icl16",
-                      "heads_written"], lines)
+        _table(
+            rows,
+            [
+                "subject",
+                "batch",
+                "zero_shot_ms",
+                "inserted_ms",
+                "icl16_ms",
+                "overhead_pct",
+                "vs_icl16",
+                "heads_written",
+            ],
+            lines,
+        )
     with _section("4. Scaling of activation collection (lab model, fresh process each, batch 25)", lines):
-        result = bench_scaling(examples=(100, 300) if quick else (100, 300, 1000), shots=(1, 4) if quick else (1, 4, 16))
+        result = bench_scaling(
+            examples=(100, 300) if quick else (100, 300, 1000), shots=(1, 4) if quick else (1, 4, 16)
+        )
         keys = ["examples", "shots", "seconds", "after_model_mb", "peak_rss_mb", "peak_growth_mb"]
         _table(result["by_examples"], keys, lines)
         _table(result["by_shots"], keys, lines)
@@ -315,7 +391,13 @@ def _real_sections(quick: bool, lines: list[str]) -> None:
         _table(r["logits"], ["batch", "tokens", "all_positions_ms", "last_only_ms", "speedup", "same_argmax"], lines)
         _table(r["stages"], ["stage", "seconds"], lines)
         _table(r["steps"], ["prefix_pool", "steps", "ms_per_step"], lines)
-        _table(r["inference"], ["batch", "new_tokens", "zero_shot_ms", "inserted_ms", "overhead_pct", "heads_written"],
-               lines)
-        _table(r["versus"], ["test_queries", "icl10_eval_s", "stv_eval_s", "stv_fit_s", "fit_plus_eval_vs_icl10",
-                             "break_even_queries"], lines)
+        _table(
+            r["inference"],
+            ["batch", "new_tokens", "zero_shot_ms", "inserted_ms", "overhead_pct", "heads_written"],
+            lines,
+        )
+        _table(
+            r["versus"],
+            ["test_queries", "icl10_eval_s", "stv_eval_s", "stv_fit_s", "fit_plus_eval_vs_icl10", "break_even_queries"],
+            lines,
+        )

@@ -43,18 +43,36 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
 
     same = bool((forward(0).argmax(-1) == forward(1).argmax(-1)).all())
     t_all, t_last = (min(_seconds(lambda: forward(k)) for _ in range(3)) for k in (0, 1))
-    logits = [{"batch": 8, "tokens": int(inputs["input_ids"].shape[1]), "all_positions_ms": 1000 * t_all,
-               "last_only_ms": 1000 * t_last, "speedup": t_all / t_last, "same_argmax": same}]
+    logits = [
+        {
+            "batch": 8,
+            "tokens": int(inputs["input_ids"].shape[1]),
+            "all_positions_ms": 1000 * t_all,
+            "last_only_ms": 1000 * t_last,
+            "speedup": t_all / t_last,
+            "same_argmax": same,
+        }
+    ]
 
-    config = STVConfig(top_k=16, clusters=16, pairs=16 if quick else 40, shots=10, steps=20 if quick else 60,
-                       samples=32, queries_per_step=2, batch_size=8)
+    config = STVConfig(
+        top_k=16,
+        clusters=16,
+        pairs=16 if quick else 40,
+        shots=10,
+        steps=20 if quick else 60,
+        samples=32,
+        queries_per_step=2,
+        batch_size=8,
+    )
     vectors, state = fit(lmm, train, config, task=task, progress=False)
     stages = [{"stage": k, "seconds": v} for k, v in state.timings.items()]
     steps = []
     for pool in (0, 8):
         cfg = dc_replace(config, prefix_pool=pool)
         _, s = fit_at(lmm, train, cfg, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
-        steps.append({"prefix_pool": pool, "steps": cfg.steps, "ms_per_step": 1000 * s.timings["reinforce"] / cfg.steps})
+        steps.append(
+            {"prefix_pool": pool, "steps": cfg.steps, "ms_per_step": 1000 * s.timings["reinforce"] / cfg.steps}
+        )
 
     zero = [task.prompt([], q) for q in test[:16]]
 
@@ -72,11 +90,24 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
     t_icl = _seconds(lambda: generation_accuracy(lmm, test, task, train, shots=10))
     t_vec = _seconds(lambda: generation_accuracy(lmm, test, task, vectors=vectors))
     fit_s = sum(state.timings.values())
-    inference = [{"batch": 16, "new_tokens": 8, "zero_shot_ms": 1000 * float(np.median(plain)),
-                  "inserted_ms": 1000 * float(np.median(inserted)),
-                  "overhead_pct": 100 * (float(np.median(inserted)) / float(np.median(plain)) - 1),
-                  "heads_written": len(vectors.locations)}]
-    versus = [{"test_queries": n_test, "icl10_eval_s": t_icl, "stv_eval_s": t_vec, "stv_fit_s": fit_s,
-               "fit_plus_eval_vs_icl10": (fit_s + t_vec) / t_icl,
-               "break_even_queries": fit_s / max(1e-9, (t_icl - t_vec) / n_test)}]
+    inference = [
+        {
+            "batch": 16,
+            "new_tokens": 8,
+            "zero_shot_ms": 1000 * float(np.median(plain)),
+            "inserted_ms": 1000 * float(np.median(inserted)),
+            "overhead_pct": 100 * (float(np.median(inserted)) / float(np.median(plain)) - 1),
+            "heads_written": len(vectors.locations),
+        }
+    ]
+    versus = [
+        {
+            "test_queries": n_test,
+            "icl10_eval_s": t_icl,
+            "stv_eval_s": t_vec,
+            "stv_fit_s": fit_s,
+            "fit_plus_eval_vs_icl10": (fit_s + t_vec) / t_icl,
+            "break_even_queries": fit_s / max(1e-9, (t_icl - t_vec) / n_test),
+        }
+    ]
     return {"logits": logits, "stages": stages, "steps": steps, "inference": inference, "versus": versus}

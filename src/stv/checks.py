@@ -51,8 +51,10 @@ def device_available(device: str | None) -> None:
 
 def not_a_vectors_folder(path: Path) -> None:
     if (path / "task_vectors.json").is_file():
-        raise StvError(f"--out {path} holds task vectors; eval writes its predictions into a folder of its own "
-                       "(leave --out out for a default one under runs/eval/)")
+        raise StvError(
+            f"--out {path} holds task vectors; eval writes its predictions into a folder of its own "
+            "(leave --out out for a default one under runs/eval/)"
+        )
 
 
 def slug(text: str) -> str:
@@ -60,8 +62,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text).rstrip("/")).strip("_")[-60:] or "x"
 
 
-def default_eval_folder(model: str | None, dataset: str, split: str, shots: int, vectors: str | None, seed: int,
-                        policy: str | None) -> Path:
+def default_eval_folder(
+    model: str | None, dataset: str, split: str, shots: int, vectors: str | None, seed: int, policy: str | None
+) -> Path:
     """runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS[-POLICY]: every setting that names a
     different result gets a different folder."""
     what = slug(Path(vectors).name) if vectors else "no-vectors"

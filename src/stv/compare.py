@@ -75,8 +75,17 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
     return vectors, time.perf_counter() - start
 
 
-def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Sequence[str], base: STVConfig,
-                test_per_task: int = 40, icl_shots: int = 10, max_new_tokens: int = 8, progress: bool = True) -> dict:
+def run_compare(
+    lmm,
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    variants: Sequence[str],
+    base: STVConfig,
+    test_per_task: int = 40,
+    icl_shots: int = 10,
+    max_new_tokens: int = 8,
+    progress: bool = True,
+) -> dict:
     """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks."""
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
@@ -86,11 +95,21 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
         for seed in seeds:
+
             def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
-                first, exact = generation_accuracy(lmm, test, template, train, shots, vectors, seed=seed,
-                                                   max_new_tokens=max_new_tokens, policy=policy)
-                rows.append({"task": task, "seed": seed, "method": method, "first_token": first,
-                             "exact_match": exact, "fit_s": round(fit_s, 1)})
+                first, exact = generation_accuracy(
+                    lmm, test, template, train, shots, vectors, seed=seed, max_new_tokens=max_new_tokens, policy=policy
+                )
+                rows.append(
+                    {
+                        "task": task,
+                        "seed": seed,
+                        "method": method,
+                        "first_token": first,
+                        "exact_match": exact,
+                        "fit_s": round(fit_s, 1),
+                    }
+                )
                 bar.set_postfix(task=task, seed=seed, method=method)
                 bar.update(1)
 
@@ -100,16 +119,24 @@ def run_compare(lmm, tasks: Sequence[str], seeds: Sequence[int], variants: Seque
             scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
             scan_s = time.perf_counter() - start
             start = time.perf_counter()
-            mtv_cfg = MTVConfig(prompts=base.pairs, shots=base.shots, steps=base.steps, samples=base.samples,
-                                queries_per_step=2, final_items=20, seed=seed)
+            mtv_cfg = MTVConfig(
+                prompts=base.pairs,
+                shots=base.shots,
+                steps=base.steps,
+                samples=base.samples,
+                queries_per_step=2,
+                final_items=20,
+                seed=seed,
+            )
             mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=scan.mean_activations())
             mtv_s = scan_s + time.perf_counter() - start
             add("mtv", mtv, policy="every_step", fit_s=mtv_s)
             add("mtv_prompt_last", mtv, policy="prompt_last", fit_s=mtv_s)
             if any(variant_config(name, base).continuation for name in variants):
                 start = time.perf_counter()
-                cont = with_continuation(mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots,
-                                         base.batch_size, seed)
+                cont = with_continuation(
+                    mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed
+                )
                 add("mtv_cont", cont, policy="prompt_last", fit_s=mtv_s + time.perf_counter() - start)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
@@ -150,5 +177,7 @@ def write_compare(result: dict, out: str | Path) -> Path:
 
     out = Path(out)
     atomic_write_json(out / "compare.json", result)
-    text = "\n\n".join(f"## {m.replace('_', ' ')} (%)\n\n{compare_table(result, m)}" for m in ("first_token", "exact_match"))
+    text = "\n\n".join(
+        f"## {m.replace('_', ' ')} (%)\n\n{compare_table(result, m)}" for m in ("first_token", "exact_match")
+    )
     return atomic_write_text(out / "compare.md", text + "\n")

@@ -67,7 +67,9 @@ class STVConfig:
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
-    continuation: int = 0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
+    continuation: int = (
+        0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
+    )
     policy: Policy = "every_step"
     batch_size: int = 8
     seed: int = 0
@@ -85,8 +87,16 @@ class STVConfig:
     def paper(cls, **overrides) -> "STVConfig":
         """The paper's method as first read: heads ranked by mean ||delta|| (L2), a k-means bank
         only, every head overwritten, MTV's insertion at every generated token."""
-        return cls(**{"sensitivity": "l2", "keep_arm": False, "mean_arm": False, "policy": "every_step",
-                      "variant": "paper", **overrides})
+        return cls(
+            **{
+                "sensitivity": "l2",
+                "keep_arm": False,
+                "mean_arm": False,
+                "policy": "every_step",
+                "variant": "paper",
+                **overrides,
+            }
+        )
 
     @classmethod
     def plus(cls, **overrides) -> "STVConfig":
@@ -96,9 +106,20 @@ class STVConfig:
         (most heads left alone), queries drawn from a pool of cached prefixes, the best of the
         argmax and 10 draws kept at the end, and insertion at the prompt's last token only
         (multi-token answers are not overwritten token after token)."""
-        return cls(**{"sensitivity": "mean_delta", "keep_arm": True, "mean_arm": True, "arm_prior": True,
-                      "final_samples": 10, "queries_per_step": 2, "prefix_pool": 16, "policy": "prompt_last",
-                      "variant": "stv+", **overrides})
+        return cls(
+            **{
+                "sensitivity": "mean_delta",
+                "keep_arm": True,
+                "mean_arm": True,
+                "arm_prior": True,
+                "final_samples": 10,
+                "queries_per_step": 2,
+                "prefix_pool": 16,
+                "policy": "prompt_last",
+                "variant": "stv+",
+                **overrides,
+            }
+        )
 
     def check(self, scan_only: bool = False) -> None:
         """One clear error for a setting that cannot work with any model or data
@@ -114,8 +135,10 @@ class STVConfig:
         if self.shots < 1:
             problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
         if self.clusters > self.pairs and not scan_only:
-            problems.append(f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
-                            f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs")
+            problems.append(
+                f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
+                f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs"
+            )
         if self.final_samples < 0 or self.final_items < 1:
             problems.append("final_samples must be >= 0 and final_items >= 1")
         if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):

@@ -53,10 +53,16 @@ class DemoConfig:
     variants: tuple[str, ...] = ("relative", "mean_delta", "stv+")  # stv.compare.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
-    stv: STVConfig = field(default_factory=lambda: STVConfig(top_k=8, clusters=16, pairs=100, shots=16, steps=300,
-                                                             samples=32, queries_per_step=2, batch_size=25))
-    mtv: MTVConfig = field(default_factory=lambda: MTVConfig(prompts=100, shots=16, steps=300, samples=32,
-                                                             queries_per_step=2, batch_size=25))
+    stv: STVConfig = field(
+        default_factory=lambda: STVConfig(
+            top_k=8, clusters=16, pairs=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
+        )
+    )
+    mtv: MTVConfig = field(
+        default_factory=lambda: MTVConfig(
+            prompts=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
+        )
+    )
 
     @property
     def subject(self) -> str:
@@ -64,33 +70,66 @@ class DemoConfig:
         return "lab" if self.model is None else "numbers" if self.model == "lab-smollm2" else "real"
 
     def methods(self) -> list[str]:
-        return ["zero_shot", *(f"icl_{k}" for k in self.icl_shots), "mtv", "stv", *ABLATIONS,
-                *map(variant_method, self.variants)]
+        return [
+            "zero_shot",
+            *(f"icl_{k}" for k in self.icl_shots),
+            "mtv",
+            "stv",
+            *ABLATIONS,
+            *map(variant_method, self.variants),
+        ]
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(tasks=("parity_word", "parity_AB"), seeds=(0,), test_per_task=100,
-                   stv=STVConfig(top_k=8, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2,
-                                 batch_size=20),
-                   mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20))
+        return cls(
+            tasks=("parity_word", "parity_AB"),
+            seeds=(0,),
+            test_per_task=100,
+            stv=STVConfig(
+                top_k=8, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20
+            ),
+            mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20),
+        )
 
     @classmethod
     def real(cls, model: str = "smollm2-135m", quick: bool = False) -> "DemoConfig":
         """A real pretrained LM on five Function Vectors tasks (bundled), 10-shot contexts."""
         # K = 64 (the paper's K): on SmolLM2's 270 heads stv+ gained 11 points from K = 16 to 64
         # (benchmarks/compare2-smollm2).
-        stv = STVConfig(top_k=64, clusters=16, pairs=40, shots=10, steps=80, samples=32, queries_per_step=2,
-                        prefix_pool=8, batch_size=8)
+        stv = STVConfig(
+            top_k=64,
+            clusters=16,
+            pairs=40,
+            shots=10,
+            steps=80,
+            samples=32,
+            queries_per_step=2,
+            prefix_pool=8,
+            batch_size=8,
+        )
         mtv = MTVConfig(prompts=40, shots=10, steps=80, samples=32, queries_per_step=2, final_items=20, batch_size=8)
-        config = cls(model=model, tasks=("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5",
-                                         "country-capital"),
-                     test_per_task=30, icl_shots=(1, 4, 10), max_new_tokens=8, variants=("mean_delta", "stv+"),
-                     mtv_means_from_scan=True, stv=stv, mtv=mtv)
+        config = cls(
+            model=model,
+            tasks=("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5", "country-capital"),
+            test_per_task=30,
+            icl_shots=(1, 4, 10),
+            max_new_tokens=8,
+            variants=("mean_delta", "stv+"),
+            mtv_means_from_scan=True,
+            stv=stv,
+            mtv=mtv,
+        )
         if model == "lab-smollm2":  # digit images; the tasks SmolLM2 learns in context from images
             config = replace(config, tasks=SMOL_LAB_TASKS, max_new_tokens=4)
         if quick:
-            config = replace(config, tasks=config.tasks[:2], seeds=(0,), test_per_task=20,
-                             stv=replace(stv, pairs=16, steps=40), mtv=replace(mtv, prompts=16, steps=40))
+            config = replace(
+                config,
+                tasks=config.tasks[:2],
+                seeds=(0,),
+                test_per_task=20,
+                stv=replace(stv, pairs=16, steps=40),
+                mtv=replace(mtv, prompts=16, steps=40),
+            )
         return config
 
 
@@ -107,8 +146,11 @@ def _data(config: DemoConfig, task: str):
     if config.subject == "lab":
         return digit_examples(task, "train"), test_subset(task, config.test_per_task), task_for("digits")
     if config.subject == "numbers":
-        return (digit_examples(task, "train", kind="numbers"), test_subset(task, config.test_per_task, kind="numbers"),
-                task_for("numbers"))
+        return (
+            digit_examples(task, "train", kind="numbers"),
+            test_subset(task, config.test_per_task, kind="numbers"),
+            task_for("numbers"),
+        )
     return fv_task(task, config.test_per_task)
 
 
@@ -123,8 +165,9 @@ def _load(config: DemoConfig, checkpoint=None):
     return load_model(config.model)
 
 
-def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None,
-             progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None, progress: bool = True
+) -> dict:
     config = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,18 +176,23 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
     metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
     methods = config.methods()
     results: dict[str, dict[str, dict[str, list[float]]]] = {
-        m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics}
+        m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics
+    }
     timings: dict[str, list[float]] = {}
     artifacts = {}
     start = time.perf_counter()
     estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
     if progress:
-        print(f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods; "
-              f"about {estimate / 60:.0f} min on 2 CPU cores", file=sys.stderr)
+        print(
+            f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods; "
+            f"about {estimate / 60:.0f} min on 2 CPU cores",
+            file=sys.stderr,
+        )
     bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
     for task in config.tasks:
         train, test, template = _data(config, task)
         for seed in config.seeds:
+
             def record(method: str, shots: int = 0, vectors=None) -> None:
                 scores = _measure(lmm, config, test, template, train, shots, vectors, seed)
                 for metric, value in zip(metrics, scores):
@@ -157,11 +205,18 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
                 artifacts[task] = state
                 save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed), state=state)
     bar.close()
-    summary = {"results": results, "methods": results["first_token"], "model": str(lmm.name),
-               "metric": {"first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
-                          "exact_match": "exact match of the generated first line, % (held-out queries)"},
-               "config": asdict(config), "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
-               "wall_seconds": round(time.perf_counter() - start, 1)}
+    summary = {
+        "results": results,
+        "methods": results["first_token"],
+        "model": str(lmm.name),
+        "metric": {
+            "first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
+            "exact_match": "exact match of the generated first line, % (held-out queries)",
+        },
+        "config": asdict(config),
+        "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
     atomic_write_json(out / "results.json", summary)
     _write_report(out, summary, artifacts, config)
     return summary
@@ -170,8 +225,17 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None, ch
 def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors, seed: int) -> tuple[float, ...]:
     if not config.max_new_tokens:
         return (first_token_accuracy(lmm, test, template, train, shots, vectors, seed=seed),)
-    return generation_accuracy(lmm, test, template, train, shots, vectors, seed=seed,
-                               max_new_tokens=config.max_new_tokens, policy=config.em_policy)
+    return generation_accuracy(
+        lmm,
+        test,
+        template,
+        train,
+        shots,
+        vectors,
+        seed=seed,
+        max_new_tokens=config.max_new_tokens,
+        policy=config.em_policy,
+    )
 
 
 def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict):
@@ -186,8 +250,9 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     means = None
     if config.mtv_means_from_scan:
         means = state.scan.mean_activations()
-    mtv_vectors, mtv_log = fit_mtv(lmm, train, replace(config.mtv, seed=seed), task=template, progress=False,
-                                   means=means)
+    mtv_vectors, mtv_log = fit_mtv(
+        lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
+    )
     for stage, seconds in mtv_log["timings"].items():
         timings.setdefault(f"mtv_{stage}", []).append(seconds)
     record("mtv", vectors=mtv_vectors)
@@ -202,31 +267,51 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     return state, vectors
 
 
-
 def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:
     tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
     icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
-        report.accuracy_bars(per, out / ("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png"),
-                             title=f"{summary['model']}: {metric.replace('_', ' ')} (%)", reference=icl)
+        report.accuracy_bars(
+            per,
+            out / ("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png"),
+            title=f"{summary['model']}: {metric.replace('_', ' ')} (%)",
+            reference=icl,
+        )
     ranking = config.stv.sensitivity
     for task, state in artifacts.items():
-        report.sensitivity_heatmap(state.scan.scores(ranking), out / f"sensitivity_{task}.png", marked=state.locations,
-                                   title=f"{task}: head sensitivity ({ranking}), paper's STV heads",
-                                   label=f"{ranking} score")
-        report.policy_curves(state.policy.reward_curve, state.policy.max_prob_curve, out / f"policy_{task}.png",
-                             title=f"{task}: STV REINFORCE")
+        report.sensitivity_heatmap(
+            state.scan.scores(ranking),
+            out / f"sensitivity_{task}.png",
+            marked=state.locations,
+            title=f"{task}: head sensitivity ({ranking}), paper's STV heads",
+            label=f"{ranking} score",
+        )
+        report.policy_curves(
+            state.policy.reward_curve,
+            state.policy.max_prob_curve,
+            out / f"policy_{task}.png",
+            title=f"{task}: STV REINFORCE",
+        )
     command = "stv demo" + (f" --model {config.model}" if config.model else "") + f" --out {out}"
     seeds = list(config.seeds)
     spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]})"
-    lines = [f"# stv demo: {summary['model']}", "",
-             f"{spread}; n = {config.test_per_task} held-out queries per task (the same queries for every "
-             f"method and seed). Reproduce with `{command}`.", ""]
+    lines = [
+        f"# stv demo: {summary['model']}",
+        "",
+        f"{spread}; n = {config.test_per_task} held-out queries per task (the same queries for every "
+        f"method and seed). Reproduce with `{command}`.",
+        "",
+    ]
     for metric, table in tables.items():
         lines += [f"## {summary['metric'][metric]}", "", table, ""]
     if config.max_new_tokens:
         lines += [f"Exact match is generated with task vectors inserted under the `{config.em_policy}` schedule.", ""]
-    lines += ["Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
-              f"Total wall time: {summary['wall_seconds']} s.", "", "![accuracy](accuracy.png)", ""]
+    lines += [
+        "Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
+        f"Total wall time: {summary['wall_seconds']} s.",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+    ]
     lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} policy](policy_{t}.png)" for t in artifacts]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

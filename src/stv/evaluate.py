@@ -23,9 +23,18 @@ from .tasks import Task, sample_demos, support_demos
 
 
 @torch.inference_mode()
-def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool: Sequence[Example] = (),
-                         shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 32,
-                         progress: bool = False, desc: str = "eval") -> float:
+def first_token_accuracy(
+    lmm: LMM,
+    examples: Sequence[Example],
+    task: Task,
+    pool: Sequence[Example] = (),
+    shots: int = 0,
+    vectors=None,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "eval",
+) -> float:
     """% of examples whose answer's first token is the argmax over the *whole* vocabulary.
 
     ``shots`` demonstrations come from ``pool`` (seeded, never the query); ``vectors`` (a
@@ -44,9 +53,18 @@ def first_token_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool
 
 
 @torch.inference_mode()
-def generation_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool: Sequence[Example] = (),
-                        shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 8,
-                        policy: Policy | None = None) -> tuple[float, float]:
+def generation_accuracy(
+    lmm: LMM,
+    examples: Sequence[Example],
+    task: Task,
+    pool: Sequence[Example] = (),
+    shots: int = 0,
+    vectors=None,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    policy: Policy | None = None,
+) -> tuple[float, float]:
     """(first-token %, task-metric % of the generated answers) from one greedy generation.
 
     The first generated token is the argmax after the prompt, so it gives the same
@@ -57,20 +75,29 @@ def generation_accuracy(lmm: LMM, examples: Sequence[Example], task: Task, pool:
     rows = []
     with vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext():
         for start in range(0, len(prompts), batch_size):
-            rows += answer_rows(lmm, task, examples[start : start + batch_size], prompts[start : start + batch_size],
-                                targets[start : start + batch_size].tolist(), max_new_tokens)
+            rows += answer_rows(
+                lmm,
+                task,
+                examples[start : start + batch_size],
+                prompts[start : start + batch_size],
+                targets[start : start + batch_size].tolist(),
+                max_new_tokens,
+            )
     first = sum(r["first_token_correct"] for r in rows)
     accuracy = score_predictions(task, examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
     return 100.0 * first / max(1, len(examples)), accuracy
 
 
-def answer_rows(lmm: LMM, task: Task, examples: Sequence[Example], prompts: Sequence, first_ids: Sequence[int],
-                max_new_tokens: int) -> list[dict]:
+def answer_rows(
+    lmm: LMM, task: Task, examples: Sequence[Example], prompts: Sequence, first_ids: Sequence[int], max_new_tokens: int
+) -> list[dict]:
     """One greedy generation for a batch: per example its post-processed answer, the raw text
     and whether the first generated token is the answer's first token (``first_ids``)."""
     ids = lmm.generate_ids(prompts, max_new_tokens=max_new_tokens)
-    return [{"question_id": e.id, "answer": task.postprocess(text), "raw": text, "first_token_correct": token == want}
-            for e, text, token, want in zip(examples, lmm.decode(ids), ids[:, 0].tolist(), first_ids)]
+    return [
+        {"question_id": e.id, "answer": task.postprocess(text), "raw": text, "first_token_correct": token == want}
+        for e, text, token, want in zip(examples, lmm.decode(ids), ids[:, 0].tolist(), first_ids)
+    ]
 
 
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
@@ -85,8 +112,9 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
         else:
             scores = vqa_accuracy(predictions, answers)
     else:  # choice, exact, exact_normalized
-        scores = exact_match(predictions, {e.id: task.target(e) for e in examples},
-                             normalize=task.metric == "exact_normalized")
+        scores = exact_match(
+            predictions, {e.id: task.target(e) for e in examples}, normalize=task.metric == "exact_normalized"
+        )
     groups = {e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")}
     if groups:
         scores["by_answer_type"] = breakdown(scores["per_question"], groups)
@@ -94,24 +122,54 @@ def score_predictions(task: Task, examples: Sequence[Example], predictions: dict
     return scores
 
 
-def eval_settings(lmm: LMM, examples: Sequence[Example], task: Task, pool: Sequence[Example], shots: int,
-                  vectors, seed: int, max_new_tokens: int, policy: Policy | None) -> dict:
+def eval_settings(
+    lmm: LMM,
+    examples: Sequence[Example],
+    task: Task,
+    pool: Sequence[Example],
+    shots: int,
+    vectors,
+    seed: int,
+    max_new_tokens: int,
+    policy: Policy | None,
+) -> dict:
     """Everything an eval folder's predictions depend on (not the number of examples: a
     prediction is per question, and a subset of the same settings reuses them)."""
     from . import __version__
 
-    return {"kind": "eval", "model": lmm.name, "weights": lmm.weights_fingerprint(),
-            "dataset": examples[0].metadata.get("dataset") if examples else None,
-            "pool": data_fingerprint(pool) if shots > 0 else None, "shots": shots, "seed": seed,
-            "vectors": vectors.fingerprint() if vectors is not None else None,
-            "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step")),
-            "task": asdict(task), "max_new_tokens": max_new_tokens, "stv_version": __version__}
+    return {
+        "kind": "eval",
+        "model": lmm.name,
+        "weights": lmm.weights_fingerprint(),
+        "dataset": examples[0].metadata.get("dataset") if examples else None,
+        "pool": data_fingerprint(pool) if shots > 0 else None,
+        "shots": shots,
+        "seed": seed,
+        "vectors": vectors.fingerprint() if vectors is not None else None,
+        "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step")),
+        "task": asdict(task),
+        "max_new_tokens": max_new_tokens,
+        "stv_version": __version__,
+    }
 
 
-def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path, pool: Sequence[Example] = (),
-             shots: int = 0, vectors=None, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 20,
-             progress: bool = True, policy: Policy | None = None, recompute: bool = False,
-             scores_name: str = "scores.json", settings: dict | None = None) -> dict:
+def run_eval(
+    lmm: LMM,
+    examples: Sequence[Example],
+    task: Task,
+    out: str | Path,
+    pool: Sequence[Example] = (),
+    shots: int = 0,
+    vectors=None,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 20,
+    progress: bool = True,
+    policy: Policy | None = None,
+    recompute: bool = False,
+    scores_name: str = "scores.json",
+    settings: dict | None = None,
+) -> dict:
     """Greedy answers for every example, appended to ``out/predictions.jsonl`` batch by batch
     (a killed run resumes after the last written batch), then ``out/{scores_name}``.
 
@@ -128,8 +186,10 @@ def run_eval(lmm: LMM, examples: Sequence[Example], task: Task, out: str | Path,
         clear(out, ["predictions*.jsonl", "scores*.json"])
     dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
-    record = {**eval_settings(lmm, examples, task, pool, shots, vectors, seed, max_new_tokens, policy),
-              **(settings or {})}
+    record = {
+        **eval_settings(lmm, examples, task, pool, shots, vectors, seed, max_new_tokens, policy),
+        **(settings or {}),
+    }
     if dist.is_main:
         check_settings(out, record, "eval predictions")
     dist.barrier()

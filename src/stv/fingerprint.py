@@ -59,8 +59,10 @@ def check_settings(folder: str | Path, settings: dict, what: str) -> bool:
         diff = differences(stored, settings)
         if diff:
             shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-            raise SettingsMismatchError(f"{folder} holds {what} computed under other settings ({shown}); "
-                                        "pass --out NEW for a new folder, or --recompute to replace them")
+            raise SettingsMismatchError(
+                f"{folder} holds {what} computed under other settings ({shown}); "
+                "pass --out NEW for a new folder, or --recompute to replace them"
+            )
         return True
     atomic_write_json(path, settings)
     return False

@@ -24,10 +24,17 @@ def fit_settings(lmm, train, task, method: str, config, dataset: str | None = No
     """What a fit folder's content depends on."""
     from . import __version__
 
-    return {"kind": "fit", "method": method, "model": lmm.name, "weights": lmm.weights_fingerprint(),
-            "dataset": dataset or (train[0].metadata.get("dataset") if train else None),
-            "data": data_fingerprint(train), "task": asdict(task), "config": asdict(config),
-            "stv_version": __version__}
+    return {
+        "kind": "fit",
+        "method": method,
+        "model": lmm.name,
+        "weights": lmm.weights_fingerprint(),
+        "dataset": dataset or (train[0].metadata.get("dataset") if train else None),
+        "data": data_fingerprint(train),
+        "task": asdict(task),
+        "config": asdict(config),
+        "stv_version": __version__,
+    }
 
 
 def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> bool:
@@ -40,8 +47,15 @@ def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> b
     return resumed and (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
 
 
-def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timings: dict | None = None,
-             started: float | None = None) -> dict:
+def save_fit(
+    folder: str | Path,
+    vectors,
+    config,
+    state=None,
+    policy=None,
+    timings: dict | None = None,
+    started: float | None = None,
+) -> dict:
     """Write the artifact, plots and ``fit_log.json``; returns the log.
 
     ``state`` is an STV :class:`~stv.methods.fit.FitState` (heatmap of the ranking used,
@@ -50,15 +64,24 @@ def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timin
     vectors.save_pretrained(folder)
     policy = state.policy if state is not None else policy
     timings = state.timings if state is not None else (timings or {})
-    log = {"method": vectors.config.get("method"), "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
-           "config": asdict(config), "reward_curve": policy.reward_curve if policy is not None else []}
+    log = {
+        "method": vectors.config.get("method"),
+        "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "config": asdict(config),
+        "reward_curve": policy.reward_curve if policy is not None else [],
+    }
     if started is not None:
         log["total_seconds"] = round(time.perf_counter() - started, 3)
     if state is not None:
         ranking = getattr(config, "sensitivity", "l2")
         log.update({"locations": state.locations, "scan_reused": state.scan.reused, "ranking": ranking})
-        report.sensitivity_heatmap(state.scan.scores(ranking), folder / "sensitivity.png", marked=state.locations,
-                                   title=f"head sensitivity ({ranking})", label=f"{ranking} score")
+        report.sensitivity_heatmap(
+            state.scan.scores(ranking),
+            folder / "sensitivity.png",
+            marked=state.locations,
+            title=f"head sensitivity ({ranking})",
+            label=f"{ranking} score",
+        )
     if policy is not None:
         title = "MTV REINFORCE" if state is None else "STV REINFORCE"
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
@@ -66,8 +89,17 @@ def save_fit(folder: str | Path, vectors, config, state=None, policy=None, timin
     return log
 
 
-def fit_into(folder: str | Path, lmm, train, task, config, method: str = "stv", dataset: str | None = None,
-             split: str = "train", recompute: bool = False) -> dict | None:
+def fit_into(
+    folder: str | Path,
+    lmm,
+    train,
+    task,
+    config,
+    method: str = "stv",
+    dataset: str | None = None,
+    split: str = "train",
+    recompute: bool = False,
+) -> dict | None:
     """Fit STV (``config``) or MTV (the same sizes) into ``folder``; None when the folder
     already holds a fit with these settings. Only rank 0 writes under data parallelism."""
     from . import distributed
@@ -77,9 +109,17 @@ def fit_into(folder: str | Path, lmm, train, task, config, method: str = "stv", 
     folder = Path(folder)
     method_cfg = config
     if method == "mtv":
-        method_cfg = MTVConfig(shots=config.shots, steps=config.steps, samples=config.samples, lr=config.lr,
-                               prompts=config.pairs, queries_per_step=config.queries_per_step,
-                               batch_size=config.batch_size, policy=config.policy, seed=config.seed)
+        method_cfg = MTVConfig(
+            shots=config.shots,
+            steps=config.steps,
+            samples=config.samples,
+            lr=config.lr,
+            prompts=config.pairs,
+            queries_per_step=config.queries_per_step,
+            batch_size=config.batch_size,
+            policy=config.policy,
+            seed=config.seed,
+        )
     settings = {**fit_settings(lmm, train, task, method, method_cfg, dataset), "split": split}
     dist = distributed.current()
     finished = prepare_fit_folder(folder, settings, recompute) if dist.is_main else False
@@ -94,5 +134,10 @@ def fit_into(folder: str | Path, lmm, train, task, config, method: str = "stv", 
         return {"out": str(folder), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}
     vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
     log = save_fit(folder, vectors, config, state=state, started=start) if dist.is_main else {"stages_seconds": {}}
-    return {"out": str(folder), "variant": config.variant, "locations": len(vectors.locations),
-            "scan_reused": state.scan.reused, **log["stages_seconds"]}
+    return {
+        "out": str(folder),
+        "variant": config.variant,
+        "locations": len(vectors.locations),
+        "scan_reused": state.scan.reused,
+        **log["stages_seconds"],
+    }

@@ -110,11 +110,13 @@ class HeadMap:
                 f"which cannot be split into {heads} heads of equal size"
             )
         expected = getattr(text_config, "head_dim", None) or (
-            getattr(text_config, "hidden_size", 0) // int(heads) if getattr(text_config, "hidden_size", None) else None)
+            getattr(text_config, "hidden_size", 0) // int(heads) if getattr(text_config, "hidden_size", None) else None
+        )
         if pattern is not None and expected and width != int(heads) * expected:
             raise HeadDiscoveryError(
                 f"--heads-pattern {pattern!r} matches layers with {width} inputs, not {heads} heads x {expected}; "
-                "point it at each layer's attention output projection (e.g. 'model.layers.{layer}.self_attn.o_proj')")
+                "point it at each layer's attention output projection (e.g. 'model.layers.{layer}.self_attn.o_proj')"
+            )
         return cls(list(projections), int(heads), width // heads, decoder)
 
 
@@ -154,9 +156,7 @@ class Recording:
 
 @contextlib.contextmanager
 def record(
-    heads: HeadMap,
-    locations: Sequence[Location] | None = None,
-    positions: torch.Tensor | Sequence[int] | None = None,
+    heads: HeadMap, locations: Sequence[Location] | None = None, positions: torch.Tensor | Sequence[int] | None = None
 ) -> Iterator[Recording]:
     """Capture head outputs of the first forward pass run inside the block.
 
@@ -208,8 +208,10 @@ def _check_continuation(continuation, policy: str, n: int, head_dim: int) -> tor
         return None
     later = torch.as_tensor(continuation)
     if policy != "prompt_last":
-        raise StvError(f"continuation vectors are written at generated tokens 1..T by policy 'prompt_last'; "
-                       f"policy {policy!r} already writes every token")
+        raise StvError(
+            f"continuation vectors are written at generated tokens 1..T by policy 'prompt_last'; "
+            f"policy {policy!r} already writes every token"
+        )
     if later.dim() != 3 or later.shape[1:] != (n, head_dim):
         raise StvError(f"continuation must have shape (T, {n}, {head_dim}); got {tuple(later.shape)}")
     return later
@@ -270,8 +272,9 @@ def replace(
             v = values_on(x, t)
             if v.dim() == 3:
                 if v.shape[0] != batch * span:
-                    raise StvError(f"per-row values have {v.shape[0]} rows but the input has {batch} rows "
-                                     f"x {span} positions")
+                    raise StvError(
+                        f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {span} positions"
+                    )
                 v = v.view(batch, span, len(locs), heads.head_dim)
             x = x.clone()  # never write into a tensor we don't own
             tail = x[:, -span:].view(batch, span, heads.num_heads, heads.head_dim)

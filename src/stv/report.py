@@ -34,8 +34,13 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def sensitivity_heatmap(sensitivity, path: str | Path, title: str = "head sensitivity (mean ||delta||)",
-                        marked: Sequence[tuple[int, int]] = (), label: str = "sensitivity score") -> Path:
+def sensitivity_heatmap(
+    sensitivity,
+    path: str | Path,
+    title: str = "head sensitivity (mean ||delta||)",
+    marked: Sequence[tuple[int, int]] = (),
+    label: str = "sensitivity score",
+) -> Path:
     """Layers x heads map of the score used to rank heads; the chosen heads are outlined."""
     plt = _plt()
     s = np.asarray(sensitivity)
@@ -44,8 +49,15 @@ def sensitivity_heatmap(sensitivity, path: str | Path, title: str = "head sensit
     if len(marked):
         heads = [h for _, h in marked]
         layers = [layer for layer, _ in marked]
-        ax.scatter(heads, layers, marker="s", facecolors="none", edgecolors="red", s=60,
-                   label=f"chosen heads (top {len(marked)})")
+        ax.scatter(
+            heads,
+            layers,
+            marker="s",
+            facecolors="none",
+            edgecolors="red",
+            s=60,
+            label=f"chosen heads (top {len(marked)})",
+        )
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, frameon=False)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
@@ -68,7 +80,9 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def policy_curves(reward: Sequence[float], max_prob: Sequence[float], path: str | Path, title: str = "REINFORCE") -> Path:
+def policy_curves(
+    reward: Sequence[float], max_prob: Sequence[float], path: str | Path, title: str = "REINFORCE"
+) -> Path:
     """Mean reward per step (raw, and smoothed over 5% of the steps) and policy confidence."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
@@ -86,8 +100,13 @@ def policy_curves(reward: Sequence[float], max_prob: Sequence[float], path: str 
     return _save(fig, path)
 
 
-def accuracy_bars(methods: dict[str, dict[str, list[float]]], path: str | Path, title: str = "accuracy (%)",
-                  chance: float | None = None, reference: str | None = None) -> Path:
+def accuracy_bars(
+    methods: dict[str, dict[str, list[float]]],
+    path: str | Path,
+    title: str = "accuracy (%)",
+    chance: float | None = None,
+    reference: str | None = None,
+) -> Path:
     """Grouped bars (mean over seeds, std as error bars) with value labels; a colour per
     method; ``reference`` (e.g. the ICL method) is drawn as a dashed line per task."""
     plt = _plt()
@@ -100,11 +119,27 @@ def accuracy_bars(methods: dict[str, dict[str, list[float]]], path: str | Path, 
         means = [float(np.mean(methods[name][t])) for t in tasks]
         stds = [float(np.std(methods[name][t])) for t in tasks]
         x = np.arange(len(tasks)) + i * width
-        bars = ax.bar(x, [max(m, 0.4) for m in means], width, yerr=stds, label=name, capsize=1.5,
-                      color=None if colours is None else colours[i], edgecolor="0.3", linewidth=0.3)
+        bars = ax.bar(
+            x,
+            [max(m, 0.4) for m in means],
+            width,
+            yerr=stds,
+            label=name,
+            capsize=1.5,
+            color=None if colours is None else colours[i],
+            edgecolor="0.3",
+            linewidth=0.3,
+        )
         for bar, m in zip(bars, means):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{m:.0f}", ha="center", va="bottom",
-                    fontsize=5.5, rotation=90)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height() + 1,
+                f"{m:.0f}",
+                ha="center",
+                va="bottom",
+                fontsize=5.5,
+                rotation=90,
+            )
     if reference in methods:
         for t, task in enumerate(tasks):
             level = float(np.mean(methods[reference][task]))

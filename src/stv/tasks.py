@@ -17,8 +17,10 @@ import numpy as np
 from .data.example import Example
 from .errors import StvError
 
-VIZWIZ_INSTRUCTION = ("Understand the given examples, then answer the question about the image with a short phrase. "
-                      "If the question can not be answered, respond unanswerable.\n")
+VIZWIZ_INSTRUCTION = (
+    "Understand the given examples, then answer the question about the image with a short phrase. "
+    "If the question can not be answered, respond unanswerable.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,16 @@ TASKS: dict[str, Task] = {
     # the answer, so a numeric answer's first token is its first digit, not a space). Of four
     # layouts measured on the text version ("=", ":", " ->", "->"), " ->" learned the most tasks.
     "numbers": Task("numbers", shot="{question} ->{answer}\n", query="{question} ->", metric="exact", answer_prefix=""),
-    "vizwiz": Task("vizwiz", shot="{question} Answer: {answer}\n", query="{question} Answer:",
-                   instruction=VIZWIZ_INSTRUCTION, metric="vizwiz"),
-    "okvqa": Task("okvqa", shot="{question} Answer:{answer}\n", query="{question} Answer:", metric="vqa",
-                  answer_prefix=""),
+    "vizwiz": Task(
+        "vizwiz",
+        shot="{question} Answer: {answer}\n",
+        query="{question} Answer:",
+        instruction=VIZWIZ_INSTRUCTION,
+        metric="vizwiz",
+    ),
+    "okvqa": Task(
+        "okvqa", shot="{question} Answer:{answer}\n", query="{question} Answer:", metric="vqa", answer_prefix=""
+    ),
     "choice": ChoiceTask("choice", metric="choice"),
     "jsonl": Task("jsonl", shot="{question} Answer: {answer}\n", query="{question} Answer:", metric="vqa"),
 }
@@ -115,8 +123,9 @@ TEXT_SEPARATOR = "\n\n"
 _CHOICE_KINDS = ("dtd", "flowers102", "cub", "mtv")
 
 
-def text_task(template: str = TEXT_TEMPLATE, separator: str = TEXT_SEPARATOR, name: str = "fv",
-              normalize: bool = False) -> Task:
+def text_task(
+    template: str = TEXT_TEMPLATE, separator: str = TEXT_SEPARATOR, name: str = "fv", normalize: bool = False
+) -> Task:
     """A text ICL template from one demonstration's layout, e.g. ``"Q: {input}\nA: {output}"``.
 
     Demonstrations are joined by ``separator``; the query is the template up to ``{output}``
@@ -128,8 +137,13 @@ def text_task(template: str = TEXT_TEMPLATE, separator: str = TEXT_SEPARATOR, na
     shot = template.replace("{input}", "{question}").replace("{output}", "{answer}")
     query = shot[: shot.index("{answer}")]
     stripped = query.rstrip(" ")
-    return Task(name, shot=shot + separator, query=stripped, metric="exact_normalized" if normalize else "exact",
-                answer_prefix=query[len(stripped):])
+    return Task(
+        name,
+        shot=shot + separator,
+        query=stripped,
+        metric="exact_normalized" if normalize else "exact",
+        answer_prefix=query[len(stripped) :],
+    )
 
 
 TASKS["fv"] = text_task()
@@ -154,16 +168,25 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
         return TASKS[kind]
     if kind in _CHOICE_KINDS:
         return TASKS["choice"]
-    raise StvError(f"no prompt template for dataset {dataset!r}; known: digits:TASK, numbers:TASK, fv:TASK, vizwiz, okvqa, "
-                     f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself")
+    raise StvError(
+        f"no prompt template for dataset {dataset!r}; known: digits:TASK, numbers:TASK, fv:TASK, vizwiz, okvqa, "
+        f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself"
+    )
 
 
 def support_demos(query: Example) -> list[Example]:
     """MTV's 1-shot support (one positive, one negative) of a 2-way record, as Examples."""
     out = []
     for i, (image, label) in enumerate(query.metadata.get("support", [])):
-        out.append(Example(id=f"{query.id}-support{i}", images=[image], question=query.question, answers=[label],
-                           choices=list(query.choices or [])))
+        out.append(
+            Example(
+                id=f"{query.id}-support{i}",
+                images=[image],
+                question=query.question,
+                answers=[label],
+                choices=list(query.choices or []),
+            )
+        )
     return out
 
 

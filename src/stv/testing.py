@@ -18,16 +18,29 @@ import torch
 _CORPUS = [
     "the type of flower bird texture in image what is answer question a b c d option letter",
     "from given choice directly understand examples if can not be answered respond unanswerable",
-    " ".join(string.ascii_letters), " ".join(str(i) for i in range(100)), "even odd small big yes no . , ? : !",
+    " ".join(string.ascii_letters),
+    " ".join(str(i) for i in range(100)),
+    "even odd small big yes no . , ? : !",
 ]
-_WIDTH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=4096)
+_WIDTH = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
 
 
-def _chat_template(image: str, user: str = "<|user|>\n", assistant: str = "<|assistant|>\n", end: str = "<|end|>\n") -> str:
+def _chat_template(
+    image: str, user: str = "<|user|>\n", assistant: str = "<|assistant|>\n", end: str = "<|end|>\n"
+) -> str:
     return (
-        "{% for m in messages %}{{ '" + user.replace("\n", "\\n") + "' if m['role'] == 'user' else '"
-        + assistant.replace("\n", "\\n") + "' }}"
+        "{% for m in messages %}{{ '"
+        + user.replace("\n", "\\n")
+        + "' if m['role'] == 'user' else '"
+        + assistant.replace("\n", "\\n")
+        + "' }}"
         "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}" + image + "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
         "{{ '" + end.replace("\n", "\\n") + "' }}{% endfor %}"
@@ -35,17 +48,16 @@ def _chat_template(image: str, user: str = "<|user|>\n", assistant: str = "<|ass
     )
 
 
-def build_tokenizer(special: list[str], bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>",
-                    vocab_size: int = 400, extra: dict | None = None):
+def build_tokenizer(
+    special: list[str],
+    bos: str = "<s>",
+    eos: str = "</s>",
+    pad: str = "<pad>",
+    vocab_size: int = 400,
+    extra: dict | None = None,
+):
     """A byte-level BPE tokenizer trained on a small corpus, with the family's special tokens."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     base = ["<unk>", pad, bos, eos, "<|user|>", "<|assistant|>", "<|end|>"]
@@ -53,13 +65,24 @@ def build_tokenizer(special: list[str], bos: str = "<s>", eos: str = "</s>", pad
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(_CORPUS * 20, trainer)
-    tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                      special_tokens=[(bos, tk.token_to_id(bos))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token=bos, eos_token=eos,
-                                  pad_token=pad, extra_special_tokens=extra or {})
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tk.token_to_id(bos))]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        extra_special_tokens=extra or {},
+    )
     tok.padding_side = "left"
     return tok
 
@@ -86,30 +109,44 @@ def _llava(siglip: bool):
     )
 
     tok = build_tokenizer(["<image>"], extra={"image_token": "<image>"})
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     if siglip:
-        vcfg, proc, extra, strategy = SiglipVisionConfig(**vision), SiglipImageProcessorPil(
-            size={"height": 32, "width": 32}), 0, "full"
+        vcfg, proc, extra, strategy = (
+            SiglipVisionConfig(**vision),
+            SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+            0,
+            "full",
+        )
     else:
-        vcfg, proc, extra, strategy = CLIPVisionConfig(**vision), CLIPImageProcessorPil(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), 1, "default"
-    config = LlavaConfig(vision_config=vcfg, text_config=LlamaConfig(**_text_config(tok)),
-                         image_token_id=_ids(tok, "<image>")[0], vision_feature_select_strategy=strategy,
-                         vision_feature_layer=-1, image_seq_length=16)
-    processor = LlavaProcessor(image_processor=proc, tokenizer=tok, patch_size=8,
-                               vision_feature_select_strategy=strategy, num_additional_image_tokens=extra,
-                               chat_template=_chat_template("<image>"))
+        vcfg, proc, extra, strategy = (
+            CLIPVisionConfig(**vision),
+            CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            1,
+            "default",
+        )
+    config = LlavaConfig(
+        vision_config=vcfg,
+        text_config=LlamaConfig(**_text_config(tok)),
+        image_token_id=_ids(tok, "<image>")[0],
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=-1,
+        image_seq_length=16,
+    )
+    processor = LlavaProcessor(
+        image_processor=proc,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=extra,
+        chat_template=_chat_template("<image>"),
+    )
     return LlavaForConditionalGeneration(config), processor
 
 
 def _text_only(kind: str):
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = build_tokenizer([])
     tok.chat_template = _chat_template("")
@@ -130,10 +167,12 @@ def _qwen_vl(kind: str):
     tok = build_tokenizer(_QWEN_SPECIAL)
     start, end, image, video = _ids(tok, *_QWEN_SPECIAL)
     # head_dim 16 -> mrope sections must sum to head_dim / 2
-    text = _text_config(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                              "mrope_section": [2, 3, 3]})
-    vision: dict[str, object] = dict(depth=1, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-                  in_channels=3)
+    text = _text_config(
+        tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    )
+    vision: dict[str, object] = dict(
+        depth=1, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3
+    )
     if kind == "qwen2_vl":
         cfg_cls, model_cls, proc_name = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
         vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
@@ -142,16 +181,30 @@ def _qwen_vl(kind: str):
         vision.update(intermediate_size=64, out_hidden_size=64, window_size=32, fullatt_block_indexes=[0])
     else:
         cfg_cls, model_cls, proc_name = "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"
-        vision.update(intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
-                      deepstack_visual_indexes=[0])
-        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True})
-    config = getattr(transformers, cfg_cls)(text_config=text, vision_config=vision, image_token_id=image,
-                                             video_token_id=video, vision_start_token_id=start,
-                                             vision_end_token_id=end)
+        vision.update(
+            intermediate_size=64, out_hidden_size=64, num_position_embeddings=16, deepstack_visual_indexes=[0]
+        )
+        text.update(
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+        )
+    config = getattr(transformers, cfg_cls)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image,
+        video_token_id=video,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
     # 32x32 images -> 4x4 patches of 8 -> 2x2 merged tokens
-    processor_images = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
-                                                size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64})
+    processor_images = Qwen2VLImageProcessorPil(
+        patch_size=8, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
+    )
     chat = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
     processor = without_video(proc_name)(image_processor=processor_images, tokenizer=tok, chat_template=chat)
     return getattr(transformers, model_cls)(config), processor
@@ -160,27 +213,48 @@ def _qwen_vl(kind: str):
 def _idefics(version: int):
     import transformers
 
-    tok = build_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"],
-                          extra={"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>",
-                                 "end_of_utterance_token": "<end_of_utterance>"})
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=32, patch_size=8)
+    tok = build_tokenizer(
+        ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"],
+        extra={
+            "image_token": "<image>",
+            "image_boundary_token": "<fake_token_around_image>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     image_id = _ids(tok, "<image>")[0]
     chat = _chat_template("<image>")
     if version == 2:
-        perceiver = dict(hidden_size=64, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
-                         resampler_head_dim=16, num_key_value_heads=1)
-        config = transformers.Idefics2Config(vision_config=vision, perceiver_config=perceiver,
-                                             text_config={"model_type": "mistral", **_text_config(tok)},
-                                             image_token_id=image_id)
-        images = transformers.Idefics2ImageProcessorPil(do_image_splitting=False,
-                                                        size={"shortest_edge": 32, "longest_edge": 32})
+        perceiver = dict(
+            hidden_size=64,
+            resampler_n_latents=4,
+            resampler_depth=1,
+            resampler_n_heads=2,
+            resampler_head_dim=16,
+            num_key_value_heads=1,
+        )
+        config = transformers.Idefics2Config(
+            vision_config=vision,
+            perceiver_config=perceiver,
+            text_config={"model_type": "mistral", **_text_config(tok)},
+            image_token_id=image_id,
+        )
+        images = transformers.Idefics2ImageProcessorPil(
+            do_image_splitting=False, size={"shortest_edge": 32, "longest_edge": 32}
+        )
         processor = transformers.Idefics2Processor(images, tokenizer=tok, image_seq_len=4, chat_template=chat)
         return transformers.Idefics2ForConditionalGeneration(config), processor
-    config = transformers.Idefics3Config(vision_config=vision, text_config={"model_type": "llama", **_text_config(tok)},
-                                         image_token_id=image_id, scale_factor=2)
-    images = transformers.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
-                                                    max_image_size={"longest_edge": 32})
+    config = transformers.Idefics3Config(
+        vision_config=vision,
+        text_config={"model_type": "llama", **_text_config(tok)},
+        image_token_id=image_id,
+        scale_factor=2,
+    )
+    images = transformers.Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
     processor = transformers.Idefics3Processor(images, tokenizer=tok, image_seq_len=4, chat_template=chat)
     return transformers.Idefics3ForConditionalGeneration(config), processor
 
@@ -188,18 +262,27 @@ def _idefics(version: int):
 def _gemma3():
     import transformers
 
-    tok = build_tokenizer(["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
-                          extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                 "image_token": "<image_soft_token>"})
+    tok = build_tokenizer(
+        ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+        extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    )
     boi, eoi, image = _ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
     text = _text_config(tok, head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=32, patch_size=8)
-    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
-                                       boi_token_index=boi, eoi_token_index=eoi, image_token_index=image)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+        image_token_index=image,
+    )
     images = transformers.Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
-    processor = transformers.Gemma3Processor(images, tok, chat_template=_chat_template("<start_of_image>"),
-                                             image_seq_length=4)
+    processor = transformers.Gemma3Processor(
+        images, tok, chat_template=_chat_template("<start_of_image>"), image_seq_length=4
+    )
     return transformers.Gemma3ForConditionalGeneration(config), processor
 
 
@@ -209,19 +292,30 @@ def _llava_onevision():
     from .models.processors import without_video
 
     tok = build_tokenizer(["<image>", "<video>"], extra={"image_token": "<image>", "video_token": "<video>"})
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     image, video = _ids(tok, "<image>", "<video>")
     config = transformers.LlavaOnevisionConfig(
         vision_config={"model_type": "siglip_vision_model", **vision},
-        text_config={"model_type": "qwen2", **_text_config(tok)}, image_token_index=image,
-        video_token_index=video, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
-        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1")
-    images = transformers.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
-                                                          image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
+        text_config={"model_type": "qwen2", **_text_config(tok)},
+        image_token_index=image,
+        video_token_index=video,
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_1",
+    )
+    images = transformers.LlavaOnevisionImageProcessorPil(
+        size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]]
+    )
     processor = without_video("LlavaOnevisionProcessor")(
-        image_processor=images, tokenizer=tok, chat_template=_chat_template("<image>"), num_image_tokens=16,
-        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1")
+        image_processor=images,
+        tokenizer=tok,
+        chat_template=_chat_template("<image>"),
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_1",
+    )
     return transformers.LlavaOnevisionForConditionalGeneration(config), processor
 
 
@@ -317,11 +411,22 @@ def write_tiny_gguf(path: str | Path, seed: int = 0):
     def permute(w: torch.Tensor, heads: int) -> torch.Tensor:  # HF rotary halves -> llama.cpp interleaved
         return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    per_layer = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().float()
         if name.startswith("model.layers."):

@@ -51,8 +51,9 @@ class TaskVectors:
         if self.continuation is not None:
             self.continuation = torch.as_tensor(self.continuation, dtype=torch.float32)
             if self.continuation.dim() != 3 or self.continuation.shape[1:] != self.vectors.shape:
-                raise StvError(f"continuation {tuple(self.continuation.shape)} must be (T, "
-                               f"{len(self.locations)}, {self.head_dim})")
+                raise StvError(
+                    f"continuation {tuple(self.continuation.shape)} must be (T, {len(self.locations)}, {self.head_dim})"
+                )
 
     @property
     def head_dim(self) -> int:
@@ -85,8 +86,9 @@ class TaskVectors:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
         try:
             save_file(tensors, tmp / WEIGHTS_NAME)
-            (tmp / CONFIG_NAME).write_text(json.dumps({**self.config, "head_dim": self.head_dim,
-                                                       "num_locations": len(self.locations)}, indent=2))
+            (tmp / CONFIG_NAME).write_text(
+                json.dumps({**self.config, "head_dim": self.head_dim, "num_locations": len(self.locations)}, indent=2)
+            )
             if directory.exists():
                 for name in (WEIGHTS_NAME, CONFIG_NAME):  # replace file by file, each atomically
                     os.replace(tmp / name, directory / name)
@@ -102,27 +104,40 @@ class TaskVectors:
     def from_pretrained(cls, directory: str | Path) -> "TaskVectors":
         directory = Path(directory)
         if not (directory / WEIGHTS_NAME).is_file() or not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{directory} holds no task vectors ({WEIGHTS_NAME} + {CONFIG_NAME}); "
-                                    "create them with `stv fit` or TaskVectors.save_pretrained")
+            raise FileNotFoundError(
+                f"{directory} holds no task vectors ({WEIGHTS_NAME} + {CONFIG_NAME}); "
+                "create them with `stv fit` or TaskVectors.save_pretrained"
+            )
         try:
             tensors = load_file(directory / WEIGHTS_NAME)
         except Exception as err:  # safetensors raises its own error types for a cut or corrupt file
-            raise ArtifactError(f"{directory / WEIGHTS_NAME} cannot be read ({err}); the file is damaged: "
-                                "fit the vectors again") from None
+            raise ArtifactError(
+                f"{directory / WEIGHTS_NAME} cannot be read ({err}); the file is damaged: fit the vectors again"
+            ) from None
         try:
             config = json.loads((directory / CONFIG_NAME).read_text())
         except json.JSONDecodeError as err:
-            raise ArtifactError(f"{directory / CONFIG_NAME} is not valid JSON (line {err.lineno}: {err.msg}); "
-                                "restore it or fit the vectors again") from None
+            raise ArtifactError(
+                f"{directory / CONFIG_NAME} is not valid JSON (line {err.lineno}: {err.msg}); "
+                "restore it or fit the vectors again"
+            ) from None
         missing = {"locations", "vectors"} - set(tensors)
         if missing:
             raise ArtifactError(f"{directory / WEIGHTS_NAME} lacks {sorted(missing)}; fit the vectors again")
         stored = config.get("head_dim")
         if stored is not None and stored != tensors["vectors"].shape[-1]:
-            raise ArtifactError(f"{directory / CONFIG_NAME} says head_dim {stored} but the vectors in {WEIGHTS_NAME} "
-                                f"have {tensors['vectors'].shape[-1]}; the two files do not belong together")
-        return cls(tensors["locations"], tensors["vectors"], config, tensors.get("bank"), tensors.get("probabilities"),
-                   tensors.get("continuation"))
+            raise ArtifactError(
+                f"{directory / CONFIG_NAME} says head_dim {stored} but the vectors in {WEIGHTS_NAME} "
+                f"have {tensors['vectors'].shape[-1]}; the two files do not belong together"
+            )
+        return cls(
+            tensors["locations"],
+            tensors["vectors"],
+            config,
+            tensors.get("bank"),
+            tensors.get("probabilities"),
+            tensors.get("continuation"),
+        )
 
     # ------------------------------------------------------------- inference
     def check_model(self, lmm, allow_other_weights: bool = False) -> None:
@@ -136,18 +151,24 @@ class TaskVectors:
             raise ArtifactMismatchError(
                 f"these task vectors were fitted on other weights ({self.config.get('model')}, {fitted}) than "
                 f"{lmm.name} ({lmm.weights_fingerprint()}); fit them again, or pass --allow-other-weights "
-                "(allow_other_weights=True) to insert them anyway")
+                "(allow_other_weights=True) to insert them anyway"
+            )
         if self.head_dim != heads.head_dim:
             problems.append(f"head_dim {self.head_dim} vs the model's {heads.head_dim}")
-        for key, have in (("num_layers", heads.num_layers), ("num_heads", heads.num_heads),
-                          ("architecture", type(lmm.model).__name__)):
+        for key, have in (
+            ("num_layers", heads.num_layers),
+            ("num_heads", heads.num_heads),
+            ("architecture", type(lmm.model).__name__),
+        ):
             want = self.config.get(key)
             if want is not None and want != have:
                 problems.append(f"{key} {want!r} vs the model's {have!r}")
         if problems:
             raise ArtifactMismatchError(
                 f"these task vectors were fitted on {self.config.get('model', 'another model')}: "
-                + "; ".join(problems) + ". Fit them again on this model with `stv fit`")
+                + "; ".join(problems)
+                + ". Fit them again on this model with `stv fit`"
+            )
         heads.check(self.location_list())
 
     @contextlib.contextmanager

@@ -17,8 +17,19 @@ from .example import DataError, Example, LazyImage
 from .function_vectors import bundled_tasks, load_function_vectors
 from .loaders import LOADERS, load_hf, load_jsonl, load_mtv_choice
 
-__all__ = ["DIGIT_TASKS", "bundled_tasks", "load_function_vectors", "DataError", "DigitImages", "DigitTask", "Example", "LazyImage", "digit_examples",
-           "digit_images", "load_dataset"]
+__all__ = [
+    "DIGIT_TASKS",
+    "bundled_tasks",
+    "load_function_vectors",
+    "DataError",
+    "DigitImages",
+    "DigitTask",
+    "Example",
+    "LazyImage",
+    "digit_examples",
+    "digit_images",
+    "load_dataset",
+]
 
 
 def load_dataset(spec: str, root: str | Path | None = None, split: str = "train") -> list[Example]:
@@ -32,8 +43,9 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
         if e.id in seen:
             raise DataError(f"dataset {spec!r}: id {e.id!r} appears twice; every record needs its own id")
         if not e.answers or not str(e.answers[0]).strip():
-            raise DataError(f"dataset {spec!r}: record {e.id!r} has no answer (\"answers\": [] or missing); "
-                            "fix or drop that record")
+            raise DataError(
+                f'dataset {spec!r}: record {e.id!r} has no answer ("answers": [] or missing); fix or drop that record'
+            )
         seen.add(e.id)
         e.metadata.setdefault("dataset", spec)
     return examples
@@ -54,8 +66,10 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
         return load_mtv_choice(file, _need_root(spec, root), what)
     if kind in LOADERS:
         return LOADERS[kind](_need_root(spec, root), split)
-    raise DataError(f"unknown dataset {spec!r}; use digits:TASK, numbers:TASK, numbers-text:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
-                    "jsonl:FILE, mtv:KIND:FILE or fv:TASK")
+    raise DataError(
+        f"unknown dataset {spec!r}; use digits:TASK, numbers:TASK, numbers-text:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
+        "jsonl:FILE, mtv:KIND:FILE or fv:TASK"
+    )
 
 
 def _need_root(spec: str, root) -> Path:

@@ -33,28 +33,34 @@ class DigitTask:
 
 
 _NAMES = "zero one two three four five six seven eight nine".split()
-DIGIT_TASKS: dict[str, DigitTask] = {t.name: t for t in [
-    DigitTask("digit", "format", lambda c: str(c)),
-    DigitTask("letter", "format", lambda c: "abcdefghij"[c]),
-    DigitTask("parity_word", "format", lambda c: "even" if c % 2 == 0 else "odd"),
-    DigitTask("size_word", "format", lambda c: "small" if c < 5 else "big"),
-    DigitTask("parity_AB", "mapping", lambda c: "A" if c % 2 == 0 else "B"),
-    DigitTask("parity_AB_flip", "mapping", lambda c: "B" if c % 2 == 0 else "A"),
-    DigitTask("big_AB", "mapping", lambda c: "A" if c > 4 else "B"),
-    DigitTask("big_AB_flip", "mapping", lambda c: "B" if c > 4 else "A"),
-]}
+DIGIT_TASKS: dict[str, DigitTask] = {
+    t.name: t
+    for t in [
+        DigitTask("digit", "format", lambda c: str(c)),
+        DigitTask("letter", "format", lambda c: "abcdefghij"[c]),
+        DigitTask("parity_word", "format", lambda c: "even" if c % 2 == 0 else "odd"),
+        DigitTask("size_word", "format", lambda c: "small" if c < 5 else "big"),
+        DigitTask("parity_AB", "mapping", lambda c: "A" if c % 2 == 0 else "B"),
+        DigitTask("parity_AB_flip", "mapping", lambda c: "B" if c % 2 == 0 else "A"),
+        DigitTask("big_AB", "mapping", lambda c: "A" if c > 4 else "B"),
+        DigitTask("big_AB_flip", "mapping", lambda c: "B" if c > 4 else "A"),
+    ]
+}
 # Tasks for the lab on SmolLM2 (``numbers:TASK``): functions of the digit the pretrained
 # language model already computes in text, so in-context learning can come from pretraining.
-NUMBER_TASKS: dict[str, DigitTask] = {t.name: t for t in [
-    DigitTask("word", "number", lambda c: _NAMES[c]),
-    DigitTask("next", "number", lambda c: str(c + 1)),
-    DigitTask("previous", "number", lambda c: str(c - 1)),
-    DigitTask("parity", "number", lambda c: "even" if c % 2 == 0 else "odd"),
-    DigitTask("size", "number", lambda c: "small" if c < 5 else "big"),
-    DigitTask("double", "number", lambda c: str(2 * c)),
-    DigitTask("copy", "format", str),
-    DigitTask("word_caps", "format", lambda c: _NAMES[c].capitalize()),
-]}
+NUMBER_TASKS: dict[str, DigitTask] = {
+    t.name: t
+    for t in [
+        DigitTask("word", "number", lambda c: _NAMES[c]),
+        DigitTask("next", "number", lambda c: str(c + 1)),
+        DigitTask("previous", "number", lambda c: str(c - 1)),
+        DigitTask("parity", "number", lambda c: "even" if c % 2 == 0 else "odd"),
+        DigitTask("size", "number", lambda c: "small" if c < 5 else "big"),
+        DigitTask("double", "number", lambda c: str(2 * c)),
+        DigitTask("copy", "format", str),
+        DigitTask("word_caps", "format", lambda c: _NAMES[c].capitalize()),
+    ]
+}
 # Answer pool for random class->label episodes (pure induction, used in lab training).
 RANDOM_LABELS = [f"L{i}" for i in range(16)]
 
@@ -104,8 +110,14 @@ def digit_examples(task: str, split: str = "train", size: int = 32, kind: str = 
         raise StvError(f"{kind} split must be 'train' or 'test', got {split!r}")
     d, t, text = digit_images(), tasks[task], kind == "numbers-text"
     indices = d.train if split == "train" else d.test
-    return [Example(id=f"{kind}-{task}-{i}", images=[] if text else [d.image(i, size)],
-                    question=str(d.labels[i]) if text else "", answers=[t.answer(int(d.labels[i]))],
-                    choices=t.vocabulary, metadata={"index": int(i), "class": int(d.labels[i]), "task": task,
-                                                   "dataset": f"{kind}:{task}"})
-            for i in indices]
+    return [
+        Example(
+            id=f"{kind}-{task}-{i}",
+            images=[] if text else [d.image(i, size)],
+            question=str(d.labels[i]) if text else "",
+            answers=[t.answer(int(d.labels[i]))],
+            choices=t.vocabulary,
+            metadata={"index": int(i), "class": int(d.labels[i]), "task": task, "dataset": f"{kind}:{task}"},
+        )
+        for i in indices
+    ]

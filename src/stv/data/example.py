@@ -27,10 +27,13 @@ class LazyImage:
             with Image.open(self.path) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise DataError(f"image {self.path} of record {self.record!r} does not exist; check the data root") from None
+            raise DataError(
+                f"image {self.path} of record {self.record!r} does not exist; check the data root"
+            ) from None
         except OSError as err:
-            raise DataError(f"image {self.path} of record {self.record!r} cannot be read ({err}); "
-                            "re-download or remove that record") from None
+            raise DataError(
+                f"image {self.path} of record {self.record!r} cannot be read ({err}); re-download or remove that record"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -60,15 +60,22 @@ def load_function_vectors(path: str, root: str | Path | None = None, split: str 
     except json.JSONDecodeError as err:
         raise DataError(f"{file} is not valid JSON (line {err.lineno}: {err.msg})") from None
     if not isinstance(records, list) or not records:
-        raise DataError(f"{file} must be a non-empty JSON list of {{\"input\", \"output\"}} records")
+        raise DataError(f'{file} must be a non-empty JSON list of {{"input", "output"}} records')
     task = file.stem
     out = []
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("input"), str) or not str(r.get("output", "")).strip():
             raise DataError(f"{file} record {i} needs a string 'input' and a non-empty 'output'")
         if split == "all" or in_train(r["input"]) == (split == "train"):
-            out.append(Example(id=f"{task}-{i}", images=[], question=r["input"], answers=[str(r["output"])],
-                               metadata={"task": task}))
+            out.append(
+                Example(
+                    id=f"{task}-{i}",
+                    images=[],
+                    question=r["input"],
+                    answers=[str(r["output"])],
+                    metadata={"task": task},
+                )
+            )
     if not out:
         raise DataError(f"{file}: the {split} split is empty ({len(records)} records in the file)")
     return out

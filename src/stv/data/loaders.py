@@ -43,9 +43,15 @@ def load_vizwiz(root: str | Path, split: str = "val") -> list[Example]:
         if "image" not in r or "question" not in r:
             raise DataError(f"{root / f'{split}.json'} record {i} lacks 'image' or 'question'")
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in r.get("answers", [])]
-        out.append(Example(id=r["image"], images=[LazyImage(root / split / r["image"], r["image"])],
-                           question=r["question"], answers=majority_first(answers),
-                           metadata={"answer_type": r.get("answer_type"), "answerable": r.get("answerable")}))
+        out.append(
+            Example(
+                id=r["image"],
+                images=[LazyImage(root / split / r["image"], r["image"])],
+                question=r["question"],
+                answers=majority_first(answers),
+                metadata={"answer_type": r.get("answer_type"), "answerable": r.get("answerable")},
+            )
+        )
     return out
 
 
@@ -53,16 +59,24 @@ def load_okvqa(root: str | Path, split: str = "val") -> list[Example]:
     """VQA-format questions + annotations; COCO 2014 images in ``root/{split}2014/``."""
     root = Path(root)
     questions = _read_json(root / f"OpenEnded_mscoco_{split}2014_questions.json")["questions"]
-    annotations = {a["question_id"]: a for a in _read_json(root / f"mscoco_{split}2014_annotations.json")["annotations"]}
+    annotations = {
+        a["question_id"]: a for a in _read_json(root / f"mscoco_{split}2014_annotations.json")["annotations"]
+    }
     out = []
     for q in questions:
         ann = annotations.get(q["question_id"])
         if ann is None:
             raise DataError(f"question {q['question_id']} has no annotation in mscoco_{split}2014_annotations.json")
         image = root / f"{split}2014" / f"COCO_{split}2014_{int(q['image_id']):012d}.jpg"
-        out.append(Example(id=str(q["question_id"]), images=[LazyImage(image, str(q["question_id"]))],
-                           question=q["question"], answers=majority_first([a["answer"] for a in ann["answers"]]),
-                           metadata={"answer_type": ann.get("answer_type"), "question_type": ann.get("question_type")}))
+        out.append(
+            Example(
+                id=str(q["question_id"]),
+                images=[LazyImage(image, str(q["question_id"]))],
+                question=q["question"],
+                answers=majority_first([a["answer"] for a in ann["answers"]]),
+                metadata={"answer_type": ann.get("answer_type"), "question_type": ann.get("question_type")},
+            )
+        )
     return out
 
 
@@ -86,18 +100,33 @@ def load_jsonl(path: str | Path, root: str | Path | None = None) -> list[Example
         if answers is None or "question" not in r:
             raise DataError(f"{path}:{n} needs 'question' and 'answer' (or 'answers')")
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
-        out.append(Example(id=rid, images=[LazyImage(root / im, rid) for im in images], question=r["question"],
-                           answers=majority_first(answers), choices=r.get("choices"),
-                           metadata={k: v for k, v in r.items() if k not in ("image", "images", "question")}))
+        out.append(
+            Example(
+                id=rid,
+                images=[LazyImage(root / im, rid) for im in images],
+                question=r["question"],
+                answers=majority_first(answers),
+                choices=r.get("choices"),
+                metadata={k: v for k, v in r.items() if k not in ("image", "images", "question")},
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- classification
 def _classification(items: list[tuple[Path, str]], kind: str, ids: list[str]) -> list[Example]:
     names = sorted({label for _, label in items})
-    return [Example(id=i, images=[LazyImage(p, i)], question=f"What is the type of {kind} in the image?",
-                    answers=[label], choices=names, metadata={"class": label, "kind": kind})
-            for i, (p, label) in zip(ids, items)]
+    return [
+        Example(
+            id=i,
+            images=[LazyImage(p, i)],
+            question=f"What is the type of {kind} in the image?",
+            answers=[label],
+            choices=names,
+            metadata={"class": label, "kind": kind},
+        )
+        for i, (p, label) in zip(ids, items)
+    ]
 
 
 def load_dtd(root: str | Path, split: str = "test", fold: int = 1) -> list[Example]:
@@ -162,18 +191,34 @@ def load_mtv_choice(path: str | Path, root: str | Path, kind: str) -> list[Examp
         if missing:
             raise DataError(f"{path} record {i} lacks {sorted(missing)}")
         rid = str(r.get("id", i))
-        out.append(Example(id=rid, images=[LazyImage(root / r["query"], rid)],
-                           question=f"What is the type of {kind} in the image?", answers=[r["pos_label"]],
-                           choices=[r["pos_label"], r["neg_label"]],
-                           metadata={"class": r["pos_label"], "kind": kind,
-                                     "support": [(LazyImage(root / r["pos"], rid), r["pos_label"]),
-                                                 (LazyImage(root / r["neg"], rid), r["neg_label"])]}))
+        out.append(
+            Example(
+                id=rid,
+                images=[LazyImage(root / r["query"], rid)],
+                question=f"What is the type of {kind} in the image?",
+                answers=[r["pos_label"]],
+                choices=[r["pos_label"], r["neg_label"]],
+                metadata={
+                    "class": r["pos_label"],
+                    "kind": kind,
+                    "support": [
+                        (LazyImage(root / r["pos"], rid), r["pos_label"]),
+                        (LazyImage(root / r["neg"], rid), r["neg_label"]),
+                    ],
+                },
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------ Hugging Face
-HF_REPOS = {"vizwiz": "lmms-lab/VizWiz-VQA", "okvqa": "lmms-lab/OK-VQA", "dtd": "tanganke/dtd",
-            "flowers102": "nelorth/oxford-flowers", "cub": "bentrevett/caltech-ucsd-birds-200-2011"}
+HF_REPOS = {
+    "vizwiz": "lmms-lab/VizWiz-VQA",
+    "okvqa": "lmms-lab/OK-VQA",
+    "dtd": "tanganke/dtd",
+    "flowers102": "nelorth/oxford-flowers",
+    "cub": "bentrevett/caltech-ucsd-birds-200-2011",
+}
 _KINDS = {"dtd": "texture", "flowers102": "flower", "cub": "bird"}
 
 
@@ -186,7 +231,9 @@ def load_hf(name: str, split: str, repo: str | None = None, data_files=None) -> 
     try:
         import datasets
     except ImportError:
-        raise DataError("reading Hugging Face datasets needs the 'datasets' package: pip install 'stv[datasets]'") from None
+        raise DataError(
+            "reading Hugging Face datasets needs the 'datasets' package: pip install 'stv[datasets]'"
+        ) from None
     if data_files is not None:
         ds = datasets.load_dataset("parquet", data_files=data_files, split=split)
     else:
@@ -197,9 +244,15 @@ def load_hf(name: str, split: str, repo: str | None = None, data_files=None) -> 
         names = getattr(feature, "names", None)
         for i, label_id in enumerate(ds["label"]):  # reads the label column only; images stay on disk
             label = names[label_id] if names else str(label_id)
-            out.append(Example(id=str(i), images=[DatasetImage(ds, i)],
-                               question=f"What is the type of {_KINDS[name]} in the image?",
-                               answers=[label.replace("_", " ")], metadata={"class": label}))
+            out.append(
+                Example(
+                    id=str(i),
+                    images=[DatasetImage(ds, i)],
+                    question=f"What is the type of {_KINDS[name]} in the image?",
+                    answers=[label.replace("_", " ")],
+                    metadata={"class": label},
+                )
+            )
         all_names = sorted({e.answer for e in out})
         for e in out:
             e.choices = all_names
@@ -207,12 +260,22 @@ def load_hf(name: str, split: str, repo: str | None = None, data_files=None) -> 
     for i, row in enumerate(ds.remove_columns("image")):  # images stay on disk until a prompt needs them
         answers = row.get("answers") or [row.get("answer", "")]
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
-        out.append(Example(id=str(row.get("question_id", i)), images=[DatasetImage(ds, i)],
-                           question=row["question"], answers=majority_first(answers),
-                           metadata={"answer_type": row.get("answer_type", row.get("category"))}))
+        out.append(
+            Example(
+                id=str(row.get("question_id", i)),
+                images=[DatasetImage(ds, i)],
+                question=row["question"],
+                answers=majority_first(answers),
+                metadata={"answer_type": row.get("answer_type", row.get("category"))},
+            )
+        )
     return out
 
 
 LOADERS: dict[str, Callable[..., list[Example]]] = {
-    "vizwiz": load_vizwiz, "okvqa": load_okvqa, "dtd": load_dtd, "flowers102": load_flowers102, "cub": load_cub,
+    "vizwiz": load_vizwiz,
+    "okvqa": load_okvqa,
+    "dtd": load_dtd,
+    "flowers102": load_flowers102,
+    "cub": load_cub,
 }

@@ -27,10 +27,24 @@ from ..io import atomic_write_json
 from . import smol
 
 # (text before, text after) the digit; sentences that are not prompts of any evaluation task
-CONTEXTS = [("", ""), ("", " apples"), ("I have ", " cats and a dog."), ("Page ", " of the book"), ("x = ", ";"),
-            ("The number ", " is"), ("Chapter ", ": The"), ("(", ")"), ("", " out of ten"),
-            ("Room ", " is on the left."), ("She scored ", " points."), ("Step ", ": open the"), ("", ". The next"),
-            ("It took ", " minutes."), ("Level ", " complete"), ("We need ", " more chairs")]
+CONTEXTS = [
+    ("", ""),
+    ("", " apples"),
+    ("I have ", " cats and a dog."),
+    ("Page ", " of the book"),
+    ("x = ", ";"),
+    ("The number ", " is"),
+    ("Chapter ", ": The"),
+    ("(", ")"),
+    ("", " out of ten"),
+    ("Room ", " is on the left."),
+    ("She scored ", " points."),
+    ("Step ", ": open the"),
+    ("", ". The next"),
+    ("It took ", " minutes."),
+    ("Level ", " complete"),
+    ("We need ", " more chairs"),
+]
 
 
 @dataclass
@@ -68,7 +82,9 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _contexts(tok) -> list[tuple[list[int], list[int]]]:
-    return [(tok(a, add_special_tokens=False).input_ids, tok(b, add_special_tokens=False).input_ids) for a, b in CONTEXTS]
+    return [
+        (tok(a, add_special_tokens=False).input_ids, tok(b, add_special_tokens=False).input_ids) for a, b in CONTEXTS
+    ]
 
 
 @torch.no_grad()
@@ -78,13 +94,14 @@ def _teacher(model, contexts, digit_ids: list[int]) -> list[torch.Tensor]:
     out = []
     for before, after in contexts:
         ids = torch.tensor([before + [d] + after for d in digit_ids])
-        hidden = lm(input_ids=ids).last_hidden_state[:, len(before):]
+        hidden = lm(input_ids=ids).last_hidden_state[:, len(before) :]
         out.append(torch.log_softmax(model.lm_head(hidden), -1))
     return out
 
 
-def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bool = True,
-                backbone: str | Path = smol.BACKBONE) -> dict:
+def train_tower(
+    out: str | Path, config: AlignConfig | None = None, progress: bool = True, backbone: str | Path = smol.BACKBONE
+) -> dict:
     """Train the tower + projector on SmolLM2 (or another Llama-like ``backbone``), frozen,
     and save them into ``out``."""
     from safetensors.torch import save_file
@@ -110,8 +127,12 @@ def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bo
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / max(1, config.steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, config.steps))))
+        ),
+    )
     log, start = [], time.perf_counter()
     bar = tqdm(range(config.steps), desc="align tower", disable=not progress)
     for step in bar:
@@ -120,13 +141,13 @@ def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bo
         before, after = contexts[c]
         feats = image_features(model, _shifted(pixels[pick], config.shift, gen))  # (B, D)
         target = embed[[digit_ids[int(k)] for k in classes[pick]]]  # (B, D)
-        embed_loss = ((feats - target) ** 2).sum(-1).mean() / (target ** 2).sum(-1).mean()
+        embed_loss = ((feats - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean()
         kl = torch.zeros(())
         if config.distill_weight:
             ids = torch.tensor([before + [digit_ids[int(k)]] + after for k in classes[pick]])
             inputs = model.get_input_embeddings()(ids).clone()
             inputs[:, len(before)] = feats
-            hidden = model.model.language_model(inputs_embeds=inputs).last_hidden_state[:, len(before):]
+            hidden = model.model.language_model(inputs_embeds=inputs).last_hidden_state[:, len(before) :]
             logp = torch.log_softmax(model.lm_head(hidden), -1)  # (B, P, V)
             t = teacher[c][classes[pick]]
             kl = (t.exp() * (t - logp)).sum(-1).mean()
@@ -136,15 +157,26 @@ def train_tower(out: str | Path, config: AlignConfig | None = None, progress: bo
         opt.step()
         sched.step()
         if step % 25 == 0 or step == config.steps - 1:
-            log.append({"step": step, "kl": round(kl.item(), 4), "embed": round(embed_loss.item(), 4),
-                        "seconds": round(time.perf_counter() - start, 1)})
+            log.append(
+                {
+                    "step": step,
+                    "kl": round(kl.item(), 4),
+                    "embed": round(embed_loss.item(), 4),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
             bar.set_postfix(kl=f"{kl.item():.3f}", embed=f"{embed_loss.item():.3f}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(smol.tower_state(model), str(out / "model.safetensors"))
-    result = {"config": asdict(config), "backbone": fingerprint or str(backbone), "vision": smol.VISION,
-              "train_seconds": round(time.perf_counter() - start, 1), "log": log,
-              "reads_as_digit": reads_as_digit(model, processor)}
+    result = {
+        "config": asdict(config),
+        "backbone": fingerprint or str(backbone),
+        "vision": smol.VISION,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "log": log,
+        "reads_as_digit": reads_as_digit(model, processor),
+    }
     atomic_write_json(out / "training.json", result)
     return result
 

@@ -22,27 +22,51 @@ def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
     return [examples[i] for i in sorted(idx)]
 
 
-def icl_curve(lmm, shots: Sequence[int] = SHOTS, per_task: int = 200, tasks: Sequence[str] | None = None,
-              seed: int = 0, progress: bool = True) -> dict:
+def icl_curve(
+    lmm,
+    shots: Sequence[int] = SHOTS,
+    per_task: int = 200,
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """{"tasks": {task: {shots: %}}, "average": {shots: %}, "kind_average": {...}} (whole-vocabulary accuracy)."""
     tasks = list(tasks or DIGIT_TASKS)
     table: dict[str, dict[str, float]] = {}
     for task in tasks:
         pool, queries = digit_examples(task, "train"), test_subset(task, per_task, seed)
-        table[task] = {str(k): round(first_token_accuracy(lmm, queries, DIGITS, pool, k, seed=seed + k,
-                                                          progress=progress, desc=f"{task} {k}-shot"), 2)
-                       for k in shots}
+        table[task] = {
+            str(k): round(
+                first_token_accuracy(
+                    lmm, queries, DIGITS, pool, k, seed=seed + k, progress=progress, desc=f"{task} {k}-shot"
+                ),
+                2,
+            )
+            for k in shots
+        }
     avg = lambda names: {str(k): round(float(np.mean([table[t][str(k)] for t in names])), 2) for k in shots}  # noqa
     kinds = {kind: [t for t in tasks if DIGIT_TASKS[t].kind == kind] for kind in ("format", "mapping")}
-    return {"metric": "first-token accuracy over the whole vocabulary, %", "per_task": per_task, "tasks": table,
-            "average": avg(tasks), "kind_average": {k: avg(v) for k, v in kinds.items() if v}}
+    return {
+        "metric": "first-token accuracy over the whole vocabulary, %",
+        "per_task": per_task,
+        "tasks": table,
+        "average": avg(tasks),
+        "kind_average": {k: avg(v) for k, v in kinds.items() if v},
+    }
 
 
 NUMBER_SHOTS = (0, 1, 4, 10, 16)
 
 
-def number_curve(lmm, kind: str = "numbers", shots: Sequence[int] = NUMBER_SHOTS, per_task: int = 60,
-                 tasks: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> dict:
+def number_curve(
+    lmm,
+    kind: str = "numbers",
+    shots: Sequence[int] = NUMBER_SHOTS,
+    per_task: int = 60,
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """The SmolLM2 lab's curve: {"tasks": {task: {shots: {"first_token", "exact_match"}}}} on
     ``numbers`` (digit images) or ``numbers-text`` (the same records, digits as text)."""
     from ..data.digits import NUMBER_TASKS
@@ -68,8 +92,11 @@ def format_number_curve(curve: dict) -> str:
     shots = list(next(iter(curve["tasks"].values())))
     lines = ["| task | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
     for name, row in curve["tasks"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[k]['first_token']:.0f} / {row[k]['exact_match']:.0f}"
-                                                 for k in shots) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[k]['first_token']:.0f} / {row[k]['exact_match']:.0f}" for k in shots)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -21,8 +21,14 @@ NAME = "lab-smollm2"
 TOWER = Path(__file__).parent / "smollm2_tower"
 IMAGE_SIZE = PATCH = 16
 IMAGE_TOKEN = "<image>"
-VISION = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "image_size": IMAGE_SIZE, "patch_size": PATCH}
+VISION = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": IMAGE_SIZE,
+    "patch_size": PATCH,
+}
 
 
 def _tokenizer(folder: Path):
@@ -54,10 +60,15 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
     text.resize_token_embeddings(len(tok), mean_resizing=False)
     with torch.no_grad():
         text.get_input_embeddings().weight[-1] = 0  # "<image>" is never read (features replace it) nor written
-    config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION), text_config=text.config,
-                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_select_strategy="default",
-                         vision_feature_layer=-1, image_seq_length=1,
-                         tie_word_embeddings=text.config.tie_word_embeddings)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**VISION),
+        text_config=text.config,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=1,
+        tie_word_embeddings=text.config.tie_word_embeddings,
+    )
     model = LlavaForConditionalGeneration(config)
     model.model.language_model.load_state_dict(text.model.state_dict())
     if text.config.tie_word_embeddings:
@@ -69,19 +80,31 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
         if missing.unexpected_keys or any(k.startswith(("model.vision", "model.multi")) for k in missing.missing_keys):
             raise StvError(f"{NAME}: tower weights do not fit the architecture ({missing})")
     model.eval()
-    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=2)
-    processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=tok.chat_template)
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        resample=2,
+    )
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+    )
     return model, processor
 
 
 def tower_state(model) -> dict:
     """The trained part: vision tower + projector (what ships)."""
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
-            if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    return {
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+    }
 
 
 def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
@@ -109,8 +132,9 @@ def assembled_folder(progress: bool = True) -> tuple[Path, str]:
         model, processor = build(backbone, tower)
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        (out / "stv-lab.json").write_text(json.dumps({"backbone": f"gguf-sha256:{backbone_sha}",
-                                                      "tower-sha256": tower_sha}, indent=1))
+        (out / "stv-lab.json").write_text(
+            json.dumps({"backbone": f"gguf-sha256:{backbone_sha}", "tower-sha256": tower_sha}, indent=1)
+        )
 
     folder = cached_build("lab", key, write, f"assembling {NAME} once" if progress else None)
     return folder, f"{NAME}:{key}"

@@ -44,8 +44,7 @@ class LabConfig:
 class EpisodeSampler:
     """Token ids, image indices and targets for batches of training episodes."""
 
-    def __init__(self, tokenizer, split: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                 random_share: float):
+    def __init__(self, tokenizer, split: np.ndarray, labels: np.ndarray, rng: np.random.Generator, random_share: float):
         self.tok, self.rng, self.random_share = tokenizer, rng, random_share
         self.by_class = [split[labels[split] == c] for c in range(10)]
         self.labels = labels
@@ -82,8 +81,13 @@ class EpisodeSampler:
             answers.append(ans)
             classes.append(cls)
         sep_positions = torch.arange(items) * per_item + IMAGE_TOKENS + 1  # logits here predict the answer
-        return {"input_ids": input_ids, "images": torch.tensor(images), "answers": torch.tensor(answers),
-                "classes": torch.tensor(classes), "sep_positions": sep_positions}
+        return {
+            "input_ids": input_ids,
+            "images": torch.tensor(images),
+            "answers": torch.tensor(answers),
+            "classes": torch.tensor(classes),
+            "sep_positions": sep_positions,
+        }
 
 
 def pixel_table(processor) -> torch.Tensor:
@@ -101,8 +105,9 @@ def train_lab(out: str | Path, config: LabConfig | None = None, progress: bool =
     model, processor = build_lab_model(config.hidden, config.layers, config.heads, seed=config.seed)
     d = digit_images()
     pixels = pixel_table(processor)
-    sampler = EpisodeSampler(processor.tokenizer, d.train, d.labels, np.random.default_rng(config.seed),
-                             config.random_mapping_share)
+    sampler = EpisodeSampler(
+        processor.tokenizer, d.train, d.labels, np.random.default_rng(config.seed), config.random_mapping_share
+    )
     probe = torch.nn.Linear(config.hidden, 10)
     params = list(model.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)

@@ -29,8 +29,15 @@ def nearest_to_mean(state: FitState, config: dict) -> TaskVectors:
     return TaskVectors(torch.tensor(state.locations), vectors, config={**config, "method": "stv_no_rl"})
 
 
-def random_heads(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, state: FitState,
-                 seed: int, progress: bool = False) -> TaskVectors:
+def random_heads(
+    lmm: LMM,
+    train: Sequence[Example],
+    config: STVConfig,
+    task: Task,
+    state: FitState,
+    seed: int,
+    progress: bool = False,
+) -> TaskVectors:
     """STV (bank + RL) at K random heads instead of the most sensitive ones."""
     rng = np.random.default_rng(seed + 10_000)
     every = lmm.heads.all_locations()

@@ -25,9 +25,17 @@ from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
 
 
-def continuation_means(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[tuple[int, int]],
-                       steps: int, prompts: int, shots: int, batch_size: int, rng: np.random.Generator
-                       ) -> torch.Tensor:
+def continuation_means(
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    locations: Sequence[tuple[int, int]],
+    steps: int,
+    prompts: int,
+    shots: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> torch.Tensor:
     """(steps, K, head_dim): mean output of each location at answer tokens 1..steps over
     ``prompts`` many-shot prompts; NaN where no prompt's answer is that long."""
     queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
@@ -36,8 +44,9 @@ def continuation_means(lmm: LMM, train: Sequence[Example], task: Task, locations
     total = torch.zeros(steps, len(locations), lmm.heads.head_dim)
     count = torch.zeros(steps, 1, 1)
     for start in range(0, len(texts), batch_size):
-        values, valid = _record_steps(lmm, texts[start : start + batch_size], answers[start : start + batch_size],
-                                      locations, steps)
+        values, valid = _record_steps(
+            lmm, texts[start : start + batch_size], answers[start : start + batch_size], locations, steps
+        )
         total += (values * valid[..., None, None]).sum(1)
         count += valid.sum(1)[:, None, None]
     means = total / count.clamp(min=1)
@@ -63,6 +72,7 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
         def hook(module, args):
             x = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)
             seen[layer].append(x[:, [h for _, h in groups[layer]]].float().cpu())
+
         return hook
 
     handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
@@ -82,11 +92,24 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
     return torch.nan_to_num(values), ok
 
 
-def with_continuation(vectors: TaskVectors, lmm: LMM, train: Sequence[Example], task: Task, steps: int = 4,
-                      prompts: int = 40, shots: int = 10, batch_size: int = 8, seed: int = 0) -> TaskVectors:
+def with_continuation(
+    vectors: TaskVectors,
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    steps: int = 4,
+    prompts: int = 40,
+    shots: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> TaskVectors:
     """``vectors`` plus continuation vectors at the same locations (written under prompt_last)."""
-    means = continuation_means(lmm, train, task, vectors.location_list(), steps, prompts, shots, batch_size,
-                               np.random.default_rng(seed + 7))
-    config = {**vectors.config, "policy": "prompt_last", "continuation": {"steps": steps, "prompts": prompts,
-                                                                          "shots": shots, "seed": seed}}
+    means = continuation_means(
+        lmm, train, task, vectors.location_list(), steps, prompts, shots, batch_size, np.random.default_rng(seed + 7)
+    )
+    config = {
+        **vectors.config,
+        "policy": "prompt_last",
+        "continuation": {"steps": steps, "prompts": prompts, "shots": shots, "seed": seed},
+    }
     return dc_replace(vectors, config=config, continuation=means)

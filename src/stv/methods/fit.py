@@ -48,16 +48,23 @@ def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.
     return torch.tensor([ids[0] for ids in lmm.answer_ids([task.continuation(e) for e in examples])])
 
 
-def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location],
-                 bank: torch.Tensor, queries_per_step: int, rng: np.random.Generator, prefix_pool: int = 0):
+def bank_rewards(
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    locations: Sequence[Location],
+    bank: torch.Tensor,
+    queries_per_step: int,
+    rng: np.random.Generator,
+    prefix_pool: int = 0,
+):
     """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
     zero-shot queries, every sample scored in one batch over a shared prefix cache.
 
     With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
     computed once and reused: a step then costs one pass over the fanned-out last tokens."""
     pool: dict[int, tuple] = {}
-    groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
-              for _ in range(prefix_pool)]
+    groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
 
     dist = distributed.current()
 
@@ -93,8 +100,14 @@ def bank_rewards(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequ
     return reward
 
 
-def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, task: Task | None = None,
-        progress: bool = True, workdir=None) -> tuple[TaskVectors, FitState]:
+def fit(
+    lmm: LMM,
+    train: Sequence[Example],
+    config: STVConfig | None = None,
+    task: Task | None = None,
+    progress: bool = True,
+    workdir=None,
+) -> tuple[TaskVectors, FitState]:
     """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
     config = config or STVConfig()
     task = task or task_for(train)
@@ -102,11 +115,22 @@ def fit(lmm: LMM, train: Sequence[Example], config: STVConfig | None = None, tas
     rng = np.random.default_rng(config.seed)
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
-    key = json.dumps([lmm.name, lmm.weights_fingerprint(), data_fingerprint(train), asdict(task), config.pairs, config.shots,
-                      config.seed])
+    key = json.dumps(
+        [
+            lmm.name,
+            lmm.weights_fingerprint(),
+            data_fingerprint(train),
+            asdict(task),
+            config.pairs,
+            config.shots,
+            config.seed,
+        ]
+    )
     scan = sensitivity_scan(lmm, pairs, config.batch_size, workdir=workdir, progress=progress, key=key)
     scan_seconds = time.perf_counter() - t
-    artifact, state = fit_at(lmm, train, config, task, scan, scan.top_k(config.top_k, config.sensitivity), rng, progress)
+    artifact, state = fit_at(
+        lmm, train, config, task, scan, scan.top_k(config.top_k, config.sensitivity), rng, progress
+    )
     state.timings = {"scan": scan_seconds, **state.timings}
     return artifact, state
 
@@ -126,9 +150,16 @@ def _prior_logits(config: STVConfig, arms: int) -> torch.Tensor | None:
     return probs.log()
 
 
-def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, scan: ScanResult,
-           locations: Sequence[Location], rng: np.random.Generator, progress: bool = True
-           ) -> tuple[TaskVectors, FitState]:
+def fit_at(
+    lmm: LMM,
+    train: Sequence[Example],
+    config: STVConfig,
+    task: Task,
+    scan: ScanResult,
+    locations: Sequence[Location],
+    rng: np.random.Generator,
+    progress: bool = True,
+) -> tuple[TaskVectors, FitState]:
     """Bank + REINFORCE at given locations (STV's top-K, or random heads for the ablation)."""
     locations = list(locations)
     timings = {}
@@ -142,8 +173,17 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
-    policy = reinforce(reward, len(locations), bank.shape[1], config.steps, config.samples, config.lr,
-                       seed=config.seed, progress=progress, init_logits=_prior_logits(config, bank.shape[1]))
+    policy = reinforce(
+        reward,
+        len(locations),
+        bank.shape[1],
+        config.steps,
+        config.samples,
+        config.lr,
+        seed=config.seed,
+        progress=progress,
+        init_logits=_prior_logits(config, bank.shape[1]),
+    )
     timings["reinforce"] = time.perf_counter() - t
     choice = policy.choice
     if config.final_samples:
@@ -153,18 +193,32 @@ def fit_at(lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, sc
     vectors = bank[torch.arange(len(locations)), choice]
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
     loc_tensor = torch.tensor(locations, dtype=torch.long)
-    artifact = TaskVectors(loc_tensor[kept], vectors[kept], config=artifact_config(lmm, config, task, train),
-                           bank=torch.nan_to_num(bank), probabilities=policy.probabilities)
+    artifact = TaskVectors(
+        loc_tensor[kept],
+        vectors[kept],
+        config=artifact_config(lmm, config, task, train),
+        bank=torch.nan_to_num(bank),
+        probabilities=policy.probabilities,
+    )
     if config.continuation:
         t = time.perf_counter()
-        artifact = with_continuation(artifact, lmm, train, task, config.continuation, config.pairs, config.shots,
-                                     config.batch_size, config.seed)
+        artifact = with_continuation(
+            artifact, lmm, train, task, config.continuation, config.pairs, config.shots, config.batch_size, config.seed
+        )
         timings["continuation"] = time.perf_counter() - t
     return artifact, FitState(scan, locations, bank, policy, timings)
 
 
-def select_final(lmm: LMM, train: Sequence[Example], task: Task, locations: Sequence[Location], bank: torch.Tensor,
-                 policy: PolicyResult, config: STVConfig, rng: np.random.Generator) -> torch.Tensor:
+def select_final(
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    locations: Sequence[Location],
+    bank: torch.Tensor,
+    policy: PolicyResult,
+    config: STVConfig,
+    rng: np.random.Generator,
+) -> torch.Tensor:
     """The best of the argmax and ``final_samples`` draws from the trained policy, by mean
     first-token log-prob on ``final_items`` training queries (K,). A policy that has not
     converged puts its argmax on arms that were never good together; scoring a few joint
@@ -182,10 +236,22 @@ def artifact_config(lmm: LMM, config: STVConfig | MTVConfig, task: Task, train: 
     from .. import __version__
 
     fingerprint = data_fingerprint(train)
-    return {"method": "stv", "model": lmm.name, "revision": lmm.revision, "family": lmm.family,
-            "architecture": type(lmm.model).__name__, "weights": lmm.weights_fingerprint(),
-            "num_layers": lmm.heads.num_layers,
-            "num_heads": lmm.heads.num_heads, "dtype": str(lmm.dtype).replace("torch.", ""),
-            "policy": config.policy, "task": asdict(task), "hyperparameters": asdict(config),
-            "stv_version": __version__, "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__, "data_fingerprint": fingerprint, "train_examples": len(train)}
+    return {
+        "method": "stv",
+        "model": lmm.name,
+        "revision": lmm.revision,
+        "family": lmm.family,
+        "architecture": type(lmm.model).__name__,
+        "weights": lmm.weights_fingerprint(),
+        "num_layers": lmm.heads.num_layers,
+        "num_heads": lmm.heads.num_heads,
+        "dtype": str(lmm.dtype).replace("torch.", ""),
+        "policy": config.policy,
+        "task": asdict(task),
+        "hyperparameters": asdict(config),
+        "stv_version": __version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "data_fingerprint": fingerprint,
+        "train_examples": len(train),
+    }

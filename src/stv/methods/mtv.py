@@ -43,8 +43,16 @@ class MTVConfig:
     seed: int = 0
 
 
-def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: int, shots: int,
-                     batch_size: int, rng: np.random.Generator, progress: bool = False) -> torch.Tensor:
+def mean_activations(
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    prompts: int,
+    shots: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> torch.Tensor:
     """Running mean of every head's last-token output over many-shot prompts: (L*H, head_dim)."""
     from tqdm.auto import tqdm
 
@@ -58,8 +66,14 @@ def mean_activations(lmm: LMM, train: Sequence[Example], task: Task, prompts: in
     return dist.all_sum(total) / len(all_prompts)
 
 
-def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None, task: Task | None = None,
-            progress: bool = True, means: torch.Tensor | None = None) -> tuple[TaskVectors, dict]:
+def fit_mtv(
+    lmm: LMM,
+    train: Sequence[Example],
+    config: MTVConfig | None = None,
+    task: Task | None = None,
+    progress: bool = True,
+    means: torch.Tensor | None = None,
+) -> tuple[TaskVectors, dict]:
     """MTV on ``train``. ``means`` (L*H, head_dim), when given, are the mean many-shot
     activations already recorded elsewhere (e.g. the mean of an STV scan's with-context
     activations, which is the same quantity), so they are not recorded twice."""
@@ -75,8 +89,17 @@ def fit_mtv(lmm: LMM, train: Sequence[Example], config: MTVConfig | None = None,
     bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D)
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
     t = time.perf_counter()
-    policy = reinforce(reward, len(locations), 2, config.steps, config.samples, config.lr, seed=config.seed,
-                       progress=progress, init_logits=torch.tensor([0.0, config.init_logit]))
+    policy = reinforce(
+        reward,
+        len(locations),
+        2,
+        config.steps,
+        config.samples,
+        config.lr,
+        seed=config.seed,
+        progress=progress,
+        init_logits=torch.tensor([0.0, config.init_logit]),
+    )
     t_search = time.perf_counter() - t
     keep_prob = policy.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
     gen = torch.Generator().manual_seed(config.seed)

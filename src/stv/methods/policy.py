@@ -28,9 +28,18 @@ class PolicyResult:
         return self.logits.argmax(-1)
 
 
-def reinforce(reward_fn: RewardFn, locations: int, arms: int, steps: int = 600, samples: int = 32,
-              lr: float = 0.1, eps: float = 1e-3, seed: int = 0, progress: bool = True,
-              init_logits: torch.Tensor | None = None) -> PolicyResult:
+def reinforce(
+    reward_fn: RewardFn,
+    locations: int,
+    arms: int,
+    steps: int = 600,
+    samples: int = 32,
+    lr: float = 0.1,
+    eps: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    init_logits: torch.Tensor | None = None,
+) -> PolicyResult:
     """Independent softmax policies (zero-initialised logits unless ``init_logits``), REINFORCE
     with a normalised baseline.
 

@@ -87,8 +87,10 @@ class ScanResult:
         columns = [layer * heads + head for layer, head in locations]
         if self.rows is None:
             return torch.from_numpy(np.asarray(self.context_activations[:, columns], dtype=np.float32))
-        mine = [(b, torch.from_numpy(np.asarray(self.context_activations[s:e][:, columns], dtype=np.float32)))
-                for b, s, e in self.rows]
+        mine = [
+            (b, torch.from_numpy(np.asarray(self.context_activations[s:e][:, columns], dtype=np.float32)))
+            for b, s, e in self.rows
+        ]
         return torch.cat(assemble(distributed.current().gather(mine)))
 
 
@@ -99,8 +101,14 @@ def record_prompts(lmm: LMM, prompts: Sequence[Prompt]) -> torch.Tensor:
     return rec.values
 
 
-def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_size: int = 8,
-                     workdir: str | Path | None = None, progress: bool = True, key: str | None = None) -> ScanResult:
+def sensitivity_scan(
+    lmm: LMM,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    batch_size: int = 8,
+    workdir: str | Path | None = None,
+    progress: bool = True,
+    key: str | None = None,
+) -> ScanResult:
     """``pairs`` are (query alone, query with demonstrations) prompts.
 
     With a ``workdir`` and a ``key`` (what the scan depends on), a finished scan stored there
@@ -151,9 +159,16 @@ def sensitivity_scan(lmm: LMM, pairs: Sequence[tuple[Prompt, Prompt]], batch_siz
     if temporary:
         shutil.rmtree(workdir, ignore_errors=True)
     elif key is not None and not dist.enabled:  # no marker under data parallelism: shards live on several ranks
-        atomic_write_json(done, {"key": key, "files": {name: (workdir / name).stat().st_size},
-                                 "sensitivity": sensitivity.tolist(), "query_norm": query_norm.tolist(),
-                                 "mean_delta": mean_delta.tolist()})
+        atomic_write_json(
+            done,
+            {
+                "key": key,
+                "files": {name: (workdir / name).stat().st_size},
+                "sensitivity": sensitivity.tolist(),
+                "query_norm": query_norm.tolist(),
+                "mean_delta": mean_delta.tolist(),
+            },
+        )
     return result
 
 
@@ -169,8 +184,13 @@ def _load_finished(workdir: Path, key: str) -> ScanResult | None:
     if not all((workdir / f).is_file() and (workdir / f).stat().st_size == size for f, size in files.items()):
         return None
     context = np.load(workdir / "context_activations.npy", mmap_mode="r")
-    return ScanResult(torch.tensor(stored["sensitivity"]), context, query_norm=torch.tensor(stored["query_norm"]),
-                      mean_delta=torch.tensor(stored["mean_delta"]), reused=True)
+    return ScanResult(
+        torch.tensor(stored["sensitivity"]),
+        context,
+        query_norm=torch.tensor(stored["query_norm"]),
+        mean_delta=torch.tensor(stored["mean_delta"]),
+        reused=True,
+    )
 
 
 def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
@@ -184,6 +204,8 @@ def _allocate(path: Path, shape: tuple[int, ...]) -> np.memmap:
         del array
         path.unlink(missing_ok=True)
         need = np.prod(shape) * 2 / 2**20
-        raise StvError(f"cannot reserve {need:.0f} MiB for the scan's activations in {path.parent} ({err.strerror}); "
-                       "free disk space or pass a --out on another disk") from None
+        raise StvError(
+            f"cannot reserve {need:.0f} MiB for the scan's activations in {path.parent} ({err.strerror}); "
+            "free disk space or pass a --out on another disk"
+        ) from None
     return array

@@ -64,11 +64,15 @@ def load_model(
     path = str(source)
     local = Path(path)
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1 or path.endswith(".gguf")):
-        raise ModelLoadError(f"model folder {path} does not exist; pass an existing folder, a hub id such as "
-                             "Qwen/Qwen2-VL-2B-Instruct, or a name from `stv models`")
+        raise ModelLoadError(
+            f"model folder {path} does not exist; pass an existing folder, a hub id such as "
+            "Qwen/Qwen2-VL-2B-Instruct, or a name from `stv models`"
+        )
     if local.exists() and not (local / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
-                             "folder written by save_pretrained, a .gguf file, or a name from `stv models`")
+        raise ModelLoadError(
+            f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
+            "folder written by save_pretrained, a .gguf file, or a name from `stv models`"
+        )
     hub: dict = {"revision": revision} if revision else {}
     if not local.exists() and not _hub_reachable():
         hub["local_files_only"] = True  # offline: read the local cache only, no retries
@@ -76,9 +80,11 @@ def load_model(
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError, KeyError) as err:
         if hub.get("local_files_only"):
-            raise ModelLoadError(f"model {path!r} is not a local folder nor in the Hugging Face cache, and the hub "
-                                 "cannot be reached (offline); download it where there is a network, or pass a "
-                                 "local folder or a name from `stv models`") from None
+            raise ModelLoadError(
+                f"model {path!r} is not a local folder nor in the Hugging Face cache, and the hub "
+                "cannot be reached (offline); download it where there is a network, or pass a "
+                "local folder or a name from `stv models`"
+            ) from None
         raise ModelLoadError(f"cannot read a model config from {path}: {err}") from err
     if trust_remote_code and type(config).__module__.startswith("transformers_modules"):
         cls = transformers.AutoModelForCausalLM
@@ -105,12 +111,25 @@ def load_model(
     except (OSError, ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot load the processor/tokenizer of {path}: {err}") from err
     heads = HeadMap.from_model(model, pattern=heads_pattern, num_heads=num_heads)
-    return LMM(model=model, processor=processor, heads=heads, name=str(name_or_path), revision=weights or revision,
-               family=config.model_type)
+    return LMM(
+        model=model,
+        processor=processor,
+        heads=heads,
+        name=str(name_or_path),
+        revision=weights or revision,
+        family=config.model_type,
+    )
 
 
-_DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def _dtype(dtype):
@@ -156,8 +175,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 _REACHABLE: bool | None = None
 
 
-def resolve_source(name_or_path: str | Path, gguf_file: str | None = None, progress: bool = True
-                   ) -> tuple[str | Path, str | None]:
+def resolve_source(
+    name_or_path: str | Path, gguf_file: str | None = None, progress: bool = True
+) -> tuple[str | Path, str | None]:
     """(what ``from_pretrained`` should read, a weights fingerprint or None).
 
     Named models and GGUF files become their cached float folder, fingerprinted by the

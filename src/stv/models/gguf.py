@@ -47,7 +47,9 @@ def find_gguf(path: str | Path, gguf_file: str | None = None) -> Path | None:
         found = sorted(path.glob("*.gguf"))
         if len(found) > 1:
             names = ", ".join(f.name for f in found)
-            raise FileNotFoundError(f"{path} holds several GGUF files ({names}); pick one with gguf_file= / --gguf-file")
+            raise FileNotFoundError(
+                f"{path} holds several GGUF files ({names}); pick one with gguf_file= / --gguf-file"
+            )
         return found[0] if found else None
     return None
 
@@ -77,13 +79,15 @@ def converted_folder(gguf: str | Path, progress: bool = True) -> tuple[Path, str
     gguf = Path(gguf)
     digest = sha256_file(gguf)
     message = f"converting {gguf.name} to float weights once" if progress else None
-    folder = cached_build("gguf", digest, lambda out: _convert(gguf, out, progress), message,
-                          {"source": str(gguf), "sha256": digest})
+    folder = cached_build(
+        "gguf", digest, lambda out: _convert(gguf, out, progress), message, {"source": str(gguf), "sha256": digest}
+    )
     return folder, digest
 
 
-def cached_build(kind: str, key: str, write: Callable[[Path], None], message: str | None = None,
-                 record: dict | None = None) -> Path:
+def cached_build(
+    kind: str, key: str, write: Callable[[Path], None], message: str | None = None, record: dict | None = None
+) -> Path:
     """``cache_dir()/kind/key``, built by ``write(folder)`` on first use.
 
     Built under a temporary name and trusted only through a marker written last that lists

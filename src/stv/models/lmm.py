@@ -48,8 +48,9 @@ class LMM:
     family: str = ""
 
     @classmethod
-    def from_model(cls, model: nn.Module, processor: Any, name: str | None = None,
-                   heads_pattern: str | None = None) -> "LMM":
+    def from_model(
+        cls, model: nn.Module, processor: Any, name: str | None = None, heads_pattern: str | None = None
+    ) -> "LMM":
         """Wrap a model the user already loaded (with its tokenizer or processor).
 
         The model is put in eval mode; its heads are found as :func:`stv.load_model` finds
@@ -58,9 +59,13 @@ class LMM:
         if config is None:
             raise TypeError(f"{type(model).__name__} has no .config; pass a transformers model")
         model.eval()
-        return cls(model=model, processor=processor, heads=HeadMap.from_model(model, pattern=heads_pattern),
-                   name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
-                   family=config.model_type)
+        return cls(
+            model=model,
+            processor=processor,
+            heads=HeadMap.from_model(model, pattern=heads_pattern),
+            name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
+            family=config.model_type,
+        )
 
     def weights_fingerprint(self) -> str:
         """Which weights these are: the GGUF's sha256, or a hash of every parameter's name,
@@ -117,7 +122,10 @@ class LMM:
             return "".join(p if isinstance(p, str) else self.image_placeholder for p in prompt), images
         if mode != "chat":
             raise StvError(f"render mode {mode!r} is not 'raw' or 'chat'")
-        if getattr(self.processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
+        if (
+            getattr(self.processor, "chat_template", None) is None
+            and getattr(self.tokenizer, "chat_template", None) is None
+        ):
             raise StvError(f"{self.name} has no chat template; use render mode 'raw'")
         content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in prompt]
         messages = [{"role": "user", "content": content if self.is_multimodal else "".join(prompt)}]
@@ -150,16 +158,21 @@ class LMM:
         inputs = dict(inputs)
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and inputs["input_ids"].shape[1] > limit:
-            raise StvError(f"a prompt of {inputs['input_ids'].shape[1]} tokens exceeds {self.name}'s maximum of "
-                           f"{limit} positions; use fewer demonstrations (--shots / --context-shots)")
+            raise StvError(
+                f"a prompt of {inputs['input_ids'].shape[1]} tokens exceeds {self.name}'s maximum of "
+                f"{limit} positions; use fewer demonstrations (--shots / --context-shots)"
+            )
         if self.family != "gemma3":  # Gemma3 needs token_type_ids (bidirectional image attention)
             inputs.pop("token_type_ids", None)
         if positions and self.family not in _OWN_POSITIONS:
             mask = inputs["attention_mask"]
             inputs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         dtype = self.dtype
-        return {k: (v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device))
-                for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        return {
+            k: (v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
 
     # -------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -169,14 +182,16 @@ class LMM:
         return out.logits[:, -1].float()
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw",
-                 **kwargs) -> list[str]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw", **kwargs
+    ) -> list[str]:
         """Greedy decoding; returns the new text of each prompt (special tokens dropped)."""
         return self.decode(self.generate_ids(prompts, max_new_tokens, mode, **kwargs))
 
     @torch.inference_mode()
-    def generate_ids(self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw",
-                     **kwargs) -> torch.Tensor:
+    def generate_ids(
+        self, prompts: Sequence[Prompt], max_new_tokens: int = 20, mode: Render = "raw", **kwargs
+    ) -> torch.Tensor:
         """Greedy decoding; the new token ids (batch, new), padded after an end of sequence.
 
         Column 0 is the argmax after each prompt, so one call gives both the first-token
@@ -185,7 +200,7 @@ class LMM:
         kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
-        return out[:, inputs["input_ids"].shape[1]:].cpu()
+        return out[:, inputs["input_ids"].shape[1] :].cpu()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -198,8 +213,9 @@ class LMM:
         return ids
 
     @torch.inference_mode()
-    def score(self, prompts: Sequence[Prompt], answers: Sequence[str], mode: Render = "raw",
-              first_token_only: bool = False) -> torch.Tensor:
+    def score(
+        self, prompts: Sequence[Prompt], answers: Sequence[str], mode: Render = "raw", first_token_only: bool = False
+    ) -> torch.Tensor:
         """Teacher-forced log-probability of each answer after its prompt: (batch,) float32.
 
         The prompt runs once with a KV cache, then answer tokens one at a time, exactly as
@@ -244,8 +260,9 @@ class LMM:
             return None
         return getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
 
-    def _continue_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, positions: torch.Tensor,
-                         deltas: torch.Tensor | None = None) -> dict:
+    def _continue_inputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, cache, positions: torch.Tensor, deltas: torch.Tensor | None = None
+    ) -> dict:
         """Inputs for more tokens after a cached prefix; ``positions`` (rows, new) are text positions."""
         inputs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.family in _OWN_POSITIONS:
@@ -276,8 +293,13 @@ class LMM:
         out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         mask = inputs["attention_mask"]
         deltas = self._rope_deltas()
-        return Prefix(out.past_key_values, last, mask, (mask.long().cumsum(-1) - 1)[:, -1],
-                      None if deltas is None else deltas.clone())
+        return Prefix(
+            out.past_key_values,
+            last,
+            mask,
+            (mask.long().cumsum(-1) - 1)[:, -1],
+            None if deltas is None else deltas.clone(),
+        )
 
     @torch.inference_mode()
     def last_token_logits(self, prefix: "Prefix", repeats: int = 1, keep: bool = False) -> torch.Tensor:
@@ -298,8 +320,9 @@ class LMM:
                 cache.batch_repeat_interleave(repeats)
             rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
             deltas = None if prefix.deltas is None else rep(prefix.deltas)
-            inputs = self._continue_inputs(rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos)[:, None],
-                                           deltas)
+            inputs = self._continue_inputs(
+                rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos)[:, None], deltas
+            )
             return self.model(**inputs).logits[:, -1].float()
         rows, span = prefix.last_ids.shape[0], repeats
         ids = prefix.last_ids.expand(rows, span)
@@ -330,7 +353,8 @@ class LMM:
         if self._mask_kind() is torch.bool:
             return allowed
         return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(self.dtype).min)
+            ~allowed, torch.finfo(self.dtype).min
+        )
 
 
 def _croppable(cache) -> bool:

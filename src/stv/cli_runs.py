@@ -1,0 +1,129 @@
+"""The ``stv`` sub-commands that run experiments: demo, compare, bench and the labs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .cli_common import model_from_args
+from .errors import StvError
+from .io import atomic_write_json, atomic_write_text
+
+
+def _cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+    from .report import results_table
+
+    if args.model:
+        config = DemoConfig.real(args.model, quick=args.quick)
+    else:
+        config = DemoConfig.quick() if args.quick else DemoConfig()
+    if args.seed is not None:
+        config.seeds = (args.seed,)
+    out = args.out or ("runs/demo" if not args.model else f"runs/demo-{Path(args.model).name}")
+    summary = run_demo(out, config)
+    for metric, per_method in summary["results"].items():
+        print(f"\n{summary['metric'][metric]}\n{results_table(per_method)}")
+    args.out = out
+    print(f"\nwrote {args.out}/results.json, report.md and plots ({summary['wall_seconds']} s)")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare_table, run_compare, write_compare
+    from .methods.fit import STVConfig
+
+    base = STVConfig(
+        top_k=args.top_k,
+        clusters=args.clusters,
+        pairs=args.pairs,
+        shots=args.context_shots,
+        steps=args.steps,
+        samples=args.samples,
+        batch_size=args.batch_size,
+    )
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    lmm = model_from_args(args)
+    result = run_compare(
+        lmm, tasks, [int(s) for s in args.seeds.split(",")], variants, base, test_per_task=args.test_per_task
+    )
+    result["model"] = str(lmm.name)
+    write_compare(result, args.out)
+    for metric in ("first_token", "exact_match"):
+        print(f"\n{metric} (%)\n{compare_table(result, metric)}")
+    print(f"\nwrote {args.out}/compare.json and compare.md")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_all
+
+    lines = run_all(quick=args.quick, only=args.only)
+    if args.write:
+        path = atomic_write_text(args.write, "\n".join(lines) + "\n")
+        print(f"\nwrote {path}")
+    return 0
+
+
+def _cmd_lab(args) -> int:
+    if args.backbone:
+        return _cmd_lab_smol(args)
+    from .lab import LAB_CHECKPOINT, load_lab
+    from .lab.curve import format_curve, icl_curve, save_curve
+
+    per_task = getattr(args, "per_task", None) or 200
+    if args.lab_command == "train":
+        from .lab.train import LabConfig, train_lab
+
+        cfg = LabConfig(seed=args.seed, steps=args.steps) if args.steps else LabConfig(seed=args.seed)
+        result = train_lab(args.out, cfg)
+        curve = icl_curve(load_lab(args.out), per_task=per_task)
+        save_curve(curve, args.out)
+        print(format_curve(curve))
+        print(f"\ntrained in {result['train_seconds']} s; wrote {args.out}")
+    elif args.lab_command == "info":
+        path = Path(args.checkpoint or LAB_CHECKPOINT) / "icl_curve.json"
+        if not path.is_file():
+            raise StvError(f"no ICL curve at {path}; run `stv lab curve`")
+        print(format_curve(json.loads(path.read_text())))
+    else:
+        curve = icl_curve(load_lab(args.checkpoint), per_task=per_task)
+        print(format_curve(curve))
+    return 0
+
+
+def _cmd_lab_smol(args) -> int:
+    """The SmolLM2 lab: train the tower, or print / recompute its image and text ICL curves."""
+    from .lab import smol
+    from .lab.curve import format_number_curve, number_curve
+
+    folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or smol.TOWER)
+    if args.lab_command == "info":
+        path = folder / "icl_curve.json"
+        if not path.is_file():
+            raise StvError(f"no ICL curve at {path}; run `stv lab curve --backbone {args.backbone}`")
+        curves = json.loads(path.read_text())
+    else:
+        if args.lab_command == "train":
+            from .lab.align import AlignConfig, train_tower
+
+            cfg = AlignConfig(
+                steps=args.steps or AlignConfig.steps,
+                embed_weight=args.embed_weight,
+                distill_weight=args.distill_weight,
+                seed=args.seed,
+            )
+            result = train_tower(folder, cfg)
+            print(f"trained in {result['train_seconds']} s; image read as its digit: {result['reads_as_digit']}")
+        lmm = smol.load_tower(folder)
+        per_task = args.per_task or 60
+        curves = {
+            "image": number_curve(lmm, "numbers", per_task=per_task),
+            "text": number_curve(lmm, "numbers-text", per_task=per_task),
+        }
+        atomic_write_json(folder / "icl_curve.json", curves)
+    for kind, curve in curves.items():
+        print(f"\n{kind} ({curve['kind']}:TASK, first token / exact match %, {curve['per_task']} test queries)")
+        print(format_number_curve(curve))
+    return 0

@@ -30,6 +30,9 @@ def test_generated_tokens_get_their_continuation_rows(lmm_of):
         finally:
             handle.remove()
     assert seen == [7.0, 8.0, None, None, None]  # prompt, token 1, token 2 left alone (NaN), then nothing
+    with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
+        with pytest.raises(ValueError, match="continuation needs the KV cache"):
+            lmm.generate([["go on"]], max_new_tokens=3, use_cache=False)
     with pytest.raises(ValueError, match="policy 'every_step' already writes every token"):
         with replace(lmm.model, heads, [(1, 3)], first, policy="every_step", continuation=later):
             pass

@@ -217,6 +217,111 @@ def _check_continuation(continuation, policy: str, n: int, head_dim: int) -> tor
     return later
 
 
+def _check_values(values, n: int, head_dim: int) -> torch.Tensor:
+    values = torch.as_tensor(values)
+    if values.dim() not in (2, 3) or values.shape[-2:] != (n, head_dim):
+        raise StvError(
+            f"values must have shape ({n}, {head_dim}) or (batch, {n}, {head_dim}); got {tuple(values.shape)}"
+        )
+    return values
+
+
+@dataclass
+class _Writer:
+    """The write hooks of :func:`replace`: which values go where, at which forward pass."""
+
+    heads: HeadMap
+    locations: list[Location]
+    values: torch.Tensor  # (n, D) or (rows * span, n, D)
+    later: torch.Tensor | None  # (T, n, D) for generated tokens 1..T
+    policy: str
+    span: int
+    step: _Step = field(default_factory=_Step)
+    _cache: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = field(default_factory=dict)
+
+    def pass_index(self) -> int | None:
+        """Which row of values this forward pass writes (0: ``values``; t: ``later[t - 1]``),
+        or None when it writes nothing."""
+        t = self.step.forward_index if self.step.in_generate and self.policy == "prompt_last" else 0
+        return t if t <= (0 if self.later is None else len(self.later)) else None
+
+    def values_on(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        key = (x.device, x.dtype, t)
+        if key not in self._cache:
+            chosen = self.values if t == 0 or self.later is None else self.later[t - 1]
+            self._cache[key] = chosen.to(device=x.device, dtype=x.dtype)
+        return self._cache[key]
+
+    def hook(self, layer_heads: list[tuple[int, int]]):
+        keep_nan = bool(torch.isnan(self.values).any())  # NaN rows mean "leave this head as it is"
+        n, h = len(self.locations), self.heads
+
+        def write(module: nn.Module, args: tuple):
+            t = self.pass_index()
+            if t is None:
+                return None
+            x = args[0]
+            batch, span = x.shape[0], self.span
+            v = self.values_on(x, t)
+            if v.dim() == 3:
+                if v.shape[0] != batch * span:
+                    raise StvError(
+                        f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {span} positions"
+                    )
+                v = v.view(batch, span, n, h.head_dim)
+            x = x.clone()  # never write into a tensor we don't own
+            tail = x[:, -span:].view(batch, span, h.num_heads, h.head_dim)
+            for i, head in layer_heads:
+                new = v[..., i, :].expand_as(tail[:, :, head])
+                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan or t else new
+            return (x,) + tuple(args[1:])
+
+        return write
+
+    def count_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.step.in_generate:
+            self.step.forward_index += 1
+
+
+@contextlib.contextmanager
+def _guarded_generate(model: nn.Module, step: _Step, writes_generated: str | None) -> Iterator[None]:
+    """``model.generate`` that counts forward passes from 0 (the prompt) and, when generated
+    tokens are written (``writes_generated`` names what writes them), refuses the settings
+    under which those edits would be lost."""
+    original = model.__dict__.get("generate")
+    bound = model.generate
+
+    def generate(*args, **kwargs):
+        gen_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
+        if writes_generated and use_cache is False:
+            raise StvError(
+                f"{writes_generated} needs the KV cache: with use_cache=False every step re-runs the "
+                "whole sequence and earlier generated tokens would lose their edits. Use use_cache=True "
+                "or policy='prompt_last' without continuation vectors"
+            )
+        if writes_generated and kwargs.get("prefill_chunk_size"):
+            raise StvError(
+                f"{writes_generated} cannot be combined with chunked prefill (prefill_chunk_size): "
+                "chunks would be edited at their own last token. Turn chunked prefill off"
+            )
+        step.in_generate += 1
+        step.forward_index = -1
+        try:
+            return bound(*args, **kwargs)
+        finally:
+            step.in_generate -= 1
+
+    model.generate = generate  # instance attribute, removed on exit
+    try:
+        yield
+    finally:
+        if original is None:
+            del model.generate
+        else:
+            model.generate = original
+
+
 @contextlib.contextmanager
 def replace(
     model: nn.Module,
@@ -243,86 +348,26 @@ def replace(
     if policy not in POLICIES:
         raise StvError(f"policy {policy!r} is not one of {POLICIES}")
     locs = heads.check(locations)
-    values = torch.as_tensor(values)
-    later = _check_continuation(continuation, policy, len(locs), heads.head_dim)
-    if values.dim() not in (2, 3) or values.shape[-2:] != (len(locs), heads.head_dim):
-        raise StvError(
-            f"values must have shape ({len(locs)}, {heads.head_dim}) or (batch, {len(locs)}, "
-            f"{heads.head_dim}); got {tuple(values.shape)}"
-        )
-    groups = _by_layer(locs)
-    keep_nan = bool(torch.isnan(values).any())  # NaN rows mean "leave this head as it is"
-    step = _Step()
-    per_device: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
-
-    def values_on(x: torch.Tensor, t: int) -> torch.Tensor:
-        key = (x.device, x.dtype, t)
-        if key not in per_device:
-            chosen = values if t == 0 or later is None else later[t - 1]
-            per_device[key] = chosen.to(device=x.device, dtype=x.dtype)
-        return per_device[key]
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple):
-            t = step.forward_index if step.in_generate and policy == "prompt_last" else 0
-            if t > (0 if later is None else len(later)):
-                return None
-            x = args[0]
-            batch = x.shape[0]
-            v = values_on(x, t)
-            if v.dim() == 3:
-                if v.shape[0] != batch * span:
-                    raise StvError(
-                        f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {span} positions"
-                    )
-                v = v.view(batch, span, len(locs), heads.head_dim)
-            x = x.clone()  # never write into a tensor we don't own
-            tail = x[:, -span:].view(batch, span, heads.num_heads, heads.head_dim)
-            for i, head in groups[layer]:
-                new = v[..., i, :].expand_as(tail[:, :, head])
-                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan or t else new
-            return (x,) + tuple(args[1:])
-
-        return hook
-
-    def count_forward(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if step.in_generate:
-            step.forward_index += 1
-
-    original_generate = model.__dict__.get("generate")
-    bound_generate = model.generate
-
-    def guarded_generate(*args, **kwargs):
-        gen_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-        use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
-        if policy == "every_step" and use_cache is False:
-            raise StvError(
-                "policy 'every_step' needs the KV cache: with use_cache=False every step re-runs the "
-                "whole sequence and earlier generated tokens would lose their edits. Use use_cache=True "
-                "or policy='prompt_last'"
-            )
-        if policy == "every_step" and kwargs.get("prefill_chunk_size"):
-            raise StvError(
-                "policy 'every_step' cannot be combined with chunked prefill (prefill_chunk_size): "
-                "chunks would be edited at their own last token. Turn chunked prefill off"
-            )
-        step.in_generate += 1
-        step.forward_index = -1
-        try:
-            return bound_generate(*args, **kwargs)
-        finally:
-            step.in_generate -= 1
-
-    handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
+    writer = _Writer(
+        heads,
+        locs,
+        _check_values(values, len(locs), heads.head_dim),
+        _check_continuation(continuation, policy, len(locs), heads.head_dim),
+        policy,
+        span,
+    )
+    handles = [
+        heads.projections[layer].register_forward_pre_hook(writer.hook(items))
+        for layer, items in _by_layer(locs).items()
+    ]
     counter_module = heads.decoder if heads.decoder is not None else heads.projections[0]
-    handles.append(counter_module.register_forward_pre_hook(count_forward, with_kwargs=True, prepend=True))
-    model.generate = guarded_generate  # instance attribute, removed on exit
+    handles.append(counter_module.register_forward_pre_hook(writer.count_forward, with_kwargs=True, prepend=True))
     try:
-        yield
+        writes_generated = (
+            "policy 'every_step'" if policy == "every_step" else "continuation" if writer.later is not None else None
+        )
+        with _guarded_generate(model, writer.step, writes_generated):
+            yield
     finally:
         for h in handles:
             h.remove()
-        if original_generate is None:
-            del model.generate
-        else:
-            model.generate = original_generate

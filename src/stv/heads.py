@@ -67,35 +67,9 @@ class HeadMap:
         heads = num_heads or getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head", None)
         decoder = None
         if pattern is not None:
-            if "{layer}" not in pattern:
-                raise HeadDiscoveryError(f"module pattern {pattern!r} must contain '{{layer}}'")
-            modules = dict(model.named_modules())
-            projections: list[nn.Module] = []
-            while pattern.format(layer=len(projections)) in modules:
-                projections.append(modules[pattern.format(layer=len(projections))])
-            if not projections:
-                raise HeadDiscoveryError(
-                    f"module pattern {pattern!r} matched nothing in {type(model).__name__}; "
-                    f"check the path with `print(model)` (e.g. 'transformer.h.{{layer}}.attn.c_proj')"
-                )
+            projections = _projections_by_pattern(model, pattern)
         else:
-            get_decoder = getattr(model, "get_decoder", None)
-            decoder = get_decoder() if callable(get_decoder) else None
-            layers = getattr(decoder, "layers", None) if decoder is not None else None
-            if layers is None:
-                raise HeadDiscoveryError(
-                    f"no text-decoder layers found in {type(model).__name__} (model.get_decoder().layers); "
-                    "pass an explicit module pattern, e.g. --heads-pattern 'transformer.h.{layer}.attn.c_proj'"
-                )
-            projections = []
-            for i, layer in enumerate(layers):
-                proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
-                if proj is None:
-                    raise HeadDiscoveryError(
-                        f"decoder layer {i} of {type(model).__name__} has no self_attn.o_proj; "
-                        "pass an explicit module pattern for this architecture"
-                    )
-                projections.append(proj)
+            decoder, projections = _decoder_projections(model)
         if not projections:
             raise HeadDiscoveryError(f"{type(model).__name__} has no attention heads in its decoder")
         if not heads:
@@ -118,6 +92,44 @@ class HeadMap:
                 "point it at each layer's attention output projection (e.g. 'model.layers.{layer}.self_attn.o_proj')"
             )
         return cls(list(projections), int(heads), width // heads, decoder)
+
+
+def _projections_by_pattern(model: nn.Module, pattern: str) -> list[nn.Module]:
+    """The modules ``pattern.format(layer=0, 1, ...)`` names, until one is missing."""
+    if "{layer}" not in pattern:
+        raise HeadDiscoveryError(f"module pattern {pattern!r} must contain '{{layer}}'")
+    modules = dict(model.named_modules())
+    projections: list[nn.Module] = []
+    while pattern.format(layer=len(projections)) in modules:
+        projections.append(modules[pattern.format(layer=len(projections))])
+    if not projections:
+        raise HeadDiscoveryError(
+            f"module pattern {pattern!r} matched nothing in {type(model).__name__}; "
+            f"check the path with `print(model)` (e.g. 'transformer.h.{{layer}}.attn.c_proj')"
+        )
+    return projections
+
+
+def _decoder_projections(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(text decoder, its layers' ``self_attn.o_proj``), through ``model.get_decoder()``."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    layers = getattr(decoder, "layers", None) if decoder is not None else None
+    if decoder is None or layers is None:
+        raise HeadDiscoveryError(
+            f"no text-decoder layers found in {type(model).__name__} (model.get_decoder().layers); "
+            "pass an explicit module pattern, e.g. --heads-pattern 'transformer.h.{layer}.attn.c_proj'"
+        )
+    projections = []
+    for i, layer in enumerate(layers):
+        proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
+        if proj is None:
+            raise HeadDiscoveryError(
+                f"decoder layer {i} of {type(model).__name__} has no self_attn.o_proj; "
+                "pass an explicit module pattern for this architecture"
+            )
+        projections.append(proj)
+    return decoder, projections
 
 
 def _in_features(proj: nn.Module) -> int | None:

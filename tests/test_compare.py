@@ -134,8 +134,9 @@ def test_arm_prior_starts_where_mtv_starts():
 def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     """A policy whose argmax writes garbage into every head loses to a draw that leaves some
     heads alone: select_final keeps the candidate with the best first-token log-prob."""
-    from stv.methods.fit import bank_rewards, select_final
+    from stv.methods.fit import select_final
     from stv.methods.policy import PolicyResult
+    from stv.methods.reward import bank_rewards
 
     lmm = lmm_of("llama")
     train = load_dataset("fv:capitalize", split="train")[:30]

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from stv.data import load_dataset
-from stv.methods.fit import bank_rewards
 from stv.methods.mtv import MTVConfig, fit_mtv
+from stv.methods.reward import bank_rewards
 from stv.tasks import task_for
 
 

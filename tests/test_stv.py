@@ -8,8 +8,9 @@ import stv
 from stv.data import Example, digit_examples
 from stv.heads import replace
 from stv.methods.bank import build_bank
-from stv.methods.fit import STVConfig, bank_rewards, first_token_ids, fit
+from stv.methods.fit import STVConfig, fit
 from stv.methods.policy import reinforce
+from stv.methods.reward import bank_rewards, first_token_ids
 from stv.methods.scan import sensitivity_scan
 from stv.models import LMM
 from stv.tasks import DIGITS

@@ -24,8 +24,9 @@ import torch
 from .data.digits import digit_examples
 from .heads import replace
 from .methods.bank import build_bank
-from .methods.fit import first_token_ids, scan_pairs
+from .methods.fit import scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
+from .methods.reward import first_token_ids
 from .methods.scan import record_prompts, sensitivity_scan
 from .models import LMM
 from .tasks import DIGITS

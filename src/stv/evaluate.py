@@ -17,7 +17,7 @@ from .data.example import Example
 from .fingerprint import check_settings, clear, data_fingerprint
 from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
-from .methods.fit import first_token_ids
+from .methods.reward import first_token_ids
 from .models import LMM
 from .tasks import Task, sample_demos, support_demos
 

@@ -22,8 +22,9 @@ from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
-from .fit import artifact_config, bank_rewards
+from .fit import artifact_config
 from .policy import reinforce
+from .reward import bank_rewards
 from .scan import record_prompts
 
 

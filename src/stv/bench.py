@@ -166,7 +166,7 @@ def bench_location_search(
     _, log = fit_mtv(
         lmm, train, MTVConfig(prompts=pairs, shots=shots, steps=steps, samples=samples, batch_size=25), progress=False
     )
-    t_mtv = log["timings"]["means"] + log["timings"]["search"]
+    t_mtv = log.timings["means"] + log.timings["search"]
     return {
         "subject": subject.name,
         "stv_scan_s": t_scan,

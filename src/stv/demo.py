@@ -253,7 +253,7 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     mtv_vectors, mtv_log = fit_mtv(
         lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
     )
-    for stage, seconds in mtv_log["timings"].items():
+    for stage, seconds in mtv_log.timings.items():
         timings.setdefault(f"mtv_{stage}", []).append(seconds)
     record("mtv", vectors=mtv_vectors)
     record("stv", vectors=vectors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import report
 from .fingerprint import check_settings, clear, data_fingerprint
@@ -18,6 +19,9 @@ from .io import atomic_write_json
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
 
 FIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "fit_log.json", "sensitivity.png", "policy.png", "scan")
+
+if TYPE_CHECKING:
+    from .methods.fit import FitLog
 
 
 def fit_settings(lmm, train, task, method: str, config, dataset: str | None = None) -> dict:
@@ -47,23 +51,15 @@ def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> b
     return resumed and (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
 
 
-def save_fit(
-    folder: str | Path,
-    vectors,
-    config,
-    state=None,
-    policy=None,
-    timings: dict | None = None,
-    started: float | None = None,
-) -> dict:
+def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, started: float | None = None) -> dict:
     """Write the artifact, plots and ``fit_log.json``; returns the log.
 
-    ``state`` is an STV :class:`~stv.methods.fit.FitState` (heatmap of the ranking used,
-    REINFORCE curves, whether the scan was reused); MTV passes its ``policy`` and ``timings``."""
+    ``state`` is the fit's :class:`~stv.methods.fit.FitLog` (REINFORCE curves; for STV also
+    the heatmap of the ranking used and whether the scan was reused)."""
     folder = Path(folder)
     vectors.save_pretrained(folder)
-    policy = state.policy if state is not None else policy
-    timings = state.timings if state is not None else (timings or {})
+    policy = state.policy if state is not None else None
+    timings = state.timings if state is not None else {}
     log = {
         "method": vectors.config.get("method"),
         "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -72,8 +68,8 @@ def save_fit(
     }
     if started is not None:
         log["total_seconds"] = round(time.perf_counter() - started, 3)
-    if state is not None:
-        ranking = getattr(config, "sensitivity", "l2")
+    if state is not None and state.scan_result is not None:
+        ranking = config.sensitivity
         log.update({"locations": state.locations, "scan_reused": state.scan.reused, "ranking": ranking})
         report.sensitivity_heatmap(
             state.scan.scores(ranking),
@@ -83,7 +79,7 @@ def save_fit(
             label=f"{ranking} score",
         )
     if policy is not None:
-        title = "MTV REINFORCE" if state is None else "STV REINFORCE"
+        title = f"{str(vectors.config.get('method', 'stv')).upper()} REINFORCE"
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
     atomic_write_json(folder / "fit_log.json", log)
     return log
@@ -128,10 +124,10 @@ def fit_into(
         return None
     start = time.perf_counter()
     if method == "mtv":
-        vectors, log = fit_mtv(lmm, train, method_cfg, task=task)
+        vectors, mtv_log = fit_mtv(lmm, train, method_cfg, task=task)
         if dist.is_main:
-            save_fit(folder, vectors, method_cfg, policy=log["policy"], timings=log["timings"], started=start)
-        return {"out": str(folder), "method": "mtv", "heads": len(vectors.locations), **log["timings"]}
+            save_fit(folder, vectors, method_cfg, state=mtv_log, started=start)
+        return {"out": str(folder), "method": "mtv", "heads": len(vectors.locations), **mtv_log.timings}
     vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
     log = save_fit(folder, vectors, config, state=state, started=start) if dist.is_main else {"stages_seconds": {}}
     return {

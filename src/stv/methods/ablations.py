@@ -11,16 +11,16 @@ from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors
-from .fit import FitState, STVConfig, fit_at
+from .fit import FitLog, STVConfig, fit_at
 
 
-def mean_at_top_k(state: FitState, config: dict) -> TaskVectors:
+def mean_at_top_k(state: FitLog, config: dict) -> TaskVectors:
     """Mean with-context activation at STV's top-K heads (no bank, no RL)."""
     means = state.scan.activations_at(state.locations).mean(0)
     return TaskVectors(torch.tensor(state.locations), means, config={**config, "method": "stv_mean_topk"})
 
 
-def nearest_to_mean(state: FitState, config: dict) -> TaskVectors:
+def nearest_to_mean(state: FitLog, config: dict) -> TaskVectors:
     """STV without RL: at each top-K head, the bank centroid closest to the mean activation."""
     means = state.scan.activations_at(state.locations).mean(0)
     bank = torch.nan_to_num(state.bank, nan=float("inf"))
@@ -30,13 +30,7 @@ def nearest_to_mean(state: FitState, config: dict) -> TaskVectors:
 
 
 def random_heads(
-    lmm: LMM,
-    train: Sequence[Example],
-    config: STVConfig,
-    task: Task,
-    state: FitState,
-    seed: int,
-    progress: bool = False,
+    lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, state: FitLog, seed: int, progress: bool = False
 ) -> TaskVectors:
     """STV (bank + RL) at K random heads instead of the most sensitive ones."""
     rng = np.random.default_rng(seed + 10_000)

@@ -12,6 +12,7 @@ import torch
 
 from ..config import STVConfig
 from ..data.example import Example
+from ..errors import StvError
 from ..fingerprint import data_fingerprint
 from ..heads import Location
 from ..models import LMM
@@ -28,14 +29,21 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class FitState:
-    """Everything a fit produced, for reports and ablations."""
+class FitLog:
+    """What a fit (STV or MTV) produced besides its vectors, for reports and ablations."""
 
-    scan: ScanResult
-    locations: list[Location]
+    scan_result: ScanResult | None  # None for MTV (its means need no scan)
+    locations: list[Location]  # where the search chose (STV: the top-K; MTV: every head)
     bank: torch.Tensor
     policy: PolicyResult | None
     timings: dict[str, float]
+
+    @property
+    def scan(self) -> ScanResult:
+        """The sensitivity scan of an STV fit."""
+        if self.scan_result is None:
+            raise StvError("this fit ran no sensitivity scan (MTV)")
+        return self.scan_result
 
 
 def scan_pairs(train: Sequence[Example], task: Task, pairs: int, shots: int, rng: np.random.Generator):
@@ -50,7 +58,7 @@ def fit(
     task: Task | None = None,
     progress: bool = True,
     workdir=None,
-) -> tuple[TaskVectors, FitState]:
+) -> tuple[TaskVectors, FitLog]:
     """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
     config = config or STVConfig()
     task = task or task_for(train)
@@ -102,7 +110,7 @@ def fit_at(
     locations: Sequence[Location],
     rng: np.random.Generator,
     progress: bool = True,
-) -> tuple[TaskVectors, FitState]:
+) -> tuple[TaskVectors, FitLog]:
     """Bank + REINFORCE at given locations (STV's top-K, or random heads for the ablation)."""
     locations = list(locations)
     timings = {}
@@ -149,7 +157,7 @@ def fit_at(
             artifact, lmm, train, task, config.continuation, config.pairs, config.shots, config.batch_size, config.seed
         )
         timings["continuation"] = time.perf_counter() - t
-    return artifact, FitState(scan, locations, bank, policy, timings)
+    return artifact, FitLog(scan, locations, bank, policy, timings)
 
 
 def select_final(

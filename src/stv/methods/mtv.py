@@ -22,7 +22,7 @@ from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors
-from .fit import artifact_config
+from .fit import FitLog, artifact_config
 from .policy import reinforce
 from .reward import bank_rewards
 from .scan import record_prompts
@@ -74,7 +74,7 @@ def fit_mtv(
     task: Task | None = None,
     progress: bool = True,
     means: torch.Tensor | None = None,
-) -> tuple[TaskVectors, dict]:
+) -> tuple[TaskVectors, FitLog]:
     """MTV on ``train``. ``means`` (L*H, head_dim), when given, are the mean many-shot
     activations already recorded elsewhere (e.g. the mean of an STV scan's with-context
     activations, which is the same quantity), so they are not recorded twice."""
@@ -111,4 +111,4 @@ def fit_mtv(
     cfg = artifact_config(lmm, config, task, train)
     cfg["method"] = "mtv"
     vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=policy.probabilities)
-    return vectors, {"timings": {"means": t_means, "search": t_search}, "policy": policy}
+    return vectors, FitLog(None, locations, bank, policy, {"means": t_means, "search": t_search})

@@ -57,13 +57,15 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
     torch.manual_seed(seed)
     tok = _tokenizer(backbone)
     text = AutoModelForCausalLM.from_pretrained(backbone, dtype=torch.float32)
-    text.resize_token_embeddings(len(tok), mean_resizing=False)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    rows = max(text.get_input_embeddings().weight.shape[0], len(tok))  # never shrink a padded vocabulary
+    text.resize_token_embeddings(rows, mean_resizing=False)
     with torch.no_grad():
-        text.get_input_embeddings().weight[-1] = 0  # "<image>" is never read (features replace it) nor written
+        text.get_input_embeddings().weight[image_id] = 0  # "<image>" is never read (features replace it)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**VISION),
         text_config=text.config,
-        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_id=image_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         image_seq_length=1,

@@ -7,13 +7,11 @@ or transformers until something needs them.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = metadata.version("stv")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from .version import stv_version
+
+__version__ = stv_version()
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -27,6 +25,7 @@ _EXPORTS = {
     "LMM": "stv.models",
     "load_model": "stv.models",
     "TaskVectors": "stv.vectors",
+    "TaskVectorsConfig": "stv.vectors",
     "MTVConfig": "stv.methods.mtv",
     "fit_mtv": "stv.methods.mtv",
     "Task": "stv.tasks",
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
     from .methods.mtv import MTVConfig, fit_mtv
     from .models import LMM, load_model
     from .tasks import Task, task_for, text_task
-    from .vectors import TaskVectors
+    from .vectors import TaskVectors, TaskVectorsConfig
 
 
 def __getattr__(name: str) -> Any:

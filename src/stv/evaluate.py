@@ -135,7 +135,7 @@ def eval_settings(
 ) -> dict:
     """Everything an eval folder's predictions depend on (not the number of examples: a
     prediction is per question, and a subset of the same settings reuses them)."""
-    from . import __version__
+    from .version import stv_version
 
     return {
         "kind": "eval",
@@ -149,7 +149,7 @@ def eval_settings(
         "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step")),
         "task": asdict(task),
         "max_new_tokens": max_new_tokens,
-        "stv_version": __version__,
+        "stv_version": stv_version(),
     }
 
 

@@ -17,6 +17,7 @@ from . import report
 from .fingerprint import check_settings, clear, data_fingerprint
 from .io import atomic_write_json
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
+from .version import stv_version
 
 FIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "fit_log.json", "sensitivity.png", "policy.png", "scan")
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 def fit_settings(lmm, train, task, method: str, config, dataset: str | None = None) -> dict:
     """What a fit folder's content depends on."""
-    from . import __version__
-
     return {
         "kind": "fit",
         "method": method,
@@ -37,7 +36,7 @@ def fit_settings(lmm, train, task, method: str, config, dataset: str | None = No
         "data": data_fingerprint(train),
         "task": asdict(task),
         "config": asdict(config),
-        "stv_version": __version__,
+        "stv_version": stv_version(),
     }
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -18,9 +18,72 @@ from safetensors.torch import load_file, save_file
 from .errors import StvError
 from .heads import Policy, replace
 from .io import current_umask
+from .version import stv_version
 
 WEIGHTS_NAME = "task_vectors.safetensors"
 CONFIG_NAME = "task_vectors.json"
+
+
+@dataclass
+class TaskVectorsConfig:
+    """What an artifact was fitted on and with (``task_vectors.json``): enough to refuse the
+    wrong model (layout, architecture, weights) and to reproduce the fit."""
+
+    method: str = "stv"  # stv | mtv
+    model: str = ""
+    revision: str | None = None
+    family: str = ""
+    architecture: str = ""
+    weights: str = ""  # LMM.weights_fingerprint() of the model fitted on
+    num_layers: int = 0
+    num_heads: int = 0
+    dtype: str = ""
+    policy: str = "every_step"  # insertion schedule the vectors were fitted for
+    task: dict = field(default_factory=dict)  # the prompt template (asdict(Task))
+    hyperparameters: dict = field(default_factory=dict)  # asdict(STVConfig) or asdict(MTVConfig)
+    data_fingerprint: str = ""
+    train_examples: int = 0
+    stv_version: str = field(default_factory=stv_version)
+    transformers_version: str = ""
+    torch_version: str = ""
+    extra: dict = field(default_factory=dict)  # anything else (variant, continuation, ...), kept flat in JSON
+
+    @classmethod
+    def for_fit(cls, lmm, method: str, config, task, train) -> "TaskVectorsConfig":
+        """The config of vectors fitted on ``lmm`` with ``config`` (an STVConfig or MTVConfig)."""
+        import transformers
+
+        from .fingerprint import data_fingerprint
+
+        return cls(
+            method=method,
+            model=str(lmm.name),
+            revision=lmm.revision,
+            family=lmm.family,
+            architecture=type(lmm.model).__name__,
+            weights=lmm.weights_fingerprint(),
+            num_layers=lmm.heads.num_layers,
+            num_heads=lmm.heads.num_heads,
+            dtype=str(lmm.dtype).replace("torch.", ""),
+            policy=config.policy,
+            task=asdict(task),
+            hyperparameters=asdict(config),
+            data_fingerprint=data_fingerprint(train),
+            train_examples=len(train),
+            transformers_version=transformers.__version__,
+            torch_version=torch.__version__,
+        )
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        return {**{k: v for k, v in out.items() if k != "extra"}, **out["extra"]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TaskVectorsConfig":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+        )
 
 
 class ArtifactError(StvError):

@@ -17,7 +17,7 @@ from ..fingerprint import data_fingerprint
 from ..heads import Location
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
-from ..vectors import TaskVectors
+from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import with_continuation
 from .policy import PolicyResult, reinforce
@@ -25,7 +25,7 @@ from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
 
 if TYPE_CHECKING:
-    from .mtv import MTVConfig
+    pass
 
 
 @dataclass
@@ -147,7 +147,7 @@ def fit_at(
     artifact = TaskVectors(
         loc_tensor[kept],
         vectors[kept],
-        config=artifact_config(lmm, config, task, train),
+        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train).to_dict(),
         bank=torch.nan_to_num(bank),
         probabilities=policy.probabilities,
     )
@@ -179,30 +179,3 @@ def select_final(
     candidates = torch.cat([policy.choice[None], draws])  # (N + 1, K); row 0 = argmax
     score = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
     return candidates[int(score(0, candidates).argmax())]
-
-
-def artifact_config(lmm: LMM, config: STVConfig | MTVConfig, task: Task, train: Sequence[Example]) -> dict:
-    import transformers
-
-    from .. import __version__
-
-    fingerprint = data_fingerprint(train)
-    return {
-        "method": "stv",
-        "model": lmm.name,
-        "revision": lmm.revision,
-        "family": lmm.family,
-        "architecture": type(lmm.model).__name__,
-        "weights": lmm.weights_fingerprint(),
-        "num_layers": lmm.heads.num_layers,
-        "num_heads": lmm.heads.num_heads,
-        "dtype": str(lmm.dtype).replace("torch.", ""),
-        "policy": config.policy,
-        "task": asdict(task),
-        "hyperparameters": asdict(config),
-        "stv_version": __version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "data_fingerprint": fingerprint,
-        "train_examples": len(train),
-    }

@@ -21,8 +21,8 @@ from .. import distributed
 from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
-from ..vectors import TaskVectors
-from .fit import FitLog, artifact_config
+from ..vectors import TaskVectors, TaskVectorsConfig
+from .fit import FitLog
 from .policy import reinforce
 from .reward import bank_rewards
 from .scan import record_prompts
@@ -108,7 +108,6 @@ def fit_mtv(
     held_out = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
     best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost
     loc_tensor = torch.tensor(locations, dtype=torch.long)
-    cfg = artifact_config(lmm, config, task, train)
-    cfg["method"] = "mtv"
+    cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train).to_dict()
     vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=policy.probabilities)
     return vectors, FitLog(None, locations, bank, policy, {"means": t_means, "search": t_search})

@@ -55,14 +55,7 @@ def build_tokenizer():
 def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0):
     """A fresh, randomly initialised lab model and its processor."""
     import torch
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = build_tokenizer()
@@ -97,22 +90,30 @@ def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: in
         image_seq_length=IMAGE_TOKENS,
         tie_word_embeddings=True,
     )
+    processor = digit_processor(tok, IMAGE_SIZE, PATCH)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def digit_processor(tokenizer, image_size: int, patch: int):
+    """A LlavaProcessor for one ``image_size`` square digit cut into ``patch``-sized patches
+    (pixels scaled to [-1, 1]); ``tokenizer`` must know the ``<image>`` token."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
     images = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
         resample=2,
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=images,
-        tokenizer=tok,
-        patch_size=PATCH,
+        tokenizer=tokenizer,
+        patch_size=patch,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=tok.chat_template,
+        chat_template=tokenizer.chat_template,
     )
-    return LlavaForConditionalGeneration(config), processor
 
 
 def load_lab(path: str | Path | None = None, **kwargs):

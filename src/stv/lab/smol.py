@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import StvError
+from .model import digit_processor
 
 BACKBONE = "smollm2-135m"
 NAME = "lab-smollm2"
@@ -45,14 +46,7 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
     """(LlavaForConditionalGeneration, LlavaProcessor): SmolLM2's weights from ``backbone`` (a
     float folder) plus a vision tower + projector, random or from ``tower`` (a state dict)."""
     import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import AutoModelForCausalLM, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = _tokenizer(backbone)
@@ -82,21 +76,7 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
         if missing.unexpected_keys or any(k.startswith(("model.vision", "model.multi")) for k in missing.missing_keys):
             raise StvError(f"{NAME}: tower weights do not fit the architecture ({missing})")
     model.eval()
-    images = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        resample=2,
-    )
-    processor = LlavaProcessor(
-        image_processor=images,
-        tokenizer=tok,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=tok.chat_template,
-    )
+    processor = digit_processor(tok, IMAGE_SIZE, PATCH)
     return model, processor
 
 

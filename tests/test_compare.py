@@ -170,3 +170,10 @@ def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
     assert variant_config("stv+_cont", base).continuation == 4
     with pytest.raises(ValueError, match="only with policy prompt_last"):
         STVConfig(continuation=2, policy="every_step").check()
+
+
+def test_default_k_follows_the_keep_arm():
+    from stv.config import default_top_k
+
+    assert [default_top_k(h, keep_arm=True) for h in (16, 72, 270)] == [16, 64, 64]
+    assert [default_top_k(h, keep_arm=False) for h in (16, 72, 270, 1024)] == [8, 18, 64, 64]

@@ -10,6 +10,7 @@ from pathlib import Path
 from .cli_common import dataset_from_args, distributed_module, model_from_args, quiet_transformers, stv_config_from_args
 from .cli_parser import build_parser, expand_config
 from .cli_runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
+from .config import default_top_k
 from .errors import StvError
 from .io import atomic_write_json
 
@@ -110,9 +111,9 @@ def _cmd_fit(args) -> int:
     cfg.check()
     train, task = dataset_from_args(args, args.train_split)
     lmm = model_from_args(args)
-    if args.top_k is None:  # the paper's K = 64; a quarter of a smaller model's heads (at least 8)
+    if args.top_k is None:
         heads = lmm.heads.num_layers * lmm.heads.num_heads
-        cfg.top_k = min(heads, 64, max(8, round(heads / 4)))
+        cfg.top_k = default_top_k(heads, cfg.keep_arm)
         print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):
         summary = fit_into(out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute)

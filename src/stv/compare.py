@@ -90,7 +90,8 @@ def run_compare(
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
-    extra = 4 if any(variant_config(name, base).continuation for name in variants) else 3  # icl, mtv x 2 (+ cont)
+    mtv_cont = any(variant_config(name, base).continuation for name in variants)  # then also MTV + continuation
+    extra = 4 if mtv_cont else 3  # icl, mtv at both schedules (+ mtv_cont)
     bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
@@ -132,7 +133,7 @@ def run_compare(
             mtv_s = scan_s + time.perf_counter() - start
             add("mtv", mtv, policy="every_step", fit_s=mtv_s)
             add("mtv_prompt_last", mtv, policy="prompt_last", fit_s=mtv_s)
-            if any(variant_config(name, base).continuation for name in variants):
+            if mtv_cont:
                 start = time.perf_counter()
                 cont = with_continuation(
                     mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed

@@ -22,6 +22,12 @@ from .models import LMM
 from .tasks import Task, sample_demos, support_demos
 
 
+def icl_prompts(task: Task, examples: Sequence[Example], pool: Sequence[Example], shots: int, seed: int) -> list:
+    """Each example's prompt with ``shots`` demonstrations from ``pool`` (seeded, never the query)."""
+    rng = np.random.default_rng(seed)
+    return [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
+
+
 @torch.inference_mode()
 def first_token_accuracy(
     lmm: LMM,
@@ -40,8 +46,7 @@ def first_token_accuracy(
     ``shots`` demonstrations come from ``pool`` (seeded, never the query); ``vectors`` (a
     TaskVectors or anything with ``apply(lmm)``) are inserted while scoring.
     """
-    rng = np.random.default_rng(seed)
-    prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
+    prompts = icl_prompts(task, examples, pool, shots, seed)
     targets = first_token_ids(lmm, examples, task)
     correct = torch.zeros(())
     dist = distributed.current()
@@ -69,8 +74,7 @@ def generation_accuracy(
 
     The first generated token is the argmax after the prompt, so it gives the same
     first-token accuracy as :func:`first_token_accuracy`; the rest gives the exact match."""
-    rng = np.random.default_rng(seed)
-    prompts = [task.prompt(sample_demos(pool, q, shots, rng), q) for q in examples]
+    prompts = icl_prompts(task, examples, pool, shots, seed)
     targets = first_token_ids(lmm, examples, task)
     rows = []
     with vectors.apply(lmm, policy) if vectors is not None else contextlib.nullcontext():

@@ -159,21 +159,28 @@ def _by_layer(locations: Sequence[Location]) -> dict[int, list[tuple[int, int]]]
 
 @dataclass
 class Recording:
-    """Last-position head outputs captured by :func:`record`; ``values`` is (batch, n_locations, head_dim)."""
+    """Last-position head outputs captured by :func:`record`: ``values`` is the first pass's
+    (batch, n_locations, head_dim); ``passes`` holds every recorded pass's, in order."""
 
     locations: list[Location]
     values: torch.Tensor | None = None
-    _parts: dict[int, torch.Tensor] = field(default_factory=dict)
+    passes: list[torch.Tensor] = field(default_factory=list)
+    _parts: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
 def record(
-    heads: HeadMap, locations: Sequence[Location] | None = None, positions: torch.Tensor | Sequence[int] | None = None
+    heads: HeadMap,
+    locations: Sequence[Location] | None = None,
+    positions: torch.Tensor | Sequence[int] | None = None,
+    passes: int = 1,
 ) -> Iterator[Recording]:
-    """Capture head outputs of the first forward pass run inside the block.
+    """Capture head outputs of the first ``passes`` forward passes run inside the block (one:
+    the prompt; more: the tokens fed after it with a KV cache, e.g. teacher forcing).
 
-    ``positions`` picks one sequence index per batch row (default: the last, -1, which is
-    the last prompt token under left padding). Values come back detached, on CPU, float32.
+    ``positions`` picks one sequence index per batch row of the first pass (default: the
+    last, -1, which is the last prompt token under left padding); later passes give their
+    last position. Values come back detached, on CPU, float32.
     """
     locs = heads.check(locations) if locations is not None else heads.all_locations()
     rec = Recording(locs)
@@ -181,18 +188,19 @@ def record(
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple) -> None:
-            if layer in rec._parts:
-                return  # only the first pass (the prompt) is recorded
+            seen = rec._parts.setdefault(layer, [])
+            if len(seen) >= passes:
+                return
             x = args[0]
             batch = x.shape[0]
-            if positions is None:
+            if positions is None or seen:
                 last = x[:, -1]
             else:
                 pos = torch.as_tensor(positions, device=x.device).long()
                 last = x[torch.arange(batch, device=x.device), pos]
             last = last.view(batch, heads.num_heads, heads.head_dim)
             idx = torch.tensor([h for _, h in groups[layer]], device=x.device)
-            rec._parts[layer] = last.index_select(1, idx).detach().float().cpu()
+            seen.append(last.index_select(1, idx).detach().float().cpu())
 
         return hook
 
@@ -203,15 +211,17 @@ def record(
         for h in handles:
             h.remove()
     if rec._parts:
-        missing = [layer for layer in groups if layer not in rec._parts]
+        missing = [layer for layer in groups if not rec._parts.get(layer)]
         if missing:
             raise RuntimeError(f"layers {missing} were not reached by the forward pass")
-        batch = next(iter(rec._parts.values())).shape[0]
-        out = torch.empty(batch, len(locs), heads.head_dim)
-        for layer, items in groups.items():
-            for j, (i, _) in enumerate(items):
-                out[:, i] = rec._parts[layer][:, j]
-        rec.values = out
+        for t in range(min(len(parts) for parts in rec._parts.values())):
+            batch = rec._parts[next(iter(groups))][t].shape[0]
+            out = torch.empty(batch, len(locs), heads.head_dim)
+            for layer, items in groups.items():
+                for j, (i, _) in enumerate(items):
+                    out[:, i] = rec._parts[layer][t][:, j]
+            rec.passes.append(out)
+        rec.values = rec.passes[0]
         rec._parts.clear()
 
 

@@ -119,7 +119,7 @@ def train_tower(
     digit_ids = [tok.convert_tokens_to_ids(str(c)) for c in range(10)]
     embed = model.get_input_embeddings().weight
     contexts = _contexts(tok)
-    teacher = _teacher(model, contexts, digit_ids)
+    teacher = _teacher(model, contexts, digit_ids) if config.distill_weight else []  # only the KL term reads it
     d = digit_images()
     train = d.train
     pixels = _pixels(processor, train)  # (n, 3, 16, 16)

@@ -101,22 +101,18 @@ def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
 
 def assembled_folder(progress: bool = True) -> tuple[Path, str]:
     """(model folder, fingerprint) of the assembled lab model, built once into the cache."""
-    from ..models.gguf import cached_build, converted_folder
-    from ..models.named import named_gguf
+    from ..models import resolve_source
+    from ..models.gguf import cached_build
 
-    gguf = named_gguf(BACKBONE)
-    assert gguf is not None  # BACKBONE is one of NAMED
-    backbone, backbone_sha = converted_folder(gguf, progress)
+    backbone, backbone_id = resolve_source(BACKBONE, progress=progress)
     tower, tower_sha = shipped_tower()
-    key = hashlib.sha256(f"{backbone_sha}:{tower_sha}".encode()).hexdigest()
+    key = hashlib.sha256(f"{backbone_id}:{tower_sha}".encode()).hexdigest()
 
     def write(out: Path) -> None:
-        model, processor = build(backbone, tower)
+        model, processor = build(Path(backbone), tower)
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        (out / "stv-lab.json").write_text(
-            json.dumps({"backbone": f"gguf-sha256:{backbone_sha}", "tower-sha256": tower_sha}, indent=1)
-        )
+        (out / "stv-lab.json").write_text(json.dumps({"backbone": backbone_id, "tower-sha256": tower_sha}, indent=1))
 
     folder = cached_build("lab", key, write, f"assembling {NAME} once" if progress else None)
     return folder, f"{NAME}:{key}"

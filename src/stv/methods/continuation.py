@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.example import Example
-from ..heads import _by_layer
+from ..heads import record
 from ..models import LMM
 from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
@@ -65,31 +65,15 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
     for r, row in enumerate(ids):
         target[r, : min(len(row), width)] = torch.tensor(row[:width])
         valid[r, : min(len(row), width)] = True
-    groups, heads = _by_layer(locations), lmm.heads
-    seen: dict[int, list[torch.Tensor]] = {layer: [] for layer in groups}
-
-    def make_hook(layer: int):
-        def hook(module, args):
-            x = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)
-            seen[layer].append(x[:, [h for _, h in groups[layer]]].float().cpu())
-
-        return hook
-
-    handles = [heads.projections[layer].register_forward_pre_hook(make_hook(layer)) for layer in groups]
-    try:
+    with record(lmm.heads, locations, passes=steps + 1) as rec:
         for _ in lmm._teacher_forced(lmm.prepare(prompts), target, valid):
             pass
-    finally:
-        for h in handles:
-            h.remove()
-    values = torch.full((steps, len(ids), len(locations), heads.head_dim), float("nan"))
-    for layer, items in groups.items():
-        for t, x in enumerate(seen[layer][1 : steps + 1]):  # pass 0 is the prompt
-            for j, (i, _) in enumerate(items):
-                values[t, :, i] = x[:, j]
+    values = torch.zeros(steps, len(ids), len(locations), lmm.heads.head_dim)
+    for t, x in enumerate(rec.passes[1:]):  # pass 0 is the prompt
+        values[t] = x
     ok = torch.zeros(steps, len(ids), dtype=torch.bool)
     ok[: width - 1] = valid[:, 1:width].T.cpu()  # token t exists to be predicted at pass t
-    return torch.nan_to_num(values), ok
+    return values, ok
 
 
 def with_continuation(

@@ -50,6 +50,23 @@ def random_image(seed: int, size: int = 32) -> Image.Image:
     return Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8"))
 
 
+# the smallest STV fit the CLI takes: 2 heads, 2 clusters, 4 pairs of 2 shots, 2 REINFORCE steps x 4 samples
+TINY_STV_FLAGS = [
+    "--top-k",
+    "2",
+    "--clusters",
+    "2",
+    "--pairs",
+    "4",
+    "--context-shots",
+    "2",
+    "--steps",
+    "2",
+    "--samples",
+    "4",
+]
+
+
 def prompt(lmm, n_images: int, words: str, seed: int = 0):
     """An interleaved prompt with n_images images (text-only models get text only)."""
     if not lmm.is_multimodal:

@@ -13,6 +13,8 @@ from stv.data import load_dataset
 from stv.methods.fit import fit, fit_at
 from stv.tasks import task_for
 
+from .conftest import TINY_STV_FLAGS
+
 
 def test_presets_and_overrides():
     paper, plus = STVConfig.paper(top_k=5), STVConfig.plus(top_k=5, policy="every_step")
@@ -99,18 +101,7 @@ def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
                 str(out),
                 "--variant",
                 "stv+",
-                "--top-k",
-                "2",
-                "--clusters",
-                "2",
-                "--pairs",
-                "4",
-                "--context-shots",
-                "2",
-                "--steps",
-                "2",
-                "--samples",
-                "4",
+                *TINY_STV_FLAGS,
                 "--prefix-pool",
                 "2",
             ]

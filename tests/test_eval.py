@@ -10,6 +10,8 @@ from stv.evaluate import run_eval
 from stv.lab import load_lab
 from stv.tasks import DIGITS
 
+from .conftest import TINY_STV_FLAGS
+
 
 @pytest.fixture(scope="module")
 def lab():
@@ -120,29 +122,7 @@ def test_cli_fit_and_eval_on_a_vizwiz_fixture(tmp_path, family_dir, capsys):
     (root / "val.json").write_text(json.dumps(records))
     model = family_dir("qwen2_vl")
     common = ["--model", model, "--dataset", "vizwiz", "--root", str(root), "--train-split", "val"]
-    assert (
-        main(
-            [
-                "fit",
-                *common,
-                "--out",
-                str(tmp_path / "tv"),
-                "--top-k",
-                "2",
-                "--clusters",
-                "2",
-                "--pairs",
-                "4",
-                "--context-shots",
-                "2",
-                "--steps",
-                "2",
-                "--samples",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert main(["fit", *common, "--out", str(tmp_path / "tv"), *TINY_STV_FLAGS]) == 0
     assert (
         main(
             [

@@ -17,6 +17,8 @@ from stv.tasks import DIGITS
 from stv.testing import FAMILIES, build_tokenizer
 from stv.vectors import ArtifactMismatchError, TaskVectors
 
+from .conftest import TINY_STV_FLAGS
+
 
 def _text_examples(n: int, seed: int = 0) -> list[Example]:
     rng = np.random.default_rng(seed)
@@ -192,26 +194,7 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     from stv.cli import main
 
     model = family_dir("idefics3")
-    args = [
-        "--model",
-        model,
-        "--dataset",
-        "digits:parity_AB",
-        "--out",
-        str(tmp_path / "run"),
-        "--top-k",
-        "2",
-        "--clusters",
-        "2",
-        "--pairs",
-        "4",
-        "--context-shots",
-        "2",
-        "--steps",
-        "2",
-        "--samples",
-        "4",
-    ]
+    args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), *TINY_STV_FLAGS]
     assert main(["fit", *args]) == 0
     assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
     assert (

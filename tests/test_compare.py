@@ -41,7 +41,9 @@ def test_presets_and_overrides():
         cfg = variant_config(name, base)
         assert (cfg.clusters, cfg.pairs, cfg.shots) == (2, 4, 2), name
         assert cfg.steps == (3 if name.endswith("_3x") else 1), name
-        assert cfg.top_k == {"stv+_2k": 6, "stv+_4k": 12, "stv+_prior_4k": 12}.get(name, 3), name
+        assert cfg.top_k == {"stv+_2k": 6, "stv+_2xk": 6, "stv+_4k": 12, "stv+_4xk": 12, "stv+_prior_4k": 12}.get(
+            name, 3
+        ), name
     # the old stv+ names keep their meaning after stv+ gained the arm prior and final selection
     for name in ("stv+_v1", "stv+_l2", "stv+_no_arms", "stv+_every_step", "stv+_2k", "stv+_4k", "stv+_4q"):
         assert (variant_config(name, base).arm_prior, variant_config(name, base).final_samples) == (False, 0), name

@@ -70,7 +70,7 @@ def test_artifact_round_trip_and_fingerprint(lmm_of, tmp_path):
     train = load_dataset("fv:capitalize", split="train")[:20]
     vectors = TaskVectors(torch.tensor([[0, 1]]), torch.zeros(1, lmm.heads.head_dim), config={"policy": "every_step"})
     cont = with_continuation(vectors, lmm, train, task_for(train), steps=3, prompts=4, shots=2, batch_size=2)
-    assert cont.config["policy"] == "prompt_last" and cont.continuation.shape == (3, 1, lmm.heads.head_dim)
+    assert cont.config.policy == "prompt_last" and cont.continuation.shape == (3, 1, lmm.heads.head_dim)
     assert cont.fingerprint() != vectors.fingerprint()
     cont.save_pretrained(tmp_path / "v")
     back = TaskVectors.from_pretrained(tmp_path / "v")

@@ -33,4 +33,4 @@ def test_head_search_drops_heads_whose_vector_hurts(lmm_of):
     assert keep[bad].max() < 0.15 and keep[good].min() > 0.5  # every head started at 0.27
     written = {tuple(x) for x in vectors.locations.tolist()}
     assert not written & {locations[i] for i in bad.tolist()}
-    assert vectors.config["method"] == "mtv" and torch.all(vectors.vectors == 30.0)
+    assert vectors.config.method == "mtv" and torch.all(vectors.vectors == 30.0)

@@ -134,7 +134,7 @@ def test_artifact_round_trip_and_mismatch(tmp_path, lmm_of):
     loaded = TaskVectors.from_pretrained(tmp_path / "tv")
     torch.testing.assert_close(loaded.vectors, vectors.vectors)
     torch.testing.assert_close(loaded.bank, vectors.bank)
-    assert loaded.location_list() == [(0, 1), (1, 2)] and loaded.config["num_heads"] == 4
+    assert loaded.location_list() == [(0, 1), (1, 2)] and loaded.config.num_heads == 4
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["tv"]  # no temp dirs left behind
     p = [DIGITS.prompt([], digit_examples("digit")[0])]
     base = lmm.forward(p)

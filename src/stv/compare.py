@@ -32,6 +32,8 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
     "stv+_cont": lambda base: STVConfig.plus(**_sizes(base), continuation=CONTINUATION_STEPS),
+    "stv+_2xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
+    "stv+_4xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -71,7 +73,7 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
     start = time.perf_counter()
     rng = np.random.default_rng(seed + 1_000 + sum(map(ord, name)))
     vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)
-    vectors.config["variant"] = name
+    vectors.config.extra["variant"] = name
     return vectors, time.perf_counter() - start
 
 
@@ -141,7 +143,7 @@ def run_compare(
                 add("mtv_cont", cont, policy="prompt_last", fit_s=mtv_s + time.perf_counter() - start)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
-                add(name, vectors, policy=vectors.config["policy"], fit_s=scan_s + seconds)
+                add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
     bar.close()
     return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
 

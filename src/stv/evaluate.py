@@ -150,7 +150,7 @@ def eval_settings(
         "shots": shots,
         "seed": seed,
         "vectors": vectors.fingerprint() if vectors is not None else None,
-        "policy": None if vectors is None else (policy or vectors.config.get("policy", "every_step")),
+        "policy": None if vectors is None else (policy or vectors.config.policy),
         "task": asdict(task),
         "max_new_tokens": max_new_tokens,
         "stv_version": stv_version(),

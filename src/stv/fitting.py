@@ -60,7 +60,7 @@ def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, s
     policy = state.policy if state is not None else None
     timings = state.timings if state is not None else {}
     log = {
-        "method": vectors.config.get("method"),
+        "method": vectors.config.method,
         "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
         "config": asdict(config),
         "reward_curve": policy.reward_curve if policy is not None else [],
@@ -78,7 +78,7 @@ def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, s
             label=f"{ranking} score",
         )
     if policy is not None:
-        title = f"{str(vectors.config.get('method', 'stv')).upper()} REINFORCE"
+        title = f"{vectors.config.method.upper()} REINFORCE"
         report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
     atomic_write_json(folder / "fit_log.json", log)
     return log

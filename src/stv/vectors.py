@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +39,7 @@ class TaskVectorsConfig:
     num_layers: int = 0
     num_heads: int = 0
     dtype: str = ""
-    policy: str = "every_step"  # insertion schedule the vectors were fitted for
+    policy: Policy = "every_step"  # insertion schedule the vectors were fitted for
     task: dict = field(default_factory=dict)  # the prompt template (asdict(Task))
     hyperparameters: dict = field(default_factory=dict)  # asdict(STVConfig) or asdict(MTVConfig)
     data_fingerprint: str = ""
@@ -80,10 +81,20 @@ class TaskVectorsConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskVectorsConfig":
+        """From ``task_vectors.json`` (or any flat dict): unknown keys go to ``extra``; the
+        shape keys that ``save_pretrained`` adds are dropped (the tensors carry them)."""
         known = {f.name for f in fields(cls)} - {"extra"}
+        derived = {"head_dim", "num_locations"}
         return cls(
-            **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known and k not in derived},
         )
+
+    def with_(self, **changes) -> "TaskVectorsConfig":
+        """A copy with ``changes``; names that are not fields go to ``extra``."""
+        known = {f.name for f in fields(self)} - {"extra"}
+        own = {k: v for k, v in changes.items() if k in known}
+        return dc_replace(self, **own, extra={**self.extra, **{k: v for k, v in changes.items() if k not in known}})
 
 
 class ArtifactError(StvError):
@@ -100,13 +111,15 @@ class TaskVectors:
 
     locations: torch.Tensor  # (K, 2) int64: layer, head
     vectors: torch.Tensor  # (K, head_dim) float32
-    config: dict = field(default_factory=dict)
+    config: TaskVectorsConfig = field(default_factory=TaskVectorsConfig)  # a flat dict is converted
     bank: torch.Tensor | None = None  # (K, M, head_dim) candidates
     probabilities: torch.Tensor | None = None  # (K, M) final policy
     continuation: torch.Tensor | None = None  # (T, K, head_dim) written at generated tokens 1..T (prompt_last)
     allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
 
     def __post_init__(self) -> None:
+        if isinstance(self.config, dict):
+            self.config = TaskVectorsConfig.from_dict(self.config)
         self.locations = torch.as_tensor(self.locations, dtype=torch.long).reshape(-1, 2)
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         if self.vectors.dim() != 2 or self.vectors.shape[0] != self.locations.shape[0]:
@@ -127,7 +140,7 @@ class TaskVectors:
         digest = hashlib.sha256(self.locations.numpy().tobytes() + self.vectors.numpy().tobytes())
         if self.continuation is not None:
             digest.update(self.continuation.numpy().tobytes())
-        digest.update(str(self.config.get("policy")).encode())
+        digest.update(str(self.config.policy).encode())
         return digest.hexdigest()[:16]
 
     def location_list(self) -> list[tuple[int, int]]:
@@ -150,7 +163,9 @@ class TaskVectors:
         try:
             save_file(tensors, tmp / WEIGHTS_NAME)
             (tmp / CONFIG_NAME).write_text(
-                json.dumps({**self.config, "head_dim": self.head_dim, "num_locations": len(self.locations)}, indent=2)
+                json.dumps(
+                    {**self.config.to_dict(), "head_dim": self.head_dim, "num_locations": len(self.locations)}, indent=2
+                )
             )
             if directory.exists():
                 for name in (WEIGHTS_NAME, CONFIG_NAME):  # replace file by file, each atomically
@@ -208,11 +223,11 @@ class TaskVectors:
         fitted on (``allow_other_weights``: accept another checkpoint of the same layout)."""
         heads = lmm.heads
         problems = []
-        fitted = self.config.get("weights")
+        fitted = self.config.weights
         allow_other_weights = allow_other_weights or self.allow_other_weights
         if fitted and not allow_other_weights and fitted != lmm.weights_fingerprint():
             raise ArtifactMismatchError(
-                f"these task vectors were fitted on other weights ({self.config.get('model')}, {fitted}) than "
+                f"these task vectors were fitted on other weights ({self.config.model}, {fitted}) than "
                 f"{lmm.name} ({lmm.weights_fingerprint()}); fit them again, or pass --allow-other-weights "
                 "(allow_other_weights=True) to insert them anyway"
             )
@@ -223,12 +238,12 @@ class TaskVectors:
             ("num_heads", heads.num_heads),
             ("architecture", type(lmm.model).__name__),
         ):
-            want = self.config.get(key)
-            if want is not None and want != have:
+            want = getattr(self.config, key)
+            if want and want != have:  # 0 / "": not recorded
                 problems.append(f"{key} {want!r} vs the model's {have!r}")
         if problems:
             raise ArtifactMismatchError(
-                f"these task vectors were fitted on {self.config.get('model', 'another model')}: "
+                f"these task vectors were fitted on {self.config.model or 'another model'}: "
                 + "; ".join(problems)
                 + ". Fit them again on this model with `stv fit`"
             )
@@ -238,7 +253,7 @@ class TaskVectors:
     def apply(self, lmm, policy: Policy | None = None, allow_other_weights: bool = False) -> Iterator[None]:
         """Insert the vectors while the block runs (``policy`` defaults to the fitted one)."""
         self.check_model(lmm, allow_other_weights)
-        policy = policy or self.config.get("policy", "every_step")
+        policy = policy or self.config.policy
         later = self.continuation if policy == "prompt_last" else None  # every_step writes step 0's values
         with replace(lmm.model, lmm.heads, self.location_list(), self.vectors, policy=policy, continuation=later):
             yield

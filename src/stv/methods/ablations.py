@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace as dc_replace
 from typing import Sequence
 
 import numpy as np
@@ -10,23 +11,23 @@ import torch
 from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task
-from ..vectors import TaskVectors
+from ..vectors import TaskVectors, TaskVectorsConfig
 from .fit import FitLog, STVConfig, fit_at
 
 
-def mean_at_top_k(state: FitLog, config: dict) -> TaskVectors:
+def mean_at_top_k(state: FitLog, config: TaskVectorsConfig) -> TaskVectors:
     """Mean with-context activation at STV's top-K heads (no bank, no RL)."""
     means = state.scan.activations_at(state.locations).mean(0)
-    return TaskVectors(torch.tensor(state.locations), means, config={**config, "method": "stv_mean_topk"})
+    return TaskVectors(torch.tensor(state.locations), means, config=dc_replace(config, method="stv_mean_topk"))
 
 
-def nearest_to_mean(state: FitLog, config: dict) -> TaskVectors:
+def nearest_to_mean(state: FitLog, config: TaskVectorsConfig) -> TaskVectors:
     """STV without RL: at each top-K head, the bank centroid closest to the mean activation."""
     means = state.scan.activations_at(state.locations).mean(0)
     bank = torch.nan_to_num(state.bank, nan=float("inf"))
     pick = (bank - means[:, None]).norm(dim=-1).argmin(-1)
     vectors = state.bank[torch.arange(len(state.locations)), pick]
-    return TaskVectors(torch.tensor(state.locations), vectors, config={**config, "method": "stv_no_rl"})
+    return TaskVectors(torch.tensor(state.locations), vectors, config=dc_replace(config, method="stv_no_rl"))
 
 
 def random_heads(
@@ -37,5 +38,5 @@ def random_heads(
     every = lmm.heads.all_locations()
     locations = [every[i] for i in rng.choice(len(every), min(config.top_k, len(every)), replace=False)]
     vectors, _ = fit_at(lmm, train, config, task, state.scan, locations, rng, progress)
-    vectors.config["method"] = "stv_random_heads"
+    vectors.config.method = "stv_random_heads"
     return vectors

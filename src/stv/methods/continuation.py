@@ -91,9 +91,7 @@ def with_continuation(
     means = continuation_means(
         lmm, train, task, vectors.location_list(), steps, prompts, shots, batch_size, np.random.default_rng(seed + 7)
     )
-    config = {
-        **vectors.config,
-        "policy": "prompt_last",
-        "continuation": {"steps": steps, "prompts": prompts, "shots": shots, "seed": seed},
-    }
+    config = vectors.config.with_(
+        policy="prompt_last", continuation={"steps": steps, "prompts": prompts, "shots": shots, "seed": seed}
+    )
     return dc_replace(vectors, config=config, continuation=means)

@@ -147,7 +147,7 @@ def fit_at(
     artifact = TaskVectors(
         loc_tensor[kept],
         vectors[kept],
-        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train).to_dict(),
+        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train),
         bank=torch.nan_to_num(bank),
         probabilities=policy.probabilities,
     )

@@ -108,6 +108,6 @@ def fit_mtv(
     held_out = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
     best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost
     loc_tensor = torch.tensor(locations, dtype=torch.long)
-    cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train).to_dict()
+    cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train)
     vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=policy.probabilities)
     return vectors, FitLog(None, locations, bank, policy, {"means": t_means, "search": t_search})

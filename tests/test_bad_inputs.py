@@ -161,6 +161,14 @@ CASES = {
         lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT, *OUT],
         "cannot reserve",
     ),
+    "unknown compare variant": (
+        lambda t, m: ["compare", "--model", m["llama"], "--variants", "stv+,best", *OUT],
+        "unknown STV variant 'best'",
+    ),
+    "compare seeds not integers": (
+        lambda t, m: ["compare", "--model", m["llama"], "--seeds", "0,one", *OUT],
+        "--seeds '0,one'",
+    ),
     "config asks for remote code": (
         lambda t, m: ["inspect", "--config", str(_config(t)), "--model", m["llama"]],
         "--trust-remote-code",

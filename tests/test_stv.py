@@ -237,23 +237,6 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     assert "unknown digits task" in capsys.readouterr().err
 
 
-def test_paper_configs_parse_for_fit_and_eval():
-    from pathlib import Path
-
-    from stv.cli import build_parser, expand_config
-
-    parser = build_parser()
-    files = sorted(Path(__file__).parents[1].joinpath("configs", "paper").glob("*.json"))
-    assert len(files) == 10
-    for path in files:
-        fit_args = parser.parse_args(expand_config(["fit", "--config", str(path)], parser))
-        eval_args = parser.parse_args(expand_config(["eval", "--config", str(path), "--limit", "3"], parser))
-        assert fit_args.top_k == 64 and fit_args.clusters == 32 and fit_args.shots == 4 and fit_args.steps == 600
-        assert eval_args.shots == 0 and eval_args.vectors == fit_args.out and eval_args.limit == 3
-        assert eval_args.out != fit_args.out  # eval never writes into the vectors folder
-        assert fit_args.variant == "paper"  # the paper's cells reproduce the paper's method
-
-
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "gemma3"])
 def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
     """A cached prefix reused across steps (copied each time) gives the fresh prefix's rewards,

@@ -77,13 +77,38 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
             p.add_argument(flag, type=type(f.default), dest=f.name, help=text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class StvParser(argparse.ArgumentParser):
+    """An ArgumentParser that remembers its option strings and sub-commands, so ``--config``
+    can tell which keys a sub-command takes without reading argparse's private state."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.options: list[argparse.Action] = []  # before super(), which adds --help
+        self.commands: dict[str, StvParser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        if action.option_strings:
+            self.options.append(action)
+        return action
+
+    @property
+    def flags(self) -> set[str]:
+        """Every option string, the ``--no-`` forms of boolean flags included."""
+        return {flag for action in self.options for flag in action.option_strings}
+
+
+def build_parser() -> StvParser:
+    parser = StvParser(
         prog="stv", description="Sensitivity-aware task vectors for many-shot multimodal in-context learning."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
+    def command(name: str, **kwargs) -> StvParser:
+        parser.commands[name] = sub.add_parser(name, **kwargs)
+        return parser.commands[name]
+
+    p = command(
         "demo",
         help="the whole pipeline (zero-shot, ICL, MTV, STV, ablations) on the bundled lab "
         "model, or on a real LM with --model",
@@ -102,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(command="demo")
 
-    p = sub.add_parser(
+    p = command(
         "fit",
         help="fit STV task vectors; writes the artifact, plots and a stage log into --out",
         epilog="examples: stv fit --model smollm2-135m --dataset fv:capitalize --out runs/cap | "
@@ -110,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(p)
     _add_data(p)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out", required=True, help="folder for the artifact, fit_log.json and plots (resumes if it holds a scan)"
+    )
     p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
     p.add_argument(
         "--method",
@@ -121,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stv(p)
     p.set_defaults(command="fit")
 
-    p = sub.add_parser(
+    p = command(
         "scan",
         help="sensitivity scan only: map JSON + heatmap PNG",
         epilog="example: stv scan --model smollm2-135m --dataset fv:capitalize --pairs 40 "
@@ -133,21 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stv(p, only=SCAN_FIELDS)
     p.set_defaults(command="scan")
 
-    p = sub.add_parser("eval", help="zero-shot, k-shot ICL or inserted task vectors over a split: predictions + scores")
+    p = command("eval", help="zero-shot, k-shot ICL or inserted task vectors over a split: predictions + scores")
     _add_model(p)
     _add_data(p)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--vectors", help="a folder written by `stv fit`")
     p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples of --split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demonstrations' draw (default 0)")
     p.add_argument(
         "--out",
         help="folder for predictions.jsonl (resumable; refuses other settings) and scores.json "
         "(default: runs/eval/MODEL/DATASET-SPLIT/VECTORS-shotsK-seedS)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="generated tokens per answer (default 20)")
     p.add_argument("--first-token", action="store_true", help="argmax of the first answer token instead of generating")
     p.add_argument(
         "--policy",
@@ -162,14 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(command="eval")
 
-    p = sub.add_parser("score", help="score a predictions file with an official metric; prints JSON")
-    p.add_argument("--metric", choices=("vqa", "vizwiz", "choice"), required=True)
+    p = command("score", help="score a predictions file with an official metric; prints JSON")
+    p.add_argument(
+        "--metric",
+        choices=("vqa", "vizwiz", "choice"),
+        required=True,
+        help="vqa: VQA accuracy (OK-VQA), vizwiz: VizWiz's (unanswerable counts), choice: exact option",
+    )
     p.add_argument("--predictions", required=True, help='JSON list or JSONL of {"question_id", "answer"}')
     p.add_argument("--annotations", required=True, help="official annotations (VQA format, VizWiz json, or JSONL)")
     p.add_argument("--questions", help="official questions file (checks the question set)")
     p.set_defaults(command="score")
 
-    p = sub.add_parser("lab", help="the lab models: train, info, curve")
+    p = command("lab", help="the lab models: train, info, curve")
     lab = p.add_subparsers(dest="lab_command", required=True)
 
     def add_backbone(command) -> None:
@@ -187,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
     add_backbone(t)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
     t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for --backbone)")
     t.add_argument(
         "--embed-weight",
@@ -204,16 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)"
     )
+    parser.commands["lab train"] = t
     i = lab.add_parser("info", help="print the stored ICL curve")
+    parser.commands["lab info"] = i
     i.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
     add_backbone(i)
     c = lab.add_parser("curve", help="recompute the ICL curve")
+    parser.commands["lab curve"] = c
     c.add_argument("--checkpoint", help="a lab folder (default: the shipped one)")
     add_backbone(c)
     c.add_argument("--per-task", type=int, help="test queries per task (default 200; 60 with --backbone)")
     p.set_defaults(command="lab")
 
-    p = sub.add_parser("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")
+    p = command("compare", help="STV variants side by side on shared scans (fv: text tasks), with MTV and ICL")
     _add_model(p)
     p.add_argument(
         "--tasks",
@@ -221,19 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fv: task names",
     )
     p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task")
-    p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--clusters", type=int, default=16)
-    p.add_argument("--pairs", type=int, default=40, help="query/context pairs of the shared scan")
-    p.add_argument("--context-shots", type=int, default=10)
-    p.add_argument("--steps", type=int, default=150, help="REINFORCE steps of every variant and of MTV")
-    p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")
+    p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task (default 40)")
+    p.add_argument(
+        "--top-k", type=int, help="heads per variant before its own scaling (default: stv+'s, min(64, heads))"
+    )
+    p.add_argument("--clusters", type=int, default=16, help="k-means candidates per head, M (default 16)")
+    p.add_argument("--pairs", type=int, default=40, help="query/context pairs of the shared scan (default 40)")
+    p.add_argument("--context-shots", type=int, default=10, help="demonstrations per scan context (default 10)")
+    p.add_argument("--steps", type=int, default=150, help="REINFORCE steps of every variant and of MTV (default 150)")
+    p.add_argument("--samples", type=int, default=32, help="policy draws per REINFORCE step (default 32)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the scan (default 8)")
+    p.add_argument(
+        "--out", default="runs/compare", help="folder for compare.json and compare.md (default runs/compare)"
+    )
     p.set_defaults(command="compare")
 
-    p = sub.add_parser("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
+    p = command("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")
     p.add_argument("--quick", action="store_true", help="fewer sizes and steps")
     p.add_argument(
         "--only",
@@ -244,19 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
     p.set_defaults(command="bench")
 
-    p = sub.add_parser("inspect", help="load a model (hub id or folder) and print its head layout")
+    p = command("inspect", help="load a model (hub id or folder) and print its head layout")
     p.add_argument("name", nargs="?", metavar="MODEL", help="the model (same as --model)")
     _add_model(p)
     p.set_defaults(command="inspect")
-    p = sub.add_parser("models", help="real pretrained models that ship in PyPI wheels, and whether each is installed")
+    p = command("models", help="real pretrained models that ship in PyPI wheels, and whether each is installed")
     p.set_defaults(command="models")
-    p = sub.add_parser("families", help="list the tiny offline model families (python -m stv.testing build)")
+    p = command("families", help="list the tiny offline model families (python -m stv.testing build)")
     p.set_defaults(command="families")
     return parser
 
 
-def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def expand_config(argv: list[str], parser: StvParser) -> list[str]:
     """``--config FILE.json`` -> its keys as flags, placed before the user's own flags (which win).
+
+    Going through the flags (rather than ``set_defaults``) keeps each value's type conversion,
+    choices and required-argument checks exactly as on the command line.
 
     Keys the sub-command does not take are skipped, so one file serves `stv fit` and `stv eval`.
     """
@@ -277,9 +319,8 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
             f"--config {path} sets trust_remote_code, which runs the checkpoint's own code; "
             "pass --trust-remote-code on the command line as well to allow it"
         )
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    command = sub.choices.get(argv[0]) if sub is not None and argv else None
-    accepted = set(command._option_string_actions) if command is not None else set()
+    command = parser.commands.get(argv[0]) if argv else None
+    accepted = command.flags if command is not None else set()
     flags: list[str] = []
     sections = {"fit", "eval", "scan", "demo", "compare"}  # {"fit": {...}}: keys for one sub-command only
     own = config.get(argv[0], {}) if argv and isinstance(config.get(argv[0]), dict) else {}
@@ -290,7 +331,10 @@ def expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
             continue  # comments, and keys for other sub-commands
         if value is True:
             flags.append(flag)
-        elif value not in (False, None):
+        elif value is False:
+            if "--no-" + flag[2:] in accepted:  # a preset's default turned off by the file
+                flags.append("--no-" + flag[2:])
+        elif value is not None:
             flags += [flag, str(value)]
     rest = argv[:i] + argv[i + 2 :]
     return rest[:1] + flags + rest[1:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .cli_common import model_from_args
@@ -30,11 +31,25 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_table, run_compare, write_compare
+    from .compare import compare_table, run_compare, variant_config, write_compare
+    from .config import default_top_k
     from .methods.fit import STVConfig
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise StvError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+    for name in variants:
+        variant_config(name, STVConfig())  # an unknown name fails before the model loads
+    lmm = model_from_args(args)
+    heads = lmm.heads.num_layers * lmm.heads.num_heads
+    top_k = args.top_k or default_top_k(heads, keep_arm=True)
+    if args.top_k is None:
+        print(f"--top-k not given: K = {top_k} (stv+'s default for {heads} heads)", file=sys.stderr)
     base = STVConfig(
-        top_k=args.top_k,
+        top_k=top_k,
         clusters=args.clusters,
         pairs=args.pairs,
         shots=args.context_shots,
@@ -42,12 +57,7 @@ def _cmd_compare(args) -> int:
         samples=args.samples,
         batch_size=args.batch_size,
     )
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    lmm = model_from_args(args)
-    result = run_compare(
-        lmm, tasks, [int(s) for s in args.seeds.split(",")], variants, base, test_per_task=args.test_per_task
-    )
+    result = run_compare(lmm, tasks, seeds, variants, base, test_per_task=args.test_per_task)
     result["model"] = str(lmm.name)
     write_compare(result, args.out)
     for metric in ("first_token", "exact_match"):

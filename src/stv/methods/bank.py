@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
-def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0) -> torch.Tensor:
+def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """(N, K, head_dim) activations -> (K, M, head_dim) centroids, M = min(clusters, N).
 
     Seeded scikit-learn k-means per location; the same input and seed give the same bank.
@@ -18,7 +19,7 @@ def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0) -> torch
     n, k, dim = activations.shape
     m = min(clusters, n)
     bank = torch.empty(k, m, dim)
-    for loc in range(k):
+    for loc in tqdm(range(k), desc="k-means", unit="head", disable=not progress, leave=False):
         data = activations[:, loc].double().numpy()
         km = KMeans(n_clusters=m, n_init=3, random_state=seed).fit(data)
         centers = km.cluster_centers_

@@ -116,7 +116,7 @@ def fit_at(
     timings = {}
     t = time.perf_counter()
     activations = scan.activations_at(locations)  # (T, K, D)
-    bank = build_bank(activations, config.clusters, config.seed)
+    bank = build_bank(activations, config.clusters, config.seed, progress)
     if config.mean_arm:
         bank = torch.cat([bank, activations.mean(0)[:, None]], 1)
     if config.keep_arm:

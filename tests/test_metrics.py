@@ -2,7 +2,8 @@
 
 import pytest
 
-from stv.metrics import choice_accuracy, normalize_answer, vizwiz_scores, vqa_accuracy, vqa_accuracy_one
+from stv.errors import StvError
+from stv.metrics import normalize_answer, score, vizwiz_scores, vqa_accuracy, vqa_accuracy_one
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,20 @@ def test_vizwiz_does_not_normalise_ground_truth_and_scores_answerability():
 
 
 def test_choice_accuracy_and_post_processing():
-    assert choice_accuracy({"1": " A", "2": "B\n"}, {"1": "A", "2": "A"})["accuracy"] == 50.0
+    assert score("choice", {"1": " A", "2": "B\n"}, {"1": ["A"], "2": ["A"]})["accuracy"] == 50.0
     from stv.tasks import TASKS
 
     assert TASKS["vizwiz"].postprocess(" 3.5 apples\nsecond line") == "3.5 apples"
+
+
+def test_one_score_for_every_metric():
+    preds = {"1": "two", "2": "Cat", "3": "unanswerable"}
+    answers = {"1": ["2"] * 10, "2": ["cat"] * 10, "3": ["unanswerable"] * 10}
+    vqa = score("vqa", preds, answers, groups={"1": "number", "2": "other"})
+    assert vqa["accuracy"] == 100.0 and vqa["by_answer_type"] == {"number": 100.0, "other": 100.0}  # "two" -> "2"
+    assert score("exact", preds, answers)["accuracy"] == pytest.approx(100 / 3)  # only "unanswerable" is exact
+    assert score("exact_normalized", preds, answers)["accuracy"] == pytest.approx(200 / 3)  # case folds, digits don't
+    vizwiz = score("vizwiz", preds, answers, answerable={"1": True, "2": True, "3": False})
+    assert vizwiz["accuracy"] == 100.0 and vizwiz["answerability"]["f1"] == 100.0
+    with pytest.raises(StvError, match="unknown metric 'bleu'"):
+        score("bleu", preds, answers)  # type: ignore[arg-type]

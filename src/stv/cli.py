@@ -208,25 +208,25 @@ def _read_records(path: str) -> list[dict]:
 
 
 def _cmd_score(args) -> int:
-    from .metrics import breakdown, choice_accuracy, vizwiz_scores, vqa_accuracy
+    from .metrics import score
 
     preds = {str(p.get("question_id", p.get("image"))): p["answer"] for p in _read_records(args.predictions)}
     records = _read_records(args.annotations)
-    if args.metric == "choice":
-        result = choice_accuracy(preds, {str(r["question_id"]): r["answer"] for r in records})
-    elif args.metric == "vizwiz":
-        answers = {
-            str(r.get("question_id", r.get("image"))): [a["answer"] if isinstance(a, dict) else a for a in r["answers"]]
-            for r in records
-        }
-        answerable = {str(r.get("question_id", r.get("image"))): r["answerable"] for r in records if "answerable" in r}
-        result = vizwiz_scores(preds, answers, answerable)
-    else:
-        answers = {str(r["question_id"]): [a["answer"] for a in r["answers"]] for r in records}
-        result = vqa_accuracy(preds, answers)
-        types = {str(r["question_id"]): r["answer_type"] for r in records if "answer_type" in r}
-        if types:
-            result["by_answer_type"] = breakdown(result["per_question"], types)
+
+    def qid(r: dict) -> str:
+        return str(r.get("question_id", r.get("image")))
+
+    def answers_of(r: dict) -> list[str]:
+        given = r["answers"] if "answers" in r else [r["answer"]]
+        return [a["answer"] if isinstance(a, dict) else a for a in given]
+
+    result = score(
+        args.metric,
+        preds,
+        {qid(r): answers_of(r) for r in records},
+        answerable={qid(r): r["answerable"] for r in records if "answerable" in r},
+        groups={qid(r): r["answer_type"] for r in records if "answer_type" in r},
+    )
     if args.questions:
         asked = {str(q["question_id"]) for q in _read_records(args.questions)}
         extra = set(result["per_question"]) - asked

@@ -106,22 +106,16 @@ def answer_rows(
 
 def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
     """The task's metric over ``predictions`` (id -> post-processed answer)."""
-    from .metrics import breakdown, exact_match, vizwiz_scores, vqa_accuracy
+    from .metrics import score
 
-    if task.metric in ("vqa", "vizwiz"):
-        answers = {e.id: e.answers for e in examples}
-        if task.metric == "vizwiz":
-            answerable = {e.id: e.metadata["answerable"] for e in examples if e.metadata.get("answerable") is not None}
-            scores = vizwiz_scores(predictions, answers, answerable)
-        else:
-            scores = vqa_accuracy(predictions, answers)
-    else:  # choice, exact, exact_normalized
-        scores = exact_match(
-            predictions, {e.id: task.target(e) for e in examples}, normalize=task.metric == "exact_normalized"
-        )
-    groups = {e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")}
-    if groups:
-        scores["by_answer_type"] = breakdown(scores["per_question"], groups)
+    exact = task.metric not in ("vqa", "vizwiz")
+    scores = score(
+        task.metric,
+        predictions,
+        {e.id: [task.target(e)] if exact else e.answers for e in examples},
+        answerable={e.id: e.metadata["answerable"] for e in examples if e.metadata.get("answerable") is not None},
+        groups={e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")},
+    )
     scores.pop("per_question")
     return scores
 

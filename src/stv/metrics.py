@@ -11,7 +11,7 @@ truth at all.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 from .errors import StvError
 
@@ -241,11 +241,6 @@ def exact_match(predictions: dict[str, str], answers: dict[str, str], normalize:
     return {"accuracy": 100.0 * sum(per.values()) / max(1, len(per)), "n": len(per), "per_question": per}
 
 
-def choice_accuracy(predictions: dict[str, str], answers: dict[str, str]) -> dict:
-    """Exact match of the option letter (or text) after stripping whitespace; ×100."""
-    return exact_match(predictions, answers)
-
-
 def breakdown(per_question: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
     """Mean accuracy (×100) per group (e.g. answer_type)."""
     sums: dict[str, list[float]] = {}
@@ -253,3 +248,31 @@ def breakdown(per_question: dict[str, float], groups: dict[str, str]) -> dict[st
         if q in groups:
             sums.setdefault(groups[q], []).append(score)
     return {g: 100.0 * sum(v) / len(v) for g, v in sorted(sums.items())}
+
+
+Metric = Literal["vqa", "vizwiz", "choice", "exact", "exact_normalized"]
+
+
+def score(
+    metric: Metric,
+    predictions: dict[str, str],
+    answers: Mapping[str, Sequence[str]],
+    answerable: Mapping[str, bool] | None = None,
+    groups: Mapping[str, str] | None = None,
+) -> dict:
+    """One entry point for every metric (``stv score`` and ``stv eval`` both call it).
+
+    ``answers``: id -> reference answers (VQA-style lists; the exact metrics use the first);
+    ``answerable``: VizWiz's flags; ``groups``: id -> answer type for a per-type breakdown.
+    """
+    if metric == "vqa":
+        result = vqa_accuracy(predictions, answers)
+    elif metric == "vizwiz":
+        result = vizwiz_scores(predictions, answers, dict(answerable or {}))
+    elif metric in ("choice", "exact", "exact_normalized"):
+        result = exact_match(predictions, {q: a[0] for q, a in answers.items()}, normalize=metric == "exact_normalized")
+    else:
+        raise StvError(f"unknown metric {metric!r}; choose from vqa, vizwiz, choice, exact, exact_normalized")
+    if groups:
+        result["by_answer_type"] = breakdown(result["per_question"], dict(groups))
+    return result

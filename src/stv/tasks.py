@@ -16,6 +16,7 @@ import numpy as np
 
 from .data.example import Example
 from .errors import StvError
+from .metrics import Metric
 
 VIZWIZ_INSTRUCTION = (
     "Understand the given examples, then answer the question about the image with a short phrase. "
@@ -31,7 +32,7 @@ class Task:
     shot: str = "{question} = {answer} "
     query: str = "{question} ="
     instruction: str = ""
-    metric: str = "exact"  # vqa | vizwiz | choice | exact
+    metric: Metric = "exact"
     answer_prefix: str = " "  # what precedes the answer in a shot ("Answer: yes" -> " ")
     first_word: bool = False  # answers are one word: cut the generated line at its first space
 

@@ -11,7 +11,9 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     assert set(results["methods"]) == set(METHODS)
     for method in METHODS:
         assert set(results["methods"][method]) == {"parity_word", "parity_AB"}
-        assert all(0 <= a <= 100 for a in results["methods"][method]["parity_word"])
+        per_seed = results["methods"][method]["parity_word"]
+        n = DemoConfig.quick().test_per_task
+        assert len(per_seed) == 1 and abs(per_seed[0] * n / 100 - round(per_seed[0] * n / 100)) < 1e-6  # k of n
     for name in ("report.md", "accuracy.png", "sensitivity_parity_word.png", "policy_parity_AB.png"):
         assert (tmp_path / name).is_file(), name
     m = summary["methods"]

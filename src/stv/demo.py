@@ -53,6 +53,7 @@ class DemoConfig:
     em_policy: Policy = "prompt_last"  # insertion schedule while generating for exact match
     variants: tuple[str, ...] = ("relative", "mean_delta", "stv+")  # stv.compare.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
+    is_quick: bool = False  # the --quick sizes (recorded so report.md can say how to reproduce it)
     # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
     stv: STVConfig = field(
         default_factory=lambda: STVConfig(
@@ -83,6 +84,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(
+            is_quick=True,
             tasks=("parity_word", "parity_AB"),
             seeds=(0,),
             test_per_task=100,
@@ -125,6 +127,7 @@ class DemoConfig:
         if quick:
             config = replace(
                 config,
+                is_quick=True,
                 tasks=config.tasks[:2],
                 seeds=(0,),
                 test_per_task=20,
@@ -293,8 +296,14 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
             out / f"policy_{task}.png",
             title=f"{task}: STV REINFORCE",
         )
-    command = "stv demo" + (f" --model {config.model}" if config.model else "") + f" --out {out}"
     seeds = list(config.seeds)
+    command = " ".join(
+        ["stv demo"]
+        + ([f"--model {config.model}"] if config.model else [])
+        + (["--quick"] if config.is_quick else [])
+        + ([f"--seed {seeds[0]}"] if seeds != ([0] if config.is_quick else [0, 1, 2]) else [])
+        + [f"--out {out}"]
+    )
     spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]})"
     lines = [
         f"# stv demo: {summary['model']}",

@@ -14,7 +14,7 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
         per_seed = results["methods"][method]["parity_word"]
         n = DemoConfig.quick().test_per_task
         assert len(per_seed) == 1 and abs(per_seed[0] * n / 100 - round(per_seed[0] * n / 100)) < 1e-6  # k of n
-    for name in ("report.md", "accuracy.png", "sensitivity_parity_word.png", "policy_parity_AB.png"):
+    for name in ("report.md", "accuracy.png", "sensitivity_parity_word.png", "reinforce_parity_AB.png"):
         assert (tmp_path / name).is_file(), name
     assert f"Reproduce with `stv demo --quick --out {tmp_path}`" in (tmp_path / "report.md").read_text()
     m = summary["methods"]

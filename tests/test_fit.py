@@ -37,7 +37,7 @@ def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
     train = digit_examples("parity_word")[:16] if lmm.is_multimodal else _text_examples(16)
     config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     vectors, state = fit(lmm, train, config, progress=False)
-    assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.policy.reward_curve) == 2
+    assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.search.reward_curve) == 2
     vectors.save_pretrained(tmp_path / "tv")
     loaded = TaskVectors.from_pretrained(tmp_path / "tv")
     prompt = [DIGITS.prompt([], train[0])]
@@ -77,7 +77,7 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     model = family_dir("idefics3")
     args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), *TINY_STV_FLAGS]
     assert main(["fit", *args]) == 0
-    assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "policy.png").is_file()
+    assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "reinforce.png").is_file()
     assert (
         main(
             [
@@ -144,7 +144,7 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     """A policy whose argmax writes garbage into every head loses to a draw that leaves some
     heads alone: select_final keeps the candidate with the best first-token log-prob."""
     from stv.methods.fit import select_final
-    from stv.methods.policy import PolicyResult
+    from stv.methods.reinforce import ReinforceResult
     from stv.methods.reward import bank_rewards
 
     lmm = lmm_of("llama")
@@ -153,7 +153,7 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     locations = lmm.heads.all_locations()[:6]
     garbage = torch.full((6, 1, lmm.heads.head_dim), 50.0)
     bank = torch.cat([garbage, torch.full_like(garbage, float("nan"))], 1)  # arm 0 garbage, arm 1 keep
-    policy = PolicyResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
+    policy = ReinforceResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
     cfg = STVConfig(final_samples=8, final_items=6, seed=0)
     chosen = select_final(lmm, train, task, locations, bank, policy, cfg, np.random.default_rng(0))
     assert chosen.shape == (6,) and int(chosen.sum()) > 0  # some heads left alone

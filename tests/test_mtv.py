@@ -28,7 +28,7 @@ def test_head_search_drops_heads_whose_vector_hurts(lmm_of):
     assert harm[bad].min() > 0 > harm[good].max()
     cfg = MTVConfig(steps=40, samples=16, queries_per_step=4, final_masks=6, final_items=8, batch_size=8)
     vectors, log = fit_mtv(lmm, train, cfg, task=task, progress=False, means=means)
-    keep = log.policy.probabilities[:, 1]
+    keep = log.search.probabilities[:, 1]
     assert log.scan_result is None and len(log.locations) == n and set(log.timings) == {"means", "search"}
     assert keep[bad].max() < 0.15 and keep[good].min() > 0.5  # every head started at 0.27
     written = {tuple(x) for x in vectors.locations.tolist()}

@@ -290,10 +290,10 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
             title=f"{task}: head sensitivity ({ranking}), paper's STV heads",
             label=f"{ranking} score",
         )
-        report.policy_curves(
-            state.policy.reward_curve,
-            state.policy.max_prob_curve,
-            out / f"policy_{task}.png",
+        report.reinforce_curves(
+            state.search.reward_curve,
+            state.search.max_prob_curve,
+            out / f"reinforce_{task}.png",
             title=f"{task}: STV REINFORCE",
         )
     seeds = list(config.seeds)
@@ -323,5 +323,5 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
         "![accuracy](accuracy.png)",
         "",
     ]
-    lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} policy](policy_{t}.png)" for t in artifacts]
+    lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} REINFORCE](reinforce_{t}.png)" for t in artifacts]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

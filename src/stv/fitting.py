@@ -19,7 +19,15 @@ from .io import atomic_write_json
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
 from .version import stv_version
 
-FIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "fit_log.json", "sensitivity.png", "policy.png", "scan")
+FIT_FILES = (
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    "fit_log.json",
+    "sensitivity.png",
+    "reinforce.png",
+    "scan",
+    "policy.png",
+)  # policy.png: older name
 
 if TYPE_CHECKING:
     from .methods.fit import FitLog
@@ -57,13 +65,13 @@ def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, s
     the heatmap of the ranking used and whether the scan was reused)."""
     folder = Path(folder)
     vectors.save_pretrained(folder)
-    policy = state.policy if state is not None else None
+    search = state.search if state is not None else None
     timings = state.timings if state is not None else {}
     log = {
         "method": vectors.config.method,
         "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
         "config": asdict(config),
-        "reward_curve": policy.reward_curve if policy is not None else [],
+        "reward_curve": search.reward_curve if search is not None else [],
     }
     if started is not None:
         log["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -77,9 +85,9 @@ def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, s
             title=f"head sensitivity ({ranking})",
             label=f"{ranking} score",
         )
-    if policy is not None:
+    if search is not None:
         title = f"{vectors.config.method.upper()} REINFORCE"
-        report.policy_curves(policy.reward_curve, policy.max_prob_curve, folder / "policy.png", title=title)
+        report.reinforce_curves(search.reward_curve, search.max_prob_curve, folder / "reinforce.png", title=title)
     atomic_write_json(folder / "fit_log.json", log)
     return log
 

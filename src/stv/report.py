@@ -80,7 +80,7 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def policy_curves(
+def reinforce_curves(
     reward: Sequence[float], max_prob: Sequence[float], path: str | Path, title: str = "REINFORCE"
 ) -> Path:
     """Mean reward per step (raw, and smoothed over 5% of the steps) and policy confidence."""

@@ -20,7 +20,7 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import with_continuation
-from .policy import PolicyResult, reinforce
+from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
 
@@ -35,7 +35,7 @@ class FitLog:
     scan_result: ScanResult | None  # None for MTV (its means need no scan)
     locations: list[Location]  # where the search chose (STV: the top-K; MTV: every head)
     bank: torch.Tensor
-    policy: PolicyResult | None
+    search: ReinforceResult | None  # the REINFORCE run (not the insertion policy)
     timings: dict[str, float]
 
     @property
@@ -124,7 +124,7 @@ def fit_at(
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
-    policy = reinforce(
+    search = reinforce(
         reward,
         len(locations),
         bank.shape[1],
@@ -136,10 +136,10 @@ def fit_at(
         init_logits=_prior_logits(config, bank.shape[1]),
     )
     timings["reinforce"] = time.perf_counter() - t
-    choice = policy.choice
+    choice = search.choice
     if config.final_samples:
         t = time.perf_counter()
-        choice = select_final(lmm, train, task, locations, bank, policy, config, rng)
+        choice = select_final(lmm, train, task, locations, bank, search, config, rng)
         timings["select"] = time.perf_counter() - t
     vectors = bank[torch.arange(len(locations)), choice]
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
@@ -149,7 +149,7 @@ def fit_at(
         vectors[kept],
         config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train),
         bank=torch.nan_to_num(bank),
-        probabilities=policy.probabilities,
+        probabilities=search.probabilities,
     )
     if config.continuation:
         t = time.perf_counter()
@@ -157,7 +157,7 @@ def fit_at(
             artifact, lmm, train, task, config.continuation, config.pairs, config.shots, config.batch_size, config.seed
         )
         timings["continuation"] = time.perf_counter() - t
-    return artifact, FitLog(scan, locations, bank, policy, timings)
+    return artifact, FitLog(scan, locations, bank, search, timings)
 
 
 def select_final(
@@ -166,7 +166,7 @@ def select_final(
     task: Task,
     locations: Sequence[Location],
     bank: torch.Tensor,
-    policy: PolicyResult,
+    search: ReinforceResult,
     config: STVConfig,
     rng: np.random.Generator,
 ) -> torch.Tensor:
@@ -175,7 +175,7 @@ def select_final(
     converged puts its argmax on arms that were never good together; scoring a few joint
     draws on more queries than one REINFORCE step sees removes that noise."""
     gen = torch.Generator().manual_seed(config.seed + 1)
-    draws = torch.multinomial(policy.probabilities, config.final_samples, replacement=True, generator=gen).T  # (N, K)
-    candidates = torch.cat([policy.choice[None], draws])  # (N + 1, K); row 0 = argmax
+    draws = torch.multinomial(search.probabilities, config.final_samples, replacement=True, generator=gen).T  # (N, K)
+    candidates = torch.cat([search.choice[None], draws])  # (N + 1, K); row 0 = argmax
     score = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
     return candidates[int(score(0, candidates).argmax())]

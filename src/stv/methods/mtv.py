@@ -23,7 +23,7 @@ from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .fit import FitLog
-from .policy import reinforce
+from .reinforce import reinforce
 from .reward import bank_rewards
 from .scan import record_prompts
 
@@ -90,7 +90,7 @@ def fit_mtv(
     bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D)
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
     t = time.perf_counter()
-    policy = reinforce(
+    search = reinforce(
         reward,
         len(locations),
         2,
@@ -102,12 +102,12 @@ def fit_mtv(
         init_logits=torch.tensor([0.0, config.init_logit]),
     )
     t_search = time.perf_counter() - t
-    keep_prob = policy.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
+    keep_prob = search.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
     gen = torch.Generator().manual_seed(config.seed)
     masks = torch.bernoulli(keep_prob.expand(config.final_masks, -1), generator=gen).long()
     held_out = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
     best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train)
-    vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=policy.probabilities)
-    return vectors, FitLog(None, locations, bank, policy, {"means": t_means, "search": t_search})
+    vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=search.probabilities)
+    return vectors, FitLog(None, locations, bank, search, {"means": t_means, "search": t_search})

@@ -13,7 +13,7 @@ RewardFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class PolicyResult:
+class ReinforceResult:
     logits: torch.Tensor  # (K, M)
     reward_curve: list[float] = field(default_factory=list)  # mean reward per step
     max_prob_curve: list[float] = field(default_factory=list)  # mean over locations of max probability
@@ -39,7 +39,7 @@ def reinforce(
     seed: int = 0,
     progress: bool = True,
     init_logits: torch.Tensor | None = None,
-) -> PolicyResult:
+) -> ReinforceResult:
     """Independent softmax policies (zero-initialised logits unless ``init_logits``), REINFORCE
     with a normalised baseline.
 
@@ -50,7 +50,7 @@ def reinforce(
     start = torch.zeros(locations, arms) if init_logits is None else init_logits.float().expand(locations, arms)
     logits = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
-    result = PolicyResult(logits.detach())
+    result = ReinforceResult(logits.detach())
     bar = tqdm(range(steps), desc="REINFORCE", disable=not progress)
     for step in bar:
         probs = logits.detach().softmax(-1)

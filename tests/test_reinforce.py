@@ -2,7 +2,7 @@
 
 import pytest
 
-from stv.methods.policy import reinforce
+from stv.methods.reinforce import reinforce
 
 
 @pytest.mark.parametrize("good_arm", [0, 1])

@@ -75,3 +75,21 @@ def prompt(lmm, n_images: int, words: str, seed: int = 0):
     for i in range(n_images):
         pieces += [f"item {i}:", random_image(seed + i)]
     return pieces + [f" {words} Answer:"]
+
+
+def text_examples(n: int, seed: int = 0) -> list:
+    """n tiny text examples (three letters -> one of four words), for the text-only families."""
+    from stv.data import Example
+
+    rng = np.random.default_rng(seed)
+    words = ["even", "odd", "small", "big"]
+    return [
+        Example(
+            id=str(i),
+            images=[],
+            question=" ".join(rng.choice(list("abcdefgh"), 3)),
+            answers=[words[i % 4]],
+            metadata={"dataset": "digits:text"},
+        )
+        for i in range(n)
+    ]

@@ -1,31 +1,16 @@
 """STVConfig: the default K, and errors that name the setting and the fix."""
 
-import numpy as np
 import pytest
 
 from stv.config import STVConfig, default_top_k
-from stv.data import Example
 from stv.methods.fit import fit
 
-
-def _text_examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    words = ["even", "odd", "small", "big"]
-    return [
-        Example(
-            id=str(i),
-            images=[],
-            question=" ".join(rng.choice(list("abcdefgh"), 3)),
-            answers=[words[i % 4]],
-            metadata={"dataset": "digits:text"},
-        )
-        for i in range(n)
-    ]
+from .conftest import text_examples
 
 
 def test_config_errors_are_clear(lmm_of):
     lmm = lmm_of("llama")
-    train = _text_examples(6)
+    train = text_examples(6)
     with pytest.raises(ValueError, match="top_k=99 must be between 1 and the model's 8 heads"):
         fit(lmm, train, STVConfig(top_k=99), progress=False)
     with pytest.raises(ValueError, match="shots=8 needs more than 8 training examples, got 6"):

@@ -6,35 +6,20 @@ import pytest
 import torch
 
 from stv.config import STVConfig
-from stv.data import Example, digit_examples, load_dataset
+from stv.data import digit_examples, load_dataset
 from stv.methods.fit import fit, fit_at
 from stv.tasks import DIGITS, task_for
 from stv.testing import FAMILIES
 from stv.vectors import TaskVectors
 
-from .conftest import TINY_STV_FLAGS
-
-
-def _text_examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    words = ["even", "odd", "small", "big"]
-    return [
-        Example(
-            id=str(i),
-            images=[],
-            question=" ".join(rng.choice(list("abcdefgh"), 3)),
-            answers=[words[i % 4]],
-            metadata={"dataset": "digits:text"},
-        )
-        for i in range(n)
-    ]
+from .conftest import TINY_STV_FLAGS, text_examples
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
     """Plumbing on every family (random weights): fit, save, load, generate with insertion."""
     lmm = lmm_of(family)
-    train = digit_examples("parity_word")[:16] if lmm.is_multimodal else _text_examples(16)
+    train = digit_examples("parity_word")[:16] if lmm.is_multimodal else text_examples(16)
     config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     vectors, state = fit(lmm, train, config, progress=False)
     assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.search.reward_curve) == 2

@@ -4,31 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from stv.data import Example, digit_examples
+from stv.data import digit_examples
 from stv.heads import replace
 from stv.methods.reward import bank_rewards, first_token_ids
 from stv.tasks import DIGITS
 
-
-def _text_examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    words = ["even", "odd", "small", "big"]
-    return [
-        Example(
-            id=str(i),
-            images=[],
-            question=" ".join(rng.choice(list("abcdefgh"), 3)),
-            answers=[words[i % 4]],
-            metadata={"dataset": "digits:text"},
-        )
-        for i in range(n)
-    ]
+from .conftest import text_examples
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics2", "gemma3", "llama"])
 def test_prefix_cached_rewards_equal_naive_forward(lmm_of, family):
     lmm = lmm_of(family)
-    train = digit_examples("parity_word")[:20] if lmm.is_multimodal else _text_examples(20)
+    train = digit_examples("parity_word")[:20] if lmm.is_multimodal else text_examples(20)
     locations = [(0, 1), (1, 3), (1, 0)]
     bank = torch.randn(3, 4, lmm.heads.head_dim)
     choices = torch.tensor([[0, 1, 2], [3, 3, 3], [1, 0, 2]])

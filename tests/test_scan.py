@@ -5,26 +5,12 @@ import pytest
 import torch
 
 import stv
-from stv.data import Example
 from stv.methods.scan import sensitivity_scan
 from stv.models import LMM
 from stv.tasks import DIGITS
 from stv.testing import build_tokenizer
 
-
-def _text_examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    words = ["even", "odd", "small", "big"]
-    return [
-        Example(
-            id=str(i),
-            images=[],
-            question=" ".join(rng.choice(list("abcdefgh"), 3)),
-            answers=[words[i % 4]],
-            metadata={"dataset": "digits:text"},
-        )
-        for i in range(n)
-    ]
+from .conftest import text_examples
 
 
 def test_scan_ranks_the_only_context_sensitive_head_first():
@@ -50,7 +36,7 @@ def test_scan_ranks_the_only_context_sensitive_head_first():
                 if (i, h) != (1, 2):
                     v[h] = 0
     lmm = LMM(model, tok, stv.HeadMap.from_model(model), name="constructed", family="llama")
-    examples = _text_examples(12)
+    examples = text_examples(12)
     pairs = [(DIGITS.prompt([], q), DIGITS.prompt(examples[:4], q)) for q in examples[4:]]
     scan = sensitivity_scan(lmm, pairs, batch_size=3, progress=False)
     assert scan.top_k(1) == [(1, 2)]
@@ -81,7 +67,7 @@ def test_scan_sensitivity_registry_matches_a_hand_computation(lmm_of):
     from stv.methods.scan import record_prompts, sensitivity_scan
 
     lmm = lmm_of("llama")
-    train = _text_examples(12)
+    train = text_examples(12)
     pairs = [(DIGITS.prompt([], q), DIGITS.prompt(train[i + 1 : i + 4], q)) for i, q in enumerate(train[:6])]
     scan = sensitivity_scan(lmm, pairs, batch_size=4, progress=False)
     deltas = record_prompts(lmm, [c for _, c in pairs]) - record_prompts(lmm, [q for q, _ in pairs])  # (T, L*H, D)

@@ -3,6 +3,7 @@
 import pytest
 
 from stv.config import STVConfig, default_top_k
+from stv.errors import StvError
 from stv.methods.fit import fit
 
 from .conftest import text_examples
@@ -21,5 +22,19 @@ def test_config_errors_are_clear(lmm_of):
 
 def test_default_k_follows_the_keep_arm():
 
-    assert [default_top_k(h, keep_arm=True) for h in (16, 72, 270)] == [16, 64, 64]
+    assert [default_top_k(h, keep_arm=True) for h in (16, 72, 270)] == [16, 72, 270]
     assert [default_top_k(h, keep_arm=False) for h in (16, 72, 270, 1024)] == [8, 18, 64, 64]
+
+
+def test_top_k_zero_resolves_per_preset(lmm_of):
+    lmm = lmm_of("llama")
+    heads = lmm.heads.num_layers * lmm.heads.num_heads
+    assert STVConfig.plus().top_k == 0 and STVConfig.plus().resolved(lmm).top_k == heads  # every head
+    assert STVConfig.paper(top_k=0).resolved(lmm).top_k == default_top_k(heads, keep_arm=False)
+    assert STVConfig.paper(top_k=3).resolved(lmm).top_k == 3  # a given K stays
+    with pytest.raises(StvError, match="top_k=-1 must be >= 0"):
+        STVConfig(top_k=-1).check()
+    vectors, log = fit(
+        lmm, text_examples(12), STVConfig.plus(clusters=2, pairs=4, shots=2, steps=1, samples=2), progress=False
+    )
+    assert len(log.locations) == heads and vectors.config.hyperparameters["top_k"] == heads  # recorded resolved

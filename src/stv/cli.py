@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .cli_common import dataset_from_args, distributed_module, model_from_args, quiet_transformers, stv_config_from_args
@@ -83,7 +84,8 @@ def _cmd_scan(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         check_settings(out, settings, "a sensitivity scan")
         scan = sensitivity_scan(lmm, pairs, cfg.batch_size, workdir=out, key=json.dumps(settings, sort_keys=True))
-    top = scan.top_k(cfg.top_k, cfg.sensitivity)
+    heads = lmm.heads.num_layers * lmm.heads.num_heads
+    top = scan.top_k(cfg.top_k or default_top_k(heads, keep_arm=False), cfg.sensitivity)  # all heads would mark nothing
     if not distributed_module().current().is_main:
         return 0
     atomic_write_json(
@@ -111,9 +113,9 @@ def _cmd_fit(args) -> int:
     cfg.check()
     train, task = dataset_from_args(args, args.train_split)
     lmm = model_from_args(args)
-    if args.top_k is None:
+    if not args.top_k:
+        cfg = replace(cfg, top_k=0).resolved(lmm)
         heads = lmm.heads.num_layers * lmm.heads.num_heads
-        cfg.top_k = default_top_k(heads, cfg.keep_arm)
         print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):
         summary = fit_into(out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute)

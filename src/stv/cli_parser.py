@@ -259,7 +259,10 @@ def build_parser() -> StvParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")
     p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task (default 40)")
     p.add_argument(
-        "--top-k", type=int, help="heads per variant before its own scaling (default: stv+'s, min(64, heads))"
+        "--top-k",
+        type=int,
+        help="heads per variant before its own scaling (default: each variant's own K for the model: "
+        "every head with a keep arm, a quarter (8-64) without)",
     )
     p.add_argument("--clusters", type=int, default=16, help="k-means candidates per head, M (default 16)")
     p.add_argument("--pairs", type=int, default=40, help="query/context pairs of the shared scan (default 40)")

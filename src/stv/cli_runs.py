@@ -45,9 +45,13 @@ def _cmd_compare(args) -> int:
         variant_config(name, STVConfig())  # an unknown name fails before the model loads
     lmm = model_from_args(args)
     heads = lmm.heads.num_layers * lmm.heads.num_heads
-    top_k = args.top_k or default_top_k(heads, keep_arm=True)
-    if args.top_k is None:
-        print(f"--top-k not given: K = {top_k} (stv+'s default for {heads} heads)", file=sys.stderr)
+    top_k = args.top_k or 0  # 0: each variant's own default for this model
+    if not top_k:
+        print(
+            f"--top-k not given: each variant takes its preset's K ({default_top_k(heads, True)} of {heads} heads "
+            f"with a keep arm, {default_top_k(heads, False)} without)",
+            file=sys.stderr,
+        )
     base = STVConfig(
         top_k=top_k,
         clusters=args.clusters,

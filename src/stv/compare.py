@@ -69,7 +69,7 @@ def variant_config(name: str, base: STVConfig) -> STVConfig:
 
 def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
     """(TaskVectors, seconds) of one variant fitted on a shared scan."""
-    cfg = variant_config(name, replace(base, seed=seed))
+    cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
     start = time.perf_counter()
     rng = np.random.default_rng(seed + 1_000 + sum(map(ord, name)))
     vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)

@@ -6,7 +6,7 @@ Where the paper is ambiguous each reading is an option here, measured by ``stv c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import StvError
@@ -22,7 +22,7 @@ SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
 
 # help of each STVConfig field as a command-line flag (what it does, its unit)
 FIELD_HELP: dict[str, str] = {
-    "top_k": "K, heads to write (count; default from the model: min(64, heads) with a keep arm, else a quarter)",
+    "top_k": "K, heads to write (count; 0 or unset: from the model, every head with a keep arm, else a quarter, 8-64)",
     "clusters": "M, k-means candidates per head (count)",
     "pairs": "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)",
     "shots": "demonstrations per scan context (count)",
@@ -47,13 +47,14 @@ SCAN_FIELDS: tuple[str, ...] = ("pairs", "shots", "sensitivity", "top_k", "batch
 
 
 def default_top_k(heads: int, keep_arm: bool) -> int:
-    """K when none is given. With a keep arm REINFORCE can leave heads alone, and more heads
-    helped on both real models (SmolLM2: 68.1 / 72.8 / 79.2 at K = 16 / 32 / 64 of 270;
-    Gemma-3: 7.8 -> 92.2 and 20.0 -> 83.3 at K = 16 -> 64 of 72): the paper's 64, capped by
-    the model. Without one every chosen head is overwritten and the paper's reading collapsed
-    at K = 64 on SmolLM2 (26.2 at 16, 4.7 at 64): a quarter of the heads, at least 8."""
+    """K when none is given (``top_k`` 0). With a keep arm REINFORCE can leave heads alone, and
+    more heads helped on every model measured: SmolLM2 68.1 / 72.8 / 79.2 at K = 16 / 32 / 64
+    of 270 (stv+ v1) and 85.3 / 87.5 at K = 64 / 256 (stv+, 3 seeds); Gemma-3 7.8 -> 92.2 and
+    20.0 -> 83.3 at K = 16 -> 64 of 72; the lab 79.9 -> 82.5 at K = 8 -> 16 of 16: every head.
+    Without one every chosen head is overwritten and the paper's reading collapsed at K = 64 on
+    SmolLM2 (26.2 at 16, 4.7 at 64): a quarter of the heads, 8 to 64."""
     if keep_arm:
-        return min(heads, 64)
+        return heads
     return min(heads, 64, max(8, round(heads / 4)))
 
 
@@ -63,7 +64,7 @@ class STVConfig:
     and MTV's public code (Huang et al. 2024: Adam lr 0.1, 600 steps x 32 samples, first answer
     token as the reward)."""
 
-    top_k: int = 64
+    top_k: int = 64  # 0: from the model (default_top_k)
     clusters: int = 32
     pairs: int = 100  # T query/context pairs of the scan (and bank size)
     shots: int = 4  # S demonstrations per context
@@ -116,7 +117,8 @@ class STVConfig:
         the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
         (most heads left alone), queries drawn from a pool of cached prefixes, the best of the
         argmax and 10 draws kept at the end, and insertion at the prompt's last token only
-        (multi-token answers are not overwritten token after token)."""
+        (multi-token answers are not overwritten token after token). K defaults to every head
+        (``top_k`` 0): the keep arm decides which to write."""
         return cls(
             **{
                 "sensitivity": "mean_delta",
@@ -126,11 +128,18 @@ class STVConfig:
                 "final_samples": 10,
                 "queries_per_step": 2,
                 "prefix_pool": 16,
+                "top_k": 0,
                 "policy": "prompt_last",
                 "variant": "stv+",
                 **overrides,
             }
         )
+
+    def resolved(self, lmm: "LMM") -> "STVConfig":
+        """These settings with ``top_k`` 0 replaced by :func:`default_top_k` for ``lmm``."""
+        if self.top_k:
+            return self
+        return replace(self, top_k=default_top_k(lmm.heads.num_layers * lmm.heads.num_heads, self.keep_arm))
 
     def check(self, scan_only: bool = False) -> None:
         """One clear error for a setting that cannot work with any model or data
@@ -141,6 +150,8 @@ class STVConfig:
 
     def _problems(self, scan_only: bool = False) -> list[str]:
         problems = []
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
         if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
             problems.append("clusters, samples, pairs and batch_size must be >= 1 and steps >= 0")
         if self.shots < 1:
@@ -164,7 +175,7 @@ class STVConfig:
         """One clear error for a setting that cannot work with this model and data."""
         heads = lmm.heads.num_layers * lmm.heads.num_heads
         problems = self._problems()
-        if not 1 <= self.top_k <= heads:
+        if not 0 <= self.top_k <= heads:
             problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
         if self.clusters > n_train:
             problems.append(f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from")

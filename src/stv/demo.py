@@ -54,10 +54,11 @@ class DemoConfig:
     variants: tuple[str, ...] = ("relative", "mean_delta", "stv+")  # stv.compare.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     is_quick: bool = False  # the --quick sizes (recorded so report.md can say how to reproduce it)
-    # The lab has 4 layers x 4 heads = 16 heads, so K is scaled down from the paper's 64 to 8.
+    # top_k 0: each method's default for the model (config.default_top_k): the paper's STV a
+    # quarter of the heads (8 of the lab's 16, 64 of SmolLM2's 270), stv+ every head.
     stv: STVConfig = field(
         default_factory=lambda: STVConfig(
-            top_k=8, clusters=16, pairs=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
+            top_k=0, clusters=16, pairs=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
         )
     )
     mtv: MTVConfig = field(
@@ -89,7 +90,7 @@ class DemoConfig:
             seeds=(0,),
             test_per_task=100,
             stv=STVConfig(
-                top_k=8, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20
+                top_k=0, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20
             ),
             mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20),
         )
@@ -97,10 +98,10 @@ class DemoConfig:
     @classmethod
     def real(cls, model: str = "smollm2-135m", quick: bool = False) -> "DemoConfig":
         """A real pretrained LM on five Function Vectors tasks (bundled), 10-shot contexts."""
-        # K = 64 (the paper's K): on SmolLM2's 270 heads stv+ gained 11 points from K = 16 to 64
-        # (benchmarks/compare2-smollm2).
+        # top_k 0: the paper's STV gets 64 of SmolLM2's 270 heads (the paper's K), stv+ all 270
+        # (more heads helped stv+ at every step measured: benchmarks/compare2-smollm2, smol-k).
         stv = STVConfig(
-            top_k=64,
+            top_k=0,
             clusters=16,
             pairs=40,
             shots=10,
@@ -207,7 +208,7 @@ def run_demo(
             state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings)
             if seed == config.seeds[0]:
                 artifacts[task] = state
-                save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed), state=state)
+                save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed).resolved(lmm), state=state)
     bar.close()
     summary = {
         "results": results,
@@ -247,7 +248,7 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     record("zero_shot")
     for k in config.icl_shots:
         record(f"icl_{k}", shots=k)
-    stv_cfg = replace(config.stv, seed=seed)
+    stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
     vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
     for stage, seconds in state.timings.items():
         timings.setdefault(f"stv_{stage}", []).append(seconds)

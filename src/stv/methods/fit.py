@@ -60,7 +60,7 @@ def fit(
     workdir=None,
 ) -> tuple[TaskVectors, FitLog]:
     """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
-    config = config or STVConfig()
+    config = (config or STVConfig()).resolved(lmm)
     task = task or task_for(train)
     config.validate(lmm, len(train))
     rng = np.random.default_rng(config.seed)

@@ -123,6 +123,9 @@ def test_arm_prior_starts_where_mtv_starts():
     assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
     assert _prior_logits(STVConfig.plus(arm_prior=False), 6) is None
     assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))
+    ranked = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True, ranked_prior=True), 6, 3).exp()  # (3, 6)
+    assert torch.allclose(ranked[:, -1], torch.tensor([0.25, 0.5, 0.75]))  # most sensitive head written most
+    assert torch.allclose(ranked.sum(1), torch.ones(3)) and torch.allclose(ranked[1], probs)
 
 
 def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):

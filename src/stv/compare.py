@@ -34,6 +34,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_cont": lambda base: STVConfig.plus(**_sizes(base), continuation=CONTINUATION_STEPS),
     "stv+_2xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
     "stv+_4xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
+    "stv+_ranked": lambda base: STVConfig.plus(**_sizes(base), ranked_prior=True),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),

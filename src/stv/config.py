@@ -35,6 +35,7 @@ FIELD_HELP: dict[str, str] = {
     "keep_arm": "add a 'leave this head alone' arm to every head's bank",
     "mean_arm": "add the mean with-context activation (MTV's vector) as an arm",
     "arm_prior": "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform",
+    "ranked_prior": "with arm_prior: P(keep) from 1/4 (most sensitive head) to 3/4 (least) instead of 1/2 everywhere",
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
@@ -77,6 +78,7 @@ class STVConfig:
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
+    ranked_prior: bool = False  # with arm_prior: P(keep) rises with the sensitivity rank, 1/4 -> 3/4 (not in the paper)
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
     continuation: int = (

@@ -86,18 +86,24 @@ def fit(
     return artifact, state
 
 
-def _prior_logits(config: STVConfig, arms: int) -> torch.Tensor | None:
+def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Tensor | None:
     """With ``arm_prior``, REINFORCE starts where MTV starts (most heads left alone) instead of
-    uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest."""
+    uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest. With
+    ``ranked_prior`` too, P(keep) goes from 1/4 at the first (most sensitive) location to 3/4 at
+    the last, so the scan's ranking says where to start writing: (locations, arms) logits."""
     if not config.arm_prior:
         return None
-    probs = torch.full((arms,), 1.0)
+    keep = torch.full((locations,), 0.5 if config.keep_arm else 0.0)
+    if config.keep_arm and config.ranked_prior and locations > 1:
+        keep = 0.25 + 0.5 * torch.arange(locations) / (locations - 1)
+    rest = 1 - keep  # (L,) shared by the centroids and the mean arm
     centroids = arms - config.keep_arm - config.mean_arm
-    probs[:centroids] = (0.25 if config.keep_arm and config.mean_arm else 0.5) / max(1, centroids)
+    probs = torch.empty(locations, arms)
+    probs[:, :centroids] = (rest / (2 if config.mean_arm else 1) / max(1, centroids))[:, None]
     if config.mean_arm:
-        probs[centroids] = 0.25 if config.keep_arm else 0.5
+        probs[:, centroids] = rest / 2
     if config.keep_arm:
-        probs[-1] = 0.5
+        probs[:, -1] = keep
     return probs.log()
 
 
@@ -133,7 +139,7 @@ def fit_at(
         config.lr,
         seed=config.seed,
         progress=progress,
-        init_logits=_prior_logits(config, bank.shape[1]),
+        init_logits=_prior_logits(config, bank.shape[1], len(locations)),
     )
     timings["reinforce"] = time.perf_counter() - t
     choice = search.choice

@@ -17,6 +17,8 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     for name in ("report.md", "accuracy.png", "sensitivity_parity_word.png", "reinforce_parity_AB.png"):
         assert (tmp_path / name).is_file(), name
     assert f"Reproduce with `stv demo --quick --out {tmp_path}`" in (tmp_path / "report.md").read_text()
+    heads = 16  # the lab model: 4 layers x 4 heads
+    assert summary["top_k"] == {"stv": 8, "stv_relative": 8, "stv_mean_delta": 8, "stv+": heads}  # each its own K
     m = summary["methods"]
     # zero-shot cannot know the answer vocabulary; STV's vectors carry it, as 16-shot ICL does
     assert m["zero_shot"]["parity_word"][0] < 10

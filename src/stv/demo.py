@@ -184,6 +184,7 @@ def run_demo(
         m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics
     }
     timings: dict[str, list[float]] = {}
+    top_k: dict[str, int] = {}  # heads each STV method searched (K), as fitted
     artifacts = {}
     start = time.perf_counter()
     estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
@@ -205,7 +206,7 @@ def run_demo(
                 bar.set_postfix(task=task, seed=seed, method=method)
                 bar.update(1)
 
-            state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings)
+            state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings, top_k)
             if seed == config.seeds[0]:
                 artifacts[task] = state
                 save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed).resolved(lmm), state=state)
@@ -220,6 +221,7 @@ def run_demo(
         },
         "config": asdict(config),
         "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
+        "top_k": top_k,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(out / "results.json", summary)
@@ -243,7 +245,7 @@ def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors
     )
 
 
-def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict):
+def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict, top_k: dict):
     """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each."""
     record("zero_shot")
     for k in config.icl_shots:
@@ -252,6 +254,7 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
     for stage, seconds in state.timings.items():
         timings.setdefault(f"stv_{stage}", []).append(seconds)
+    top_k["stv"] = stv_cfg.top_k
     means = None
     if config.mtv_means_from_scan:
         means = state.scan.mean_activations()
@@ -266,8 +269,10 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     record("stv_random_heads", vectors=random_heads(lmm, train, stv_cfg, template, state, seed))
     record("stv_no_rl", vectors=nearest_to_mean(state, vectors.config))
     for name in config.variants:
-        fitted, seconds = fit_variant(lmm, train, template, state.scan, name, stv_cfg, seed)
+        # the unresolved settings: a variant with top_k 0 takes its own preset's K
+        fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
         timings.setdefault(f"{variant_method(name)}_fit", []).append(seconds)
+        top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
         record(variant_method(name), vectors=fitted)
     return state, vectors
 
@@ -318,6 +323,8 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
     if config.max_new_tokens:
         lines += [f"Exact match is generated with task vectors inserted under the `{config.em_policy}` schedule.", ""]
     lines += [
+        "Heads searched (K): " + ", ".join(f"{k} {v}" for k, v in summary["top_k"].items()) + ".",
+        "",
         "Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
         f"Total wall time: {summary['wall_seconds']} s.",
         "",

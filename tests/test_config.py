@@ -12,7 +12,9 @@ from .conftest import text_examples
 def test_config_errors_are_clear(lmm_of):
     lmm = lmm_of("llama")
     train = text_examples(6)
-    with pytest.raises(ValueError, match="top_k=99 must be between 1 and the model's 8 heads"):
+    with pytest.raises(
+        ValueError, match=r"top_k=99 must be between 0 \(chosen from the model\) and the model's 8 heads"
+    ):
         fit(lmm, train, STVConfig(top_k=99), progress=False)
     with pytest.raises(ValueError, match="shots=8 needs more than 8 training examples, got 6"):
         fit(lmm, train, STVConfig(top_k=2, shots=8), progress=False)

@@ -178,7 +178,9 @@ class STVConfig:
         heads = lmm.heads.num_layers * lmm.heads.num_heads
         problems = self._problems()
         if not 0 <= self.top_k <= heads:
-            problems.append(f"top_k={self.top_k} must be between 1 and the model's {heads} heads")
+            problems.append(
+                f"top_k={self.top_k} must be between 0 (chosen from the model) and the model's {heads} heads"
+            )
         if self.clusters > n_train:
             problems.append(f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from")
         if n_train <= self.shots:

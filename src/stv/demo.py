@@ -214,7 +214,7 @@ def run_demo(
     summary = {
         "results": results,
         "methods": results["first_token"],
-        "model": str(lmm.name),
+        "model": "lab" if config.subject == "lab" else str(lmm.name),  # not the checkout's path
         "metric": {
             "first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
             "exact_match": "exact match of the generated first line, % (held-out queries)",

@@ -46,6 +46,8 @@ def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 @dataclass
 class Subject:
+    """A model to benchmark, with the name its rows carry."""
+
     name: str
     lmm: LMM
     image_size: int = 32  # digits are rendered at this size; more pixels -> more image tokens
@@ -99,6 +101,7 @@ def _prompt(n_images: int, seed: int = 0, size: int = 32):
 
 # 1 ---------------------------------------------------------------- REINFORCE scoring
 def bench_scoring(subject: Subject, images=(1, 4, 16), samples: int = 32, k: int = 8, repeats: int = 3) -> list[dict]:
+    """REINFORCE scoring per step: naive per-sample forwards vs one prefix-cached batch (and a pooled prefix)."""
     lmm = subject.lmm
     every = lmm.heads.all_locations()
     locations = [every[i] for i in np.random.default_rng(0).choice(len(every), min(k, len(every)), replace=False)]
@@ -180,6 +183,7 @@ def bench_location_search(
 
 # 3 ---------------------------------------------------------------- inference overhead
 def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repeats: int = 5) -> dict:
+    """Generation with and without inserted vectors on the same prompts: the hooks' overhead."""
     lmm, ex = subject.lmm, digit_examples("size_word", size=subject.image_size)
     rng = np.random.default_rng(0)
     queries = ex[:batch]
@@ -257,6 +261,7 @@ def bench_scaling(examples=(100, 300, 1000), shots=(1, 4, 16), batch: int = 25) 
 
 
 def bench_batching(subject: Subject, n: int = 64, batch: int = 16) -> dict:
+    """Activation recording batched vs one prompt at a time, on the same prompts."""
     lmm, train = subject.lmm, digit_examples("parity_AB")
     prompts = [c for _, c in scan_pairs(train, DIGITS, n, 4, np.random.default_rng(0))]
 
@@ -277,6 +282,7 @@ def bench_batching(subject: Subject, n: int = 64, batch: int = 16) -> dict:
 # ------------------------------------------------------------------------------ driver
 @contextmanager
 def section(title: str, lines: list[str]):
+    """Append a markdown section to ``lines`` (and print its title) around the block."""
     print(f"\n## {title}", flush=True)
     lines += ["", f"## {title}", ""]
     yield
@@ -284,6 +290,7 @@ def section(title: str, lines: list[str]):
 
 
 def table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
+    """Append ``rows`` as a markdown table of ``keys`` to ``lines`` and print it."""
     head = "| " + " | ".join(keys) + " |"
     sep = "|" + "---|" * len(keys)
     body = [
@@ -295,6 +302,7 @@ def table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
 
 
 def run_all(quick: bool = False, only: str = "all") -> list[str]:
+    """Every benchmark section (``only``: just the real-model one) as markdown lines."""
     import transformers
 
     torch.set_num_threads(1)

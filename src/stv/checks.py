@@ -32,11 +32,13 @@ def writable_folder(path: str | Path, flag: str = "--out") -> Path:
 
 
 def at_least(value: int | None, low: int, flag: str) -> None:
+    """``value`` (when given) is at least ``low``, else an error naming ``flag``."""
     if value is not None and value < low:
         raise StvError(f"{flag} {value}: must be at least {low}")
 
 
 def device_available(device: str | None) -> None:
+    """``--device`` names a device this machine has, checked before any model loads."""
     if not device or device == "cpu":
         return
     import torch
@@ -50,6 +52,7 @@ def device_available(device: str | None) -> None:
 
 
 def not_a_vectors_folder(path: Path) -> None:
+    """Eval never writes its predictions into a folder of fitted task vectors."""
     if (path / "task_vectors.json").is_file():
         raise StvError(
             f"--out {path} holds task vectors; eval writes its predictions into a folder of its own "

@@ -255,6 +255,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``stv`` command: exit code 0, or 2 with one line on stderr for a user error."""
     parser = build_parser()
     try:
         args = parser.parse_args(expand_config(list(sys.argv[1:] if argv is None else argv), parser))

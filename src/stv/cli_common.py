@@ -18,6 +18,7 @@ def distributed_module():
 
 
 def quiet_transformers() -> None:
+    """Silence transformers' warnings and progress bars (ours say what matters)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging
 
@@ -52,6 +53,7 @@ def _unescape(text: str) -> str:
 
 
 def model_from_args(args):
+    """The LMM named by ``--model`` (default: the lab model), checked before loading."""
     from . import load_model
     from .lab import LAB_CHECKPOINT
 
@@ -71,6 +73,7 @@ def model_from_args(args):
 
 
 def stv_config_from_args(args):
+    """An STVConfig from ``--variant``'s preset with the flags that were given winning."""
     from .methods.fit import STVConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(STVConfig) if getattr(args, f.name, None) is not None}

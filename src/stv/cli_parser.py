@@ -87,6 +87,7 @@ class StvParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):
+        """argparse's ``add_argument``, remembering options that have flags."""
         action = super().add_argument(*names, **kwargs)
         if action.option_strings:
             self.options.append(action)
@@ -99,6 +100,7 @@ class StvParser(argparse.ArgumentParser):
 
 
 def build_parser() -> StvParser:
+    """The ``stv`` parser with every sub-command and flag (no torch imported)."""
     parser = StvParser(
         prog="stv", description="Sensitivity-aware task vectors for many-shot multimodal in-context learning."
     )

@@ -63,6 +63,7 @@ def _v1(base: STVConfig, **overrides) -> STVConfig:
 
 
 def variant_config(name: str, base: STVConfig) -> STVConfig:
+    """The STVConfig of variant ``name`` given the run's shared sizes in ``base``."""
     if name not in VARIANTS:
         raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
     return VARIANTS[name](base)
@@ -177,6 +178,7 @@ def compare_table(result: dict, metric: str) -> str:
 
 
 def write_compare(result: dict, out: str | Path) -> Path:
+    """Write ``compare.json`` and ``compare.md`` (both metrics) into ``out`` atomically."""
     from .io import atomic_write_json, atomic_write_text
 
     out = Path(out)

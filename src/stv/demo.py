@@ -44,6 +44,8 @@ def variant_method(name: str) -> str:
 
 @dataclass
 class DemoConfig:
+    """What ``stv demo`` runs: model, tasks, seeds, sizes and the STV / MTV settings."""
+
     model: str | None = None  # None: the bundled lab model
     tasks: tuple[str, ...] = ("parity_word", "size_word", "parity_AB", "big_AB")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -73,6 +75,7 @@ class DemoConfig:
         return "lab" if self.model is None else "numbers" if self.model == "lab-smollm2" else "real"
 
     def methods(self) -> list[str]:
+        """Row names of the results table, in order."""
         return [
             "zero_shot",
             *(f"icl_{k}" for k in self.icl_shots),
@@ -84,6 +87,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
+        """The ``--quick`` demo: 2 lab tasks, 1 seed, smaller fits."""
         return cls(
             is_quick=True,
             tasks=("parity_word", "parity_AB"),
@@ -173,6 +177,7 @@ def _load(config: DemoConfig, checkpoint=None):
 def run_demo(
     out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None, progress: bool = True
 ) -> dict:
+    """Every method on every task and seed; writes results.json, report.md and plots into ``out``."""
     config = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,15 +18,19 @@ import torch
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's rank and the world size (1 without torchrun / accelerate)."""
+
     rank: int = 0
     world: int = 1
 
     @property
     def enabled(self) -> bool:
+        """More than one process."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0, the one that writes files and prints."""
         return self.rank == 0
 
     def batches(self, n: int, batch_size: int) -> list[tuple[int, int, int]]:
@@ -35,6 +39,7 @@ class Dist:
         return spans[self.rank :: self.world]
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over ranks, on every rank."""
         if self.enabled:
             import torch.distributed as dist
 
@@ -54,6 +59,7 @@ class Dist:
         return out
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         if self.enabled:
             import torch.distributed as dist
 

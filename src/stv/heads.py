@@ -36,9 +36,11 @@ class HeadMap:
 
     @property
     def num_layers(self) -> int:
+        """Number of layers with attention heads."""
         return len(self.projections)
 
     def all_locations(self) -> list[Location]:
+        """Every (layer, head), layer-major."""
         return [(layer, h) for layer in range(self.num_layers) for h in range(self.num_heads)]
 
     def check(self, locations: Sequence[Location]) -> list[Location]:
@@ -268,6 +270,7 @@ class _Writer:
         return t if t <= (0 if self.later is None else len(self.later)) else None
 
     def values_on(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Row ``t`` of the values (see :meth:`pass_index`) on ``x``'s device and dtype, moved once."""
         key = (x.device, x.dtype, t)
         if key not in self._cache:
             chosen = self.values if t == 0 or self.later is None else self.later[t - 1]
@@ -275,6 +278,7 @@ class _Writer:
         return self._cache[key]
 
     def hook(self, layer_heads: list[tuple[int, int]]):
+        """The forward pre-hook of one layer's output projection."""
         keep_nan = bool(torch.isnan(self.values).any())  # NaN rows mean "leave this head as it is"
         n, h = len(self.locations), self.heads
 
@@ -301,6 +305,7 @@ class _Writer:
         return write
 
     def count_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Count model forwards, so prompt_last writes at the prompt only."""
         if self.step.in_generate:
             self.step.forward_index += 1
 

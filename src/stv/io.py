@@ -26,10 +26,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
+    """Write ``data`` as JSON atomically (see :func:`atomic_write_text`)."""
     return atomic_write_text(path, json.dumps(data, indent=indent))
 
 
 def current_umask() -> int:
+    """The process umask (read without changing it for long)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -171,6 +171,7 @@ def normalize_punctuation(text: str) -> str:
 
 
 def normalize_digits_articles(text: str) -> str:
+    """The official VQA step: number words to digits, articles dropped, contractions fixed."""
     words = [_NUMBERS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in _ARTICLES]
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)

@@ -56,6 +56,7 @@ class Task:
         return [*example.pil_images(), text]
 
     def prompt(self, demos: Sequence[Example], query: Example) -> list:
+        """Demonstrations then the query, in this task's layout."""
         pieces: list = [self.instruction] if self.instruction else []
         for demo in demos:
             pieces += self._pieces(demo, self.shot)
@@ -78,6 +79,7 @@ class ChoiceTask(Task):
     suffix: str = "\nAnswer with the option's letter from the given choice directly. Answer:"
 
     def options(self, example: Example) -> tuple[str, str]:
+        """The options of a multiple-choice example."""
         right = example.answer
         if example.choices and len(example.choices) == 2 and right in example.choices:
             wrong = [c for c in example.choices if c != right][0]
@@ -89,6 +91,7 @@ class ChoiceTask(Task):
         return (right, wrong) if _coin(example.id) else (wrong, right)
 
     def target(self, example: Example) -> str:
+        """The option letter the answer is."""
         return "A" if self.options(example)[0] == example.answer else "B"
 
     def _pieces(self, example: Example, template: str) -> list:

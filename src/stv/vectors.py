@@ -76,6 +76,7 @@ class TaskVectorsConfig:
         )
 
     def to_dict(self) -> dict:
+        """The flat JSON form (``extra`` merged in)."""
         out = asdict(self)
         return {**{k: v for k, v in out.items() if k != "extra"}, **out["extra"]}
 
@@ -133,6 +134,7 @@ class TaskVectors:
 
     @property
     def head_dim(self) -> int:
+        """Width of one head's vector."""
         return self.vectors.shape[1]
 
     def fingerprint(self) -> str:
@@ -144,6 +146,7 @@ class TaskVectors:
         return digest.hexdigest()[:16]
 
     def location_list(self) -> list[tuple[int, int]]:
+        """The locations as (layer, head) tuples."""
         return [(int(layer), int(h)) for layer, h in self.locations.tolist()]
 
     # ------------------------------------------------------------ persistence
@@ -180,6 +183,7 @@ class TaskVectors:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TaskVectors":
+        """Load a folder written by :meth:`save_pretrained`, refusing damaged or mismatched files."""
         directory = Path(directory)
         if not (directory / WEIGHTS_NAME).is_file() or not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(

@@ -6,6 +6,7 @@ from importlib import metadata
 
 
 def stv_version() -> str:
+    """This package's version from its installed metadata."""
     try:
         return metadata.version("stv")
     except metadata.PackageNotFoundError:  # running from a source tree that was never installed

@@ -23,12 +23,15 @@ SPLIT_SEED = 0
 
 @dataclass(frozen=True)
 class DigitTask:
+    """A function of a digit (its answers) that the lab learns in context."""
+
     name: str
     kind: str  # "format" or "mapping"
     answer: Callable[[int], str]
 
     @property
     def vocabulary(self) -> list[str]:
+        """Every answer this task can give."""
         return sorted({self.answer(c) for c in range(10)})
 
 
@@ -81,6 +84,7 @@ class DigitImages:
 
 @functools.cache
 def digit_images() -> DigitImages:
+    """scikit-learn's 8x8 handwritten digits in [0, 1] with labels and a fixed, class-balanced train/test split."""
     from sklearn.datasets import load_digits
 
     data = load_digits()

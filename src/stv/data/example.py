@@ -23,6 +23,7 @@ class LazyImage:
     record: str = ""
 
     def load(self) -> Image.Image:
+        """The image, read from disk now (a missing file is a clear error)."""
         try:
             with Image.open(self.path) as im:
                 return im.convert("RGB")
@@ -45,6 +46,7 @@ class DatasetImage:
     column: str = "image"
 
     def load(self) -> Image.Image:
+        """The image, taken from its dataset row now."""
         return self.dataset[self.index][self.column].convert("RGB")
 
 
@@ -68,4 +70,5 @@ class Example:
         return self.answers[0]
 
     def pil_images(self) -> list[Image.Image]:
+        """The example's images as PIL images (loaded now)."""
         return [im if isinstance(im, Image.Image) else im.load() for im in self.images]

@@ -25,6 +25,7 @@ SPLITS = ("train", "test", "all")
 
 
 def bundled_tasks() -> list[str]:
+    """Names of the Function Vectors tasks that ship with the package."""
     return sorted(p.stem for p in BUNDLED.glob("*.json"))
 
 

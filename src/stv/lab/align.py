@@ -49,6 +49,8 @@ CONTEXTS = [
 
 @dataclass
 class AlignConfig:
+    """Settings of the lab-smollm2 tower's alignment training."""
+
     steps: int = 600
     batch: int = 32
     lr: float = 1e-3

@@ -17,6 +17,7 @@ SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
 
 def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
+    """A fixed, seeded draw of ``n`` test examples of a lab task."""
     examples = digit_examples(task, "test", kind=kind)
     idx = np.random.default_rng(seed).permutation(len(examples))[:n]
     return [examples[i] for i in sorted(idx)]
@@ -101,6 +102,7 @@ def format_number_curve(curve: dict) -> str:
 
 
 def format_curve(curve: dict) -> str:
+    """The lab's ICL curve as a markdown table."""
     shots = list(curve["average"])
     lines = ["| task | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
     rows = list(curve["tasks"].items()) + [(f"**{k} avg**", v) for k, v in curve["kind_average"].items()]
@@ -111,4 +113,5 @@ def format_curve(curve: dict) -> str:
 
 
 def save_curve(curve: dict, directory: str | Path) -> None:
+    """Write the ICL curve JSON next to the checkpoint."""
     atomic_write_json(Path(directory) / "icl_curve.json", curve)

@@ -23,11 +23,13 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
 def vocabulary() -> list[str]:
+    """The lab tokenizer's words: task names, digits, answers and separators."""
     answers = sorted({w for t in DIGIT_TASKS.values() for w in t.vocabulary} | set(RANDOM_LABELS))
     return SPECIALS + [SEP] + answers
 
 
 def build_tokenizer():
+    """The lab's word-level tokenizer, built offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

@@ -26,6 +26,8 @@ from .model import IMAGE_TOKENS, SEP, build_lab_model
 
 @dataclass
 class LabConfig:
+    """Settings of the lab model's training (seeded)."""
+
     steps: int = 1500
     batch: int = 32
     items: int = 33
@@ -67,6 +69,7 @@ class EpisodeSampler:
         return images, [self.ids[mapping[int(c)]] for c in picked], picked.tolist()
 
     def batch(self, size: int, items: int) -> dict[str, torch.Tensor]:
+        """A batch of episodes, each one task's demonstrations and query."""
         bos, img, sep = self.tok.bos_token_id, self.ids["<image>"], self.ids[SEP]
         per_item = IMAGE_TOKENS + 2
         input_ids = torch.empty(size, 1 + items * per_item, dtype=torch.long)

@@ -47,6 +47,7 @@ class FitLog:
 
 
 def scan_pairs(train: Sequence[Example], task: Task, pairs: int, shots: int, rng: np.random.Generator):
+    """``pairs`` (zero-shot prompt, ``shots``-shot prompt) pairs of random training queries."""
     queries = [train[i] for i in rng.choice(len(train), min(pairs, len(train)), replace=False)]
     return [(task.prompt([], q), task.prompt(sample_demos(train, q, shots, rng), q)) for q in queries]
 

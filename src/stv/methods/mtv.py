@@ -30,6 +30,8 @@ from .scan import record_prompts
 
 @dataclass
 class MTVConfig:
+    """MTV's settings (Huang et al. 2024): mean activations, Bernoulli head search."""
+
     prompts: int = 100  # N prompts for the mean activations
     shots: int = 4
     steps: int = 600

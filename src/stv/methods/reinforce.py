@@ -14,12 +14,15 @@ RewardFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 @dataclass
 class ReinforceResult:
+    """The trained policy logits and the curves of a REINFORCE run."""
+
     logits: torch.Tensor  # (K, M)
     reward_curve: list[float] = field(default_factory=list)  # mean reward per step
     max_prob_curve: list[float] = field(default_factory=list)  # mean over locations of max probability
 
     @property
     def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits: (K, M)."""
         return self.logits.softmax(-1)
 
     @property

@@ -31,6 +31,8 @@ from ..models import LMM, Prompt
 
 @dataclass
 class ScanResult:
+    """Per-head sensitivity sums and the with-context activations of one scan."""
+
     sensitivity: torch.Tensor  # (layers, heads) mean over pairs of ||delta||: the paper's first reading
     context_activations: np.ndarray  # (T, layers*heads, head_dim) float16 memmap (this rank's rows filled)
     rows: list[tuple[int, int, int]] | None = None  # (batch, start, end) this rank holds; None: all

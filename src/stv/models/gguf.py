@@ -55,6 +55,7 @@ def find_gguf(path: str | Path, gguf_file: str | None = None) -> Path | None:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):

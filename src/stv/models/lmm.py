@@ -86,22 +86,27 @@ class LMM:
     # ------------------------------------------------------------------ basics
     @property
     def tokenizer(self):
+        """The processor's tokenizer (the processor itself for text models)."""
         return getattr(self.processor, "tokenizer", self.processor)
 
     @property
     def device(self) -> torch.device:
+        """Where the model's first parameters live."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The model's parameter dtype."""
         return next(self.model.parameters()).dtype
 
     @property
     def is_multimodal(self) -> bool:
+        """The processor takes images."""
         return hasattr(self.processor, "image_processor")
 
     @property
     def image_placeholder(self) -> str:
+        """The text that stands for one image in a prompt."""
         if self.family in _PLACEHOLDERS:
             return _PLACEHOLDERS[self.family]
         token = getattr(self.processor, "image_token", None)
@@ -203,9 +208,11 @@ class LMM:
         return out[:, inputs["input_ids"].shape[1] :].cpu()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
+        """Generated ids -> text, special tokens removed."""
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        """Token ids of each answer as it continues a prompt; an empty tokenization is an error."""
         ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
         empty = [a for a, i in zip(answers, ids) if not i]
         if empty:

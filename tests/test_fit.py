@@ -63,41 +63,14 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), *TINY_STV_FLAGS]
     assert main(["fit", *args]) == 0
     assert (tmp_path / "run" / "task_vectors.safetensors").is_file() and (tmp_path / "run" / "reinforce.png").is_file()
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                model,
-                "--dataset",
-                "digits:parity_AB",
-                "--vectors",
-                str(tmp_path / "run"),
-                "--limit",
-                "4",
-                "--first-token",
-            ]
-        )
-        == 0
-    )
+
+    def first_token_eval(on: str) -> int:
+        vectors = ["--vectors", str(tmp_path / "run"), "--limit", "4", "--first-token"]
+        return main(["eval", "--model", on, "--dataset", "digits:parity_AB", *vectors])
+
+    assert first_token_eval(model) == 0
     assert '"accuracy"' in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                family_dir("llava"),
-                "--dataset",
-                "digits:parity_AB",
-                "--vectors",
-                str(tmp_path / "run"),
-                "--limit",
-                "4",
-                "--first-token",
-            ]
-        )
-        == 2
-    )
+    assert first_token_eval(family_dir("llava")) == 2
     assert "fitted on" in capsys.readouterr().err
     assert main(["eval", "--model", model, "--dataset", "digits:nope"]) == 2
     assert "unknown digits task" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def default_top_k(heads: int, keep_arm: bool) -> int:
     """K when none is given (``top_k`` 0). With a keep arm REINFORCE can leave heads alone, and
     more heads helped on every model measured: SmolLM2 68.1 / 72.8 / 79.2 at K = 16 / 32 / 64
     of 270 (stv+ v1) and 85.3 / 87.5 at K = 64 / 256 (stv+, 3 seeds); Gemma-3 7.8 -> 92.2 and
-    20.0 -> 83.3 at K = 16 -> 64 of 72; the lab 79.9 -> 82.5 at K = 8 -> 16 of 16: every head.
+    20.0 -> 83.3 at K = 16 -> 64 of 72; the lab 79.9 -> 80.0 / 82.5 (two runs) at K = 8 -> 16
+    of 16. Every head, then.
     Without one every chosen head is overwritten and the paper's reading collapsed at K = 64 on
     SmolLM2 (26.2 at 16, 4.7 at 64): a quarter of the heads, 8 to 64."""
     if keep_arm:

@@ -32,9 +32,10 @@ from .tasks import task_for
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) measured with these configs on 2 CPU cores (2026-11-22), for the
 # estimate printed before a run. The real-model figure was taken with a second experiment
-# sharing the two cores (2,770 s for 15 task-seeds at K = 64), the lab-smollm2 one with three
-# (3,164 s for 12), so alone they are upper bounds; the lab: 286 s for 12 alone.
-MEASURED_SECONDS = {"lab": 24.0, "real": 185.0, "numbers": 264.0}
+# sharing the two cores (3,163 s for 15 task-seeds, stv+ over all heads), the lab-smollm2 one
+# with three (3,164 s for 12, stv+ at K = 64), so alone they are upper bounds; the lab: 226 s
+# for 12 alone.
+MEASURED_SECONDS = {"lab": 19.0, "real": 211.0, "numbers": 264.0}
 
 
 def variant_method(name: str) -> str:

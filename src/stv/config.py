@@ -105,6 +105,7 @@ class STVConfig:
         return cls(
             **{
                 "sensitivity": "l2",
+                "top_k": 0,  # from the model: a quarter of the heads, 8 to 64 (the paper's K on 270)
                 "keep_arm": False,
                 "mean_arm": False,
                 "policy": "every_step",

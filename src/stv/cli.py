@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from .cli_common import dataset_from_args, distributed_module, model_from_args, quiet_transformers, stv_config_from_args
@@ -113,8 +112,8 @@ def _cmd_fit(args) -> int:
     cfg.check()
     train, task = dataset_from_args(args, args.train_split)
     lmm = model_from_args(args)
-    if not args.top_k:
-        cfg = replace(cfg, top_k=0).resolved(lmm)
+    if not args.top_k:  # both presets leave K at 0: chosen from the model
+        cfg = cfg.resolved(lmm)
         heads = lmm.heads.num_layers * lmm.heads.num_heads
         print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):

@@ -154,11 +154,10 @@ def fv_task(task: str, test_per_task: int):
     """(train, held-out queries, template) of a Function Vectors task: the same
     ``test_per_task`` test queries for every method and seed (a fixed draw)."""
     from .data import load_dataset
-    from .tasks import task_for
+    from .tasks import fixed_subset, task_for
 
     train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
-    test = [test[i] for i in sorted(np.random.default_rng(0).permutation(len(test))[:test_per_task])]
-    return train, test, task_for(train)
+    return train, fixed_subset(test, test_per_task), task_for(train)
 
 
 def compare_table(result: dict, metric: str) -> str:

@@ -212,10 +212,10 @@ def run_demo(
                 bar.set_postfix(task=task, seed=seed, method=method)
                 bar.update(1)
 
-            state, stv_vectors = _run_seed(lmm, config, train, template, seed, record, timings, top_k)
+            state, stv_vectors, stv_cfg = _run_seed(lmm, config, train, template, seed, record, timings, top_k)
             if seed == config.seeds[0]:
                 artifacts[task] = state
-                save_fit(out / "vectors" / task, stv_vectors, replace(config.stv, seed=seed).resolved(lmm), state=state)
+                save_fit(out / "vectors" / task, stv_vectors, stv_cfg, state=state)
     bar.close()
     summary = {
         "results": results,
@@ -252,7 +252,8 @@ def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors
 
 
 def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict, top_k: dict):
-    """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each."""
+    """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each.
+    Returns the paper STV's fit log, vectors and settings (K resolved for the model)."""
     record("zero_shot")
     for k in config.icl_shots:
         record(f"icl_{k}", shots=k)
@@ -280,7 +281,7 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
         timings.setdefault(f"{variant_method(name)}_fit", []).append(seconds)
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
         record(variant_method(name), vectors=fitted)
-    return state, vectors
+    return state, vectors, stv_cfg
 
 
 def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:

@@ -194,6 +194,13 @@ def support_demos(query: Example) -> list[Example]:
     return out
 
 
+def fixed_subset(examples: Sequence[Example], n: int, seed: int = 0) -> list[Example]:
+    """A seeded draw of ``n`` examples kept in their original order: the same held-out queries
+    for every method and seed of a comparison."""
+    idx = np.random.default_rng(seed).permutation(len(examples))[:n]
+    return [examples[i] for i in sorted(idx)]
+
+
 def sample_demos(pool: Sequence[Example], query: Example, shots: int, rng: np.random.Generator) -> list[Example]:
     """``shots`` demonstrations from ``pool``, never the query itself."""
     if shots == 0:

@@ -11,16 +11,14 @@ from tqdm.auto import tqdm
 from ..data.digits import DIGIT_TASKS, digit_examples
 from ..evaluate import first_token_accuracy
 from ..io import atomic_write_json
-from ..tasks import DIGITS
+from ..tasks import DIGITS, fixed_subset
 
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
 
 def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
     """A fixed, seeded draw of ``n`` test examples of a lab task."""
-    examples = digit_examples(task, "test", kind=kind)
-    idx = np.random.default_rng(seed).permutation(len(examples))[:n]
-    return [examples[i] for i in sorted(idx)]
+    return fixed_subset(digit_examples(task, "test", kind=kind), n, seed)
 
 
 def icl_curve(

@@ -1,13 +1,18 @@
-"""Continuation vectors: written at generated tokens 1..T under prompt_last, and recorded at
-the same positions a teacher-forced many-shot prompt has them."""
+"""Continuation vectors: written at generated tokens 1..T under prompt_last, recorded at the
+same positions a teacher-forced many-shot prompt has them, and searched (the next-token reward
+and the artifact of the continuation search)."""
 
 import numpy as np
 import pytest
 import torch
 
+from stv.config import STVConfig
 from stv.data import load_dataset
+from stv.errors import StvError
 from stv.heads import record, replace
 from stv.methods.continuation import continuation_means, with_continuation
+from stv.methods.fit import fit
+from stv.methods.reward import bank_rewards
 from stv.tasks import task_for
 from stv.vectors import TaskVectors
 
@@ -77,3 +82,65 @@ def test_artifact_round_trip_and_fingerprint(lmm_of, tmp_path):
     assert torch.equal(torch.nan_to_num(back.continuation, 9.0), torch.nan_to_num(cont.continuation, 9.0))
     with pytest.raises(ValueError, match="continuation"):
         TaskVectors(vectors.locations, vectors.vectors, continuation=torch.zeros(3, 2, lmm.heads.head_dim))
+
+
+def test_next_token_reward_is_the_log_prob_after_the_first_answer_token(lmm_of):
+    """bank_rewards(after=...) on the prefix cache and fanned-out candidates = one prompt at a
+    time: the fitted vectors written in the prompt pass, the candidate in the pass of the first
+    answer token, the log-prob of the second (or of the line break)."""
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:3]
+    task = task_for(train)
+    heads, gen = lmm.heads, torch.Generator().manual_seed(0)
+    fitted = TaskVectors(torch.tensor([[0, 0], [1, 2]]), torch.randn(2, heads.head_dim, generator=gen))
+    everywhere = heads.all_locations()
+    means = torch.randn(len(everywhere), heads.head_dim, generator=gen)
+    bank = torch.stack([torch.full_like(means, float("nan")), means], 1)
+    choices = torch.randint(0, 2, (3, len(everywhere)), generator=gen)
+    reward = bank_rewards(lmm, train, task, everywhere, bank, len(train), np.random.default_rng(0), after=fitted)
+    got = reward(0, choices)
+    want = torch.zeros(len(choices))
+    for s, choice in enumerate(choices):
+        for query in train:
+            ids = lmm.answer_ids([task.continuation(query) + "\n"])[0]
+            inputs = lmm.prepare([task.prompt([], query)], positions=False)
+            n = inputs["input_ids"].shape[1]
+            with torch.no_grad():
+                with replace(lmm.model, heads, fitted.location_list(), fitted.vectors):
+                    cache = lmm.model(**inputs, use_cache=True).past_key_values
+                with replace(lmm.model, heads, everywhere, bank[torch.arange(len(everywhere)), choice]):
+                    logits = lmm.model(
+                        input_ids=torch.tensor([[ids[0]]]),
+                        attention_mask=torch.ones(1, n + 1, dtype=torch.long),
+                        past_key_values=cache,
+                        position_ids=torch.tensor([[n]]),
+                    ).logits[0, -1]
+            want[s] += torch.log_softmax(logits.float(), -1)[ids[1]] / len(train)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_searched_continuation_artifact(lmm_of, tmp_path):
+    """The union of both searches' heads, NaN where a head is written at one position only;
+    saved, loaded and generated with; the settings that cannot work are refused."""
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:24]
+    config = STVConfig.plus(
+        top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=4, continuation_search=3, final_items=4
+    )
+    vectors, log = fit(lmm, train, config, progress=False)
+    assert "continuation_search" in log.timings and vectors.config.policy == "prompt_last"
+    written_first = ~torch.isnan(vectors.vectors).any(-1)
+    written_later = ~torch.isnan(vectors.continuation[0]).any(-1)
+    assert vectors.continuation.shape == (1, len(vectors.locations), lmm.heads.head_dim)
+    assert bool((written_first | written_later).all())  # no location written nowhere
+    assert vectors.config.extra["continuation_search"]["heads"] == int(written_later.sum())
+    vectors.save_pretrained(tmp_path / "v")
+    back = TaskVectors.from_pretrained(tmp_path / "v")
+    prompt = [task_for(train).prompt([], train[0])]
+    with vectors.apply(lmm):
+        fitted = lmm.generate(prompt, max_new_tokens=3)
+    with back.apply(lmm):
+        assert lmm.generate(prompt, max_new_tokens=3) == fitted
+    for bad in ({"policy": "every_step"}, {"continuation": 2}, {"continuation_search": -1}):
+        with pytest.raises(StvError, match="continuation_search"):
+            STVConfig.plus(**{"continuation_search": 3, **bad}).check()

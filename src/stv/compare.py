@@ -23,6 +23,7 @@ from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
+from .methods.schedule import choose_schedule
 
 # name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
 VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
@@ -35,6 +36,11 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_2xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
     "stv+_4xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
     "stv+_ranked": lambda base: STVConfig.plus(**_sizes(base), ranked_prior=True),
+    "stv+_auto": lambda base: STVConfig.plus(**_sizes(base), schedule_items=SCHEDULE_ITEMS),
+    "stv+_next": lambda base: STVConfig.plus(**_sizes(base), continuation_search=base.steps),
+    "stv+_next_auto": lambda base: STVConfig.plus(
+        **_sizes(base), continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
+    ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -49,6 +55,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_select": lambda base: _v1(base, arm_prior=True, final_samples=10),
     "stv+_select_3x": lambda base: _v1(base, steps=3 * base.steps, arm_prior=True, final_samples=10),
 }
+SCHEDULE_ITEMS = 24  # training answers per schedule in the *_auto variants (and mtv_auto)
 CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the *_cont variants
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
@@ -95,7 +102,8 @@ def run_compare(
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
     mtv_cont = any(variant_config(name, base).continuation for name in variants)  # then also MTV + continuation
-    extra = 4 if mtv_cont else 3  # icl, mtv at both schedules (+ mtv_cont)
+    mtv_auto = any(variant_config(name, base).schedule_items for name in variants)  # then MTV's schedule chosen too
+    extra = 3 + mtv_cont + mtv_auto  # icl, mtv at both schedules (+ mtv_cont, mtv_auto)
     bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
@@ -113,6 +121,7 @@ def run_compare(
                         "first_token": first,
                         "exact_match": exact,
                         "fit_s": round(fit_s, 1),
+                        "policy": policy or "",  # the insertion schedule it was evaluated under
                     }
                 )
                 bar.set_postfix(task=task, seed=seed, method=method)
@@ -143,6 +152,11 @@ def run_compare(
                     mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed
                 )
                 add("mtv_cont", cont, policy="prompt_last", fit_s=mtv_s + time.perf_counter() - start)
+            if mtv_auto:
+                start = time.perf_counter()
+                rng = np.random.default_rng(seed + 2_000)
+                auto = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, rng)
+                add("mtv_auto", auto, policy=auto.config.policy, fit_s=mtv_s + time.perf_counter() - start)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
                 add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)

@@ -39,7 +39,9 @@ FIELD_HELP: dict[str, str] = {
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
+    "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
+    "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
     "batch_size": "prompts per forward pass (count)",
     "seed": "seed of every random draw (queries, demonstrations, k-means, REINFORCE)",
 }
@@ -85,7 +87,13 @@ class STVConfig:
     continuation: int = (
         0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
     )
+    continuation_search: int = (
+        0  # >0: search which heads get their many-shot mean at the first generated token (not in the paper)
+    )
     policy: Policy = "every_step"
+    schedule_items: int = (
+        0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
+    )
     batch_size: int = 8
     seed: int = 0
     variant: str = "paper"  # the preset these settings started from (recorded in artifacts)
@@ -167,6 +175,15 @@ class STVConfig:
             )
         if self.final_samples < 0 or self.final_items < 1:
             problems.append("final_samples must be >= 0 and final_items >= 1")
+        if self.continuation_search < 0 or (
+            self.continuation_search and (self.policy != "prompt_last" or self.continuation)
+        ):
+            problems.append(
+                f"continuation_search={self.continuation_search} must be >= 0, and > 0 only with policy prompt_last "
+                "and without --continuation"
+            )
+        if self.schedule_items < 0:
+            problems.append(f"schedule_items={self.schedule_items} must be >= 0")
         if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
             problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
         if self.sensitivity not in SENSITIVITIES:

@@ -13,7 +13,7 @@ demonstrations give there, averaged over queries. Not in the STV or MTV papers.
 from __future__ import annotations
 
 from dataclasses import replace as dc_replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..heads import record
 from ..models import LMM
 from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
+
+if TYPE_CHECKING:
+    from ..config import STVConfig
 
 
 def continuation_means(
@@ -95,3 +98,67 @@ def with_continuation(
         policy="prompt_last", continuation={"steps": steps, "prompts": prompts, "shots": shots, "seed": seed}
     )
     return dc_replace(vectors, config=config, continuation=means)
+
+
+def search_continuation(
+    vectors: TaskVectors,
+    lmm: LMM,
+    train: Sequence[Example],
+    task: Task,
+    config: "STVConfig",
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> TaskVectors:
+    """``vectors`` plus a searched continuation at the first generated token (written under
+    prompt_last): every head may get its mean output at that position in many-shot prompts,
+    and REINFORCE (MTV's Bernoulli arms, ``config.continuation_search`` steps) picks the heads
+    whose means raise the log-prob of the answer's second token, or of the line break that
+    ends a one-token answer, with ``vectors`` written at the prompt's last token. This is
+    where a zero-shot query decides between stopping and going on in its own format; the
+    heads the first search wrote need not be the ones that carry the format."""
+    from .reinforce import reinforce
+    from .reward import bank_rewards
+
+    everywhere = lmm.heads.all_locations()
+    means = continuation_means(lmm, train, task, everywhere, 1, config.pairs, config.shots, config.batch_size, rng)[0]
+    bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D): leave alone, write the mean
+    reward = bank_rewards(
+        lmm, train, task, everywhere, bank, config.queries_per_step, rng, config.prefix_pool, after=vectors
+    )
+    search = reinforce(
+        reward,
+        len(everywhere),
+        2,
+        config.continuation_search,
+        config.samples,
+        config.lr,
+        seed=config.seed + 2,
+        progress=progress,
+        init_logits=torch.tensor([0.0, -1.0]),  # MTV's start: P(write) 0.27
+    )
+    # the argmax, writing nothing, and a few draws, scored on more queries than a step sees
+    gen = torch.Generator().manual_seed(config.seed + 3)
+    draws = torch.multinomial(search.probabilities, max(1, config.final_samples), replacement=True, generator=gen).T
+    candidates = torch.cat([search.choice[None], torch.zeros_like(search.choice)[None], draws])  # (N, L*H)
+    held_out = bank_rewards(lmm, train, task, everywhere, bank, min(config.final_items, len(train)), rng, after=vectors)
+    chosen = candidates[int(held_out(0, candidates).argmax())].bool()  # (L*H,) write the mean here
+    return _merge(vectors, everywhere, chosen, means, config)
+
+
+def _merge(vectors: TaskVectors, everywhere, chosen: torch.Tensor, means: torch.Tensor, config) -> TaskVectors:
+    """One artifact over the union of both searches' heads: NaN where a head is written at
+    only one of the two positions (prompt's last token, first generated token)."""
+    union = sorted(set(vectors.location_list()) | {loc for loc, c in zip(everywhere, chosen.tolist()) if c})
+    index = {loc: i for i, loc in enumerate(everywhere)}
+    first = {loc: v for loc, v in zip(vectors.location_list(), vectors.vectors)}
+    nan = torch.full((vectors.head_dim,), float("nan"))
+    values = torch.stack([first.get(loc, nan) for loc in union]) if union else vectors.vectors[:0]  # (K', D)
+    later = torch.stack([means[index[loc]] if chosen[index[loc]] else nan for loc in union]) if union else values
+    settings = {"steps": config.continuation_search, "heads": int(chosen.sum())}
+    return dc_replace(
+        vectors,
+        locations=torch.tensor(union, dtype=torch.long).reshape(-1, 2),
+        vectors=values,
+        continuation=later[None],  # (1, K', D)
+        config=vectors.config.with_(policy="prompt_last", continuation_search=settings),
+    )

@@ -19,10 +19,11 @@ from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
-from .continuation import with_continuation
+from .continuation import search_continuation, with_continuation
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
+from .schedule import choose_schedule
 
 if TYPE_CHECKING:
     pass
@@ -164,6 +165,14 @@ def fit_at(
             artifact, lmm, train, task, config.continuation, config.pairs, config.shots, config.batch_size, config.seed
         )
         timings["continuation"] = time.perf_counter() - t
+    if config.continuation_search:
+        t = time.perf_counter()
+        artifact = search_continuation(artifact, lmm, train, task, config, rng, progress)
+        timings["continuation_search"] = time.perf_counter() - t
+    if config.schedule_items:
+        t = time.perf_counter()
+        artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
+        timings["schedule"] = time.perf_counter() - t
     return artifact, FitLog(scan, locations, bank, search, timings)
 
 

@@ -1,19 +1,25 @@
 """The reward both searches optimise: the log-probability of the first answer token of a few
 zero-shot training queries with candidate vectors written in, every candidate scored in one
-batch over a shared prefix cache (STV's REINFORCE, MTV's head search, final selections)."""
+batch over a shared prefix cache (STV's REINFORCE, MTV's head search, final selections); or,
+for the continuation search, of the token after it (the answer's second token, or the line
+break that ends a one-token answer), with the fitted vectors at the prompt's last token."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from .. import distributed
 from ..data.example import Example
+from ..errors import StvError
 from ..heads import Location
 from ..models import LMM
 from ..tasks import Task
+
+if TYPE_CHECKING:
+    from ..vectors import TaskVectors
 
 
 def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.Tensor:
@@ -30,12 +36,15 @@ def bank_rewards(
     queries_per_step: int,
     rng: np.random.Generator,
     prefix_pool: int = 0,
+    after: "TaskVectors | None" = None,
 ):
     """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
     zero-shot queries, every sample scored in one batch over a shared prefix cache.
 
     With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
-    computed once and reused: a step then costs one pass over the fanned-out last tokens."""
+    computed once and reused: a step then costs one pass over the fanned-out last tokens.
+    With ``after`` (fitted vectors, written at the prompt's last token) the candidates are
+    scored one token later: on the answer's second token given its first."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
 
@@ -52,17 +61,17 @@ def bank_rewards(
         if prefix_pool:
             g = int(rng.integers(prefix_pool))
             if g not in pool:
-                pool[g] = (groups[g], lmm.prefix([task.prompt([], q) for q in groups[g]]))
-            queries, prefix = pool[g]
+                pool[g] = _prefix_and_targets(lmm, groups[g], task, after)
+            prefix, targets = pool[g]
         else:
             queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
-            prefix = lmm.prefix([task.prompt([], q) for q in queries])
-        rows = values.repeat(len(queries), 1, 1)  # row q*S + s -> sample s
+            prefix, targets = _prefix_and_targets(lmm, queries, task, after)
+        rows = values.repeat(len(targets), 1, 1)  # row q*S + s -> sample s
         with lmm.candidates(locations, rows, samples):
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
-        target = first_token_ids(lmm, queries, task).repeat_interleave(samples)
+        target = targets.repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
-        local = logp.view(len(queries), samples).mean(0)
+        local = logp.view(len(targets), samples).mean(0)
         if not dist.enabled:
             return local
         out = torch.empty(len(all_choices))
@@ -71,3 +80,17 @@ def bank_rewards(
         return out
 
     return reward
+
+
+def _prefix_and_targets(lmm: LMM, queries: Sequence[Example], task: Task, after: "TaskVectors | None"):
+    """(Prefix, target token per query) of the zero-shot prompts: the first answer token, or
+    with ``after`` the token after it, the prefix then holding the first answer token too."""
+    prompts = [task.prompt([], q) for q in queries]
+    if after is None:
+        return lmm.prefix(prompts), first_token_ids(lmm, queries, task)
+    ids = lmm.answer_ids([task.continuation(q) + "\n" for q in queries])
+    if min(map(len, ids)) < 2:
+        raise StvError("an answer and the line break after it tokenize to one token: no second token to search for")
+    with after.apply(lmm, "prompt_last"):  # one forward pass: it ends at the prompt's last token
+        prefix = lmm.prefix(prompts, then=torch.tensor([i[0] for i in ids]))
+    return prefix, torch.tensor([i[1] for i in ids])

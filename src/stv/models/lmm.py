@@ -286,19 +286,26 @@ class LMM:
 
     # ------------------------------------------------------ prefix-cached scoring
     @torch.inference_mode()
-    def prefix(self, prompts: Sequence[Prompt], mode: Render = "raw") -> "Prefix":
+    def prefix(self, prompts: Sequence[Prompt], mode: Render = "raw", then: torch.Tensor | None = None) -> "Prefix":
         """Run every prompt but its last token once, keeping the KV cache.
 
         Interventions only touch the last position, so all candidates share this prefix:
-        :meth:`last_token_logits` then scores many candidates as one batch.
+        :meth:`last_token_logits` then scores many candidates as one batch. With ``then``
+        (one token id per prompt, e.g. a teacher-forced first answer token) the whole prompt
+        is the prefix and ``then`` is the last token: candidates are then scored at the first
+        generated position, and whatever hooks are active write the prompt's last token.
         """
         inputs = self.prepare(prompts, mode)
-        last = inputs["input_ids"][:, -1:]
-        if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
-            raise StvError("prefix caching needs prompts that end in text, not in an image")
-        head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
-        out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         mask = inputs["attention_mask"]
+        if then is None:
+            last = inputs["input_ids"][:, -1:]
+            if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
+                raise StvError("prefix caching needs prompts that end in text, not in an image")
+            head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
+        else:
+            last, head = then.reshape(-1, 1).to(mask.device), inputs
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # left padding: the new token goes right
+        out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         deltas = self._rope_deltas()
         return Prefix(
             out.past_key_values,

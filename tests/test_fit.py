@@ -7,6 +7,7 @@ import torch
 
 from stv.config import STVConfig
 from stv.data import digit_examples, load_dataset
+from stv.errors import StvError
 from stv.methods.fit import fit, fit_at
 from stv.tasks import DIGITS, task_for
 from stv.testing import FAMILIES
@@ -116,8 +117,55 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     bank = torch.cat([garbage, torch.full_like(garbage, float("nan"))], 1)  # arm 0 garbage, arm 1 keep
     policy = ReinforceResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
     cfg = STVConfig(final_samples=8, final_items=6, seed=0)
-    chosen = select_final(lmm, train, task, locations, bank, policy, cfg, np.random.default_rng(0))
+    _, chosen = select_final(lmm, train, task, locations, bank, [policy], cfg, np.random.default_rng(0))
     assert chosen.shape == (6,) and int(chosen.sum()) > 0  # some heads left alone
     score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the same queries
     both = score(0, torch.stack([policy.choice, chosen]))
     assert both[1] > both[0]
+
+
+def test_final_selection_picks_across_restarts(lmm_of):
+    """Two REINFORCE runs settled on different arms: with no draws (final_samples 0) the final
+    selection returns the run whose argmax scores best on the held-out training queries, in
+    either order."""
+    from stv.methods.fit import select_final
+    from stv.methods.reinforce import ReinforceResult
+    from stv.methods.reward import bank_rewards
+
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    locations = lmm.heads.all_locations()[:6]
+    loud = torch.full((6, 1, lmm.heads.head_dim), 50.0)
+    bank = torch.cat([loud, torch.full_like(loud, float("nan"))], 1)  # arm 0 loud, arm 1 keep
+    runs = [ReinforceResult(torch.tensor([[1.0, 0.0]]).expand(6, 2).clone()), ReinforceResult(torch.zeros(6, 2))]
+    runs[1].logits[:, 1] = 1.0
+    score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the selection's queries
+    scores = score(0, torch.stack([r.choice for r in runs]))
+    assert scores[0] != scores[1]
+    best = runs[int(scores.argmax())]
+    cfg = STVConfig(final_samples=0, final_items=6, restarts=2, seed=0)
+    for order in (runs, runs[::-1]):
+        search, chosen = select_final(lmm, train, task, locations, bank, order, cfg, np.random.default_rng(0))
+        assert search is best and torch.equal(chosen, best.choice)
+
+
+def test_restarts_run_their_own_searches(lmm_of):
+    """Each restart is a REINFORCE run of its own (a prefix and a last-token pass per step),
+    then one final selection over them (one more of each)."""
+    lmm = lmm_of("llama")
+    train = text_examples(16)
+    config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    passes = {}
+    for restarts in (1, 3):
+        calls = []
+        handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+        try:
+            _, log = fit(lmm, train, STVConfig(**{**config.__dict__, "restarts": restarts}), progress=False)
+        finally:
+            handle.remove()
+        passes[restarts] = len(calls)
+        assert ("select" in log.timings) == (restarts > 1) and len(log.search.reward_curve) == config.steps
+    assert passes[3] - passes[1] == 2 * (2 * config.steps) + 2
+    with pytest.raises(StvError, match="restarts"):
+        STVConfig(restarts=0).check()

@@ -36,6 +36,7 @@ FIELD_HELP: dict[str, str] = {
     "mean_arm": "add the mean with-context activation (MTV's vector) as an arm",
     "arm_prior": "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform",
     "ranked_prior": "with arm_prior: P(keep) from 1/4 (most sensitive head) to 3/4 (least) instead of 1/2 everywhere",
+    "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
@@ -82,6 +83,9 @@ class STVConfig:
     mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
     ranked_prior: bool = False  # with arm_prior: P(keep) rises with the sensitivity rank, 1/4 -> 3/4 (not in the paper)
+    restarts: int = (
+        1  # REINFORCE runs (each with its own seed); the final selection picks across them (not in the paper)
+    )
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
     continuation: int = (
@@ -173,8 +177,8 @@ class STVConfig:
                 f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
                 f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs"
             )
-        if self.final_samples < 0 or self.final_items < 1:
-            problems.append("final_samples must be >= 0 and final_items >= 1")
+        if self.final_samples < 0 or self.final_items < 1 or self.restarts < 1:
+            problems.append("final_samples must be >= 0, final_items >= 1 and restarts >= 1")
         if self.continuation_search < 0 or (
             self.continuation_search and (self.policy != "prompt_last" or self.continuation)
         ):

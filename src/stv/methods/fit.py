@@ -88,6 +88,9 @@ def fit(
     return artifact, state
 
 
+RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride
+
+
 def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Tensor | None:
     """With ``arm_prior``, REINFORCE starts where MTV starts (most heads left alone) instead of
     uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest. With
@@ -131,23 +134,14 @@ def fit_at(
         bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
-    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
-    search = reinforce(
-        reward,
-        len(locations),
-        bank.shape[1],
-        config.steps,
-        config.samples,
-        config.lr,
-        seed=config.seed,
-        progress=progress,
-        init_logits=_prior_logits(config, bank.shape[1], len(locations)),
-    )
+    searches = [
+        _search(lmm, train, task, locations, bank, config, rng, restart, progress) for restart in range(config.restarts)
+    ]
     timings["reinforce"] = time.perf_counter() - t
-    choice = search.choice
-    if config.final_samples:
+    search, choice = searches[0], searches[0].choice
+    if config.final_samples or config.restarts > 1:
         t = time.perf_counter()
-        choice = select_final(lmm, train, task, locations, bank, search, config, rng)
+        search, choice = select_final(lmm, train, task, locations, bank, searches, config, rng)
         timings["select"] = time.perf_counter() - t
     vectors = bank[torch.arange(len(locations)), choice]
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
@@ -176,22 +170,45 @@ def fit_at(
     return artifact, FitLog(scan, locations, bank, search, timings)
 
 
+def _search(lmm, train, task, locations, bank: torch.Tensor, config: STVConfig, rng, restart: int, progress: bool):
+    """One REINFORCE run over the bank (restart r: its own seed, its own draws of queries)."""
+    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
+    return reinforce(
+        reward,
+        len(locations),
+        bank.shape[1],
+        config.steps,
+        config.samples,
+        config.lr,
+        seed=config.seed + RESTART_SEED_STRIDE * restart,
+        progress=progress,
+        init_logits=_prior_logits(config, bank.shape[1], len(locations)),
+    )
+
+
 def select_final(
     lmm: LMM,
     train: Sequence[Example],
     task: Task,
     locations: Sequence[Location],
     bank: torch.Tensor,
-    search: ReinforceResult,
+    searches: Sequence[ReinforceResult],
     config: STVConfig,
     rng: np.random.Generator,
-) -> torch.Tensor:
-    """The best of the argmax and ``final_samples`` draws from the trained policy, by mean
-    first-token log-prob on ``final_items`` training queries (K,). A policy that has not
-    converged puts its argmax on arms that were never good together; scoring a few joint
-    draws on more queries than one REINFORCE step sees removes that noise."""
+) -> tuple[ReinforceResult, torch.Tensor]:
+    """The best of each search's argmax and ``final_samples`` draws from it, by mean
+    first-token log-prob on ``final_items`` training queries: (the search it came from, its
+    choice (K,)). A policy that has not converged puts its argmax on arms that were never good
+    together, and one run of REINFORCE can settle in a poor optimum; scoring a few joint draws
+    of every restart on more queries than one step sees removes both kinds of noise."""
     gen = torch.Generator().manual_seed(config.seed + 1)
-    draws = torch.multinomial(search.probabilities, config.final_samples, replacement=True, generator=gen).T  # (N, K)
-    candidates = torch.cat([search.choice[None], draws])  # (N + 1, K); row 0 = argmax
+    candidates, origin = [], []
+    for i, search in enumerate(searches):
+        candidates.append(search.choice[None])  # argmax first, then (N, K) draws
+        if config.final_samples:
+            probs = search.probabilities
+            candidates.append(torch.multinomial(probs, config.final_samples, replacement=True, generator=gen).T)
+        origin += [i] * (1 + config.final_samples)
     score = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
-    return candidates[int(score(0, candidates).argmax())]
+    best = int(score(0, torch.cat(candidates)).argmax())
+    return searches[origin[best]], torch.cat(candidates)[best]

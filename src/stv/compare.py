@@ -37,6 +37,11 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_4xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
     "stv+_ranked": lambda base: STVConfig.plus(**_sizes(base), ranked_prior=True),
     "stv+_auto": lambda base: STVConfig.plus(**_sizes(base), schedule_items=SCHEDULE_ITEMS),
+    "stv+_pool0": lambda base: STVConfig.plus(**_sizes(base), prefix_pool=0),
+    "stv+_r3": lambda base: STVConfig.plus(**_sizes(base), prefix_pool=0, restarts=3),
+    "stv+_r3_next_auto": lambda base: STVConfig.plus(
+        **_sizes(base), prefix_pool=0, restarts=3, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
+    ),
     "stv+_next": lambda base: STVConfig.plus(**_sizes(base), continuation_search=base.steps),
     "stv+_next_auto": lambda base: STVConfig.plus(
         **_sizes(base), continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS

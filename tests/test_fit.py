@@ -102,6 +102,15 @@ def test_arm_prior_starts_where_mtv_starts():
     assert torch.allclose(ranked.sum(1), torch.ones(3)) and torch.allclose(ranked[1], probs)
 
 
+def _loud_or_keep(lmm_of):
+    """A tiny model, capitalize, 6 heads and a bank of two arms: 50.0 everywhere (0), keep (1)."""
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    loud = torch.full((6, 1, lmm.heads.head_dim), 50.0)
+    bank = torch.cat([loud, torch.full_like(loud, float("nan"))], 1)
+    return lmm, train, task_for(train), lmm.heads.all_locations()[:6], bank
+
+
 def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     """A policy whose argmax writes garbage into every head loses to a draw that leaves some
     heads alone: select_final keeps the candidate with the best first-token log-prob."""
@@ -109,12 +118,7 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     from stv.methods.reinforce import ReinforceResult
     from stv.methods.reward import bank_rewards
 
-    lmm = lmm_of("llama")
-    train = load_dataset("fv:capitalize", split="train")[:30]
-    task = task_for(train)
-    locations = lmm.heads.all_locations()[:6]
-    garbage = torch.full((6, 1, lmm.heads.head_dim), 50.0)
-    bank = torch.cat([garbage, torch.full_like(garbage, float("nan"))], 1)  # arm 0 garbage, arm 1 keep
+    lmm, train, task, locations, bank = _loud_or_keep(lmm_of)
     policy = ReinforceResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
     cfg = STVConfig(final_samples=8, final_items=6, seed=0)
     _, chosen = select_final(lmm, train, task, locations, bank, [policy], cfg, np.random.default_rng(0))
@@ -132,12 +136,7 @@ def test_final_selection_picks_across_restarts(lmm_of):
     from stv.methods.reinforce import ReinforceResult
     from stv.methods.reward import bank_rewards
 
-    lmm = lmm_of("llama")
-    train = load_dataset("fv:capitalize", split="train")[:30]
-    task = task_for(train)
-    locations = lmm.heads.all_locations()[:6]
-    loud = torch.full((6, 1, lmm.heads.head_dim), 50.0)
-    bank = torch.cat([loud, torch.full_like(loud, float("nan"))], 1)  # arm 0 loud, arm 1 keep
+    lmm, train, task, locations, bank = _loud_or_keep(lmm_of)
     runs = [ReinforceResult(torch.tensor([[1.0, 0.0]]).expand(6, 2).clone()), ReinforceResult(torch.zeros(6, 2))]
     runs[1].logits[:, 1] = 1.0
     score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the selection's queries

@@ -43,6 +43,13 @@ def test_presets_and_overrides():
     for name in ("stv+_v1", "stv+_l2", "stv+_no_arms", "stv+_every_step", "stv+_2k", "stv+_4k", "stv+_4q"):
         assert (variant_config(name, base).arm_prior, variant_config(name, base).final_samples) == (False, 0), name
     assert (variant_config("stv+", base).arm_prior, variant_config("stv+", base).final_samples) == (True, 10)
+    # ... and those of compare5-9 theirs after stv+ gained restarts, fresh queries, the
+    # continuation search and the schedule choice
+    for name in ("stv+_v2", "stv+_2xk", "stv+_4xk", "stv+_ranked"):
+        cfg = variant_config(name, base)
+        assert (cfg.prefix_pool, cfg.restarts, cfg.continuation_search, cfg.schedule_items) == (16, 1, 0, 0), name
+    plus = variant_config("stv+", base)
+    assert (plus.prefix_pool, plus.restarts, plus.continuation_search, plus.schedule_items) == (0, 3, 1, 24)
 
 
 def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
@@ -64,7 +71,9 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
         progress=False,
     )
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
-    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "paper", "stv+"]
+    # stv+ chooses its schedule from training answers, so MTV's is chosen the same way too
+    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "paper", "stv+"]
+    assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table
     with pytest.raises(ValueError, match="unknown STV variant"):

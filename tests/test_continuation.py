@@ -144,3 +144,15 @@ def test_searched_continuation_artifact(lmm_of, tmp_path):
     for bad in ({"policy": "every_step"}, {"continuation": 2}, {"continuation_search": -1}):
         with pytest.raises(StvError, match="continuation_search"):
             STVConfig.plus(**{"continuation_search": 3, **bad}).check()
+
+
+def test_continuation_search_is_skipped_without_a_second_answer_token():
+    """The lab's word-level tokenizer gives " even\\n" one token: nothing to search for."""
+    from stv.data import digit_examples
+    from stv.lab import load_lab
+
+    lab = load_lab()
+    train = digit_examples("parity_word")[:40]
+    config = STVConfig.plus(clusters=2, pairs=8, shots=2, steps=2, samples=4, batch_size=8, restarts=1)
+    vectors, _ = fit(lab, train, config, progress=False)
+    assert vectors.config.extra["continuation_search"]["steps"] == 0 and vectors.continuation is None

@@ -32,19 +32,20 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
-    "stv+_cont": lambda base: STVConfig.plus(**_sizes(base), continuation=CONTINUATION_STEPS),
-    "stv+_2xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 2 * base.top_k}),
-    "stv+_4xk": lambda base: STVConfig.plus(**{**_sizes(base), "top_k": 4 * base.top_k}),
-    "stv+_ranked": lambda base: STVConfig.plus(**_sizes(base), ranked_prior=True),
-    "stv+_auto": lambda base: STVConfig.plus(**_sizes(base), schedule_items=SCHEDULE_ITEMS),
-    "stv+_pool0": lambda base: STVConfig.plus(**_sizes(base), prefix_pool=0),
-    "stv+_r3": lambda base: STVConfig.plus(**_sizes(base), prefix_pool=0, restarts=3),
-    "stv+_r3_next_auto": lambda base: STVConfig.plus(
-        **_sizes(base), prefix_pool=0, restarts=3, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
-    ),
-    "stv+_next": lambda base: STVConfig.plus(**_sizes(base), continuation_search=base.steps),
-    "stv+_next_auto": lambda base: STVConfig.plus(
-        **_sizes(base), continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
+    # stv+ as defined in benchmarks/compare5-8 (one REINFORCE run over 16 cached prefix groups,
+    # no continuation search, no schedule choice), and what was measured on top of it
+    "stv+_v2": lambda base: _v2(base),
+    "stv+_cont": lambda base: _v2(base, continuation=CONTINUATION_STEPS),
+    "stv+_2xk": lambda base: _v2(base, top_k=2 * base.top_k),
+    "stv+_4xk": lambda base: _v2(base, top_k=4 * base.top_k),
+    "stv+_ranked": lambda base: _v2(base, ranked_prior=True),
+    "stv+_auto": lambda base: _v2(base, schedule_items=SCHEDULE_ITEMS),
+    "stv+_pool0": lambda base: _v2(base, prefix_pool=0),
+    "stv+_r3": lambda base: _v2(base, prefix_pool=0, restarts=3),
+    "stv+_next": lambda base: _v2(base, continuation_search=base.steps),
+    "stv+_next_auto": lambda base: _v2(base, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS),
+    "stv+_r3_next_auto": lambda base: _v2(  # = stv+ since benchmarks/compare10
+        base, prefix_pool=0, restarts=3, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
     ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
@@ -69,9 +70,15 @@ def _sizes(base: STVConfig) -> dict:
     return {k: getattr(base, k) for k in _SIZES}
 
 
+def _v2(base: STVConfig, **overrides) -> STVConfig:
+    """stv+ before fresh queries, restarts, the continuation search and the schedule choice."""
+    v2 = {"prefix_pool": 16, "restarts": 1, "continuation_search": 0, "schedule_items": 0}
+    return STVConfig.plus(**{**_sizes(base), **v2, **overrides})
+
+
 def _v1(base: STVConfig, **overrides) -> STVConfig:
     """stv+ as first defined (no arm prior, no final selection), with ``overrides``."""
-    return STVConfig.plus(**{**_sizes(base), "arm_prior": False, "final_samples": 0, **overrides})
+    return _v2(base, **{"arm_prior": False, "final_samples": 0, **overrides})
 
 
 def variant_config(name: str, base: STVConfig) -> STVConfig:

@@ -131,10 +131,13 @@ class STVConfig:
         """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
         queries, not answer-specific), the bank extended by the mean activation and a "leave
         the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
-        (most heads left alone), queries drawn from a pool of cached prefixes, the best of the
-        argmax and 10 draws kept at the end, and insertion at the prompt's last token only
-        (multi-token answers are not overwritten token after token). K defaults to every head
-        (``top_k`` 0): the keep arm decides which to write."""
+        (most heads left alone), fresh training queries at every step, three independent
+        REINFORCE runs whose argmaxes and 10 draws each compete on held-out training queries
+        at the end, insertion at the prompt's last token (multi-token answers are not
+        overwritten token after token), a second search for the first generated token (where
+        a zero-shot query decides whether to stop), and the schedule checked against every
+        token's insertion on training answers. K defaults to every head (``top_k`` 0): the
+        keep arm decides which to write."""
         return cls(
             **{
                 "sensitivity": "mean_delta",
@@ -143,7 +146,10 @@ class STVConfig:
                 "arm_prior": True,
                 "final_samples": 10,
                 "queries_per_step": 2,
-                "prefix_pool": 16,
+                "prefix_pool": 0,
+                "restarts": 3,
+                "continuation_search": overrides.get("steps", cls.steps),  # as many steps as the first search
+                "schedule_items": 24,
                 "top_k": 0,
                 "policy": "prompt_last",
                 "variant": "stv+",

@@ -119,6 +119,12 @@ def search_continuation(
     from .reinforce import reinforce
     from .reward import bank_rewards
 
+    # examples whose answer has a token after its first: the answer's second, or the line
+    # break that ends it (a word-level tokenizer such as the lab's gives neither)
+    train = [e for e, ids in zip(train, lmm.answer_ids([task.continuation(e) + "\n" for e in train])) if len(ids) > 1]
+    if len(train) < max(config.queries_per_step, config.shots + 1):
+        skipped = {"steps": 0, "skipped": "too few answers with a token after the first"}
+        return dc_replace(vectors, config=vectors.config.with_(continuation_search=skipped))
     everywhere = lmm.heads.all_locations()
     means = continuation_means(lmm, train, task, everywhere, 1, config.pairs, config.shots, config.batch_size, rng)[0]
     bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D): leave alone, write the mean

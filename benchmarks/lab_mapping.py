@@ -44,8 +44,9 @@ for task in ("parity_AB", "big_AB"):
         for setting in settings:
             start = time.perf_counter()
             if mtv:
-                cfg = MTVConfig(prompts=100, shots=16, steps=int(setting), samples=32, queries_per_step=2, batch_size=25)
-                vectors, _ = fit_mtv(lab, train, MTVConfig(**{**cfg.__dict__, "seed": seed}), DIGITS, progress=False)
+                sizes = {"prompts": 100, "shots": 16, "samples": 32, "queries_per_step": 2, "batch_size": 25}
+                cfg = MTVConfig(**sizes, steps=int(setting), seed=seed)
+                vectors, _ = fit_mtv(lab, train, cfg, DIGITS, progress=False)
             else:
                 stv = STVConfig.plus(**{**SIZES, "seed": seed, **json.loads(setting)}).resolved(lab)
                 locations = scan.top_k(stv.top_k, stv.sensitivity)

@@ -118,14 +118,14 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--model",
         help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
-        "or lab-smollm2 on digit-image tasks, instead of the lab model (~45-55 min on 2 CPU cores)",
+        "or lab-smollm2 on digit-image tasks, instead of the lab model (~70-75 min on 2 CPU cores)",
     )
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a shorter version (2 tasks, 1 seed; measured: lab 12 s, lab-smollm2 167 s)",
+        help="a shorter version (2 tasks, 1 seed; measured: lab 22 s; lab-smollm2 167 s with an earlier stv+)",
     )
     p.set_defaults(command="demo")
 

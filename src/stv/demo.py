@@ -30,12 +30,13 @@ from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
-# Seconds per (task, seed) measured with these configs on 2 CPU cores (2026-11-22), for the
-# estimate printed before a run. The real-model figure was taken with a second experiment
-# sharing the two cores (3,163 s for 15 task-seeds, stv+ over all heads), the lab-smollm2 one
-# with three (3,164 s for 12, stv+ at K = 64), so alone they are upper bounds; the lab: 226 s
-# for 12 alone.
-MEASURED_SECONDS = {"lab": 19.0, "real": 211.0, "numbers": 264.0}
+# Seconds per (task, seed) on 2 CPU cores (2026-11-22), for the estimate printed before a run.
+# The lab: 351 s for 12 with stv+ v3 (three REINFORCE runs), one other run on the second core.
+# The real-model and lab-smollm2 figures were measured with the earlier stv+ (3,163 s for 15
+# task-seeds with another run on the cores; 3,164 s for 12 with three) plus the extra time
+# the current stv+ fit took in benchmarks/compare10 (3.6x the earlier one: about +86 s per
+# task-seed), so they are estimates, not measurements.
+MEASURED_SECONDS = {"lab": 29.0, "real": 300.0, "numbers": 350.0}
 
 
 def variant_method(name: str) -> str:

@@ -88,7 +88,7 @@ def generation_accuracy(
                 max_new_tokens,
             )
     first = sum(r["first_token_correct"] for r in rows)
-    accuracy = score_predictions(task, examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
+    accuracy = task.score(examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
     return 100.0 * first / max(1, len(examples)), accuracy
 
 
@@ -102,22 +102,6 @@ def answer_rows(
         {"question_id": e.id, "answer": task.postprocess(text), "raw": text, "first_token_correct": token == want}
         for e, text, token, want in zip(examples, lmm.decode(ids), ids[:, 0].tolist(), first_ids)
     ]
-
-
-def score_predictions(task: Task, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
-    """The task's metric over ``predictions`` (id -> post-processed answer)."""
-    from .metrics import score
-
-    exact = task.metric not in ("vqa", "vizwiz")
-    scores = score(
-        task.metric,
-        predictions,
-        {e.id: [task.target(e)] if exact else e.answers for e in examples},
-        answerable={e.id: e.metadata["answerable"] for e in examples if e.metadata.get("answerable") is not None},
-        groups={e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")},
-    )
-    scores.pop("per_question")
-    return scores
 
 
 def eval_settings(
@@ -232,7 +216,7 @@ def run_eval(
 
 
 def _scores(task: Task, examples: Sequence[Example], done: dict[str, dict], shots: int, policy) -> dict:
-    scores = score_predictions(task, examples, {e.id: done[e.id]["answer"] for e in examples})
+    scores = task.score(examples, {e.id: done[e.id]["answer"] for e in examples})
     flags = [done[e.id].get("first_token_correct") for e in examples]
     if None not in flags:
         scores["first_token_accuracy"] = 100.0 * sum(bool(f) for f in flags) / max(1, len(flags))

@@ -50,6 +50,21 @@ class Task:
         """The answer as it continues the query prompt, for tokenizing the first answer token."""
         return self.answer_prefix + self.target(example)
 
+    def score(self, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
+        """This task's metric over ``predictions`` (id -> post-processed answer)."""
+        from .metrics import score
+
+        exact = self.metric not in ("vqa", "vizwiz")
+        scores = score(
+            self.metric,
+            predictions,
+            {e.id: [self.target(e)] if exact else e.answers for e in examples},
+            answerable={e.id: e.metadata["answerable"] for e in examples if e.metadata.get("answerable") is not None},
+            groups={e.id: str(e.metadata["answer_type"]) for e in examples if e.metadata.get("answer_type")},
+        )
+        scores.pop("per_question")
+        return scores
+
     def _pieces(self, example: Example, template: str) -> list:
         """The example's images first, then its text (the MTV layout: <image>{question} Answer:)."""
         text = template.format(question=example.question, answer=self.target(example) if "{answer}" in template else "")

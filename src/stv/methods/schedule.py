@@ -34,20 +34,16 @@ def schedule_scores(
 ) -> dict[Policy, float]:
     """{schedule: % of ``items`` zero-shot training queries whose generated answer the task's
     metric scores right} with ``vectors`` written under that schedule."""
-    from ..metrics import score
-
     queries = [train[i] for i in rng.choice(len(train), min(items, len(train)), replace=False)]
     prompts = [task.prompt([], q) for q in queries]
     # room for the longest reference answer and the line break that ends it
     new_tokens = max(len(ids) for ids in lmm.answer_ids([task.continuation(q) for q in queries])) + 2
-    exact = task.metric not in ("vqa", "vizwiz")
-    references = {q.id: [task.target(q)] if exact else q.answers for q in queries}
     scores: dict[Policy, float] = {}
     for policy in POLICIES:
         with vectors.apply(lmm, policy):
             texts = lmm.decode(lmm.generate_ids(prompts, max_new_tokens=new_tokens))
         answers = {q.id: task.postprocess(text) for q, text in zip(queries, texts)}
-        scores[policy] = float(score(task.metric, answers, references)["accuracy"])
+        scores[policy] = float(task.score(queries, answers)["accuracy"])
     return scores
 
 

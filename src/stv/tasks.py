@@ -50,6 +50,11 @@ class Task:
         """The answer as it continues the query prompt, for tokenizing the first answer token."""
         return self.answer_prefix + self.target(example)
 
+    def answer_line(self, example: Example) -> str:
+        """:meth:`continuation` and the line break that ends it (where :meth:`postprocess`
+        cuts): teacher forcing one token past the answer's end."""
+        return self.continuation(example) + "\n"
+
     def score(self, examples: Sequence[Example], predictions: dict[str, str]) -> dict:
         """This task's metric over ``predictions`` (id -> post-processed answer)."""
         from .metrics import score

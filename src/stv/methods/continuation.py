@@ -23,6 +23,8 @@ from ..heads import record
 from ..models import LMM
 from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
+from .reinforce import reinforce
+from .reward import bank_rewards
 
 if TYPE_CHECKING:
     from ..config import STVConfig
@@ -43,7 +45,7 @@ def continuation_means(
     ``prompts`` many-shot prompts; NaN where no prompt's answer is that long."""
     queries = [train[i] for i in rng.choice(len(train), min(prompts, len(train)), replace=False)]
     texts = [task.prompt(sample_demos(train, q, shots, rng), q) for q in queries]
-    answers = [task.continuation(q) + "\n" for q in queries]
+    answers = [task.answer_line(q) for q in queries]
     total = torch.zeros(steps, len(locations), lmm.heads.head_dim)
     count = torch.zeros(steps, 1, 1)
     for start in range(0, len(texts), batch_size):
@@ -116,12 +118,9 @@ def search_continuation(
     ends a one-token answer, with ``vectors`` written at the prompt's last token. This is
     where a zero-shot query decides between stopping and going on in its own format; the
     heads the first search wrote need not be the ones that carry the format."""
-    from .reinforce import reinforce
-    from .reward import bank_rewards
-
     # examples whose answer has a token after its first: the answer's second, or the line
     # break that ends it (a word-level tokenizer such as the lab's gives neither)
-    train = [e for e, ids in zip(train, lmm.answer_ids([task.continuation(e) + "\n" for e in train])) if len(ids) > 1]
+    train = [e for e, ids in zip(train, lmm.answer_ids([task.answer_line(e) for e in train])) if len(ids) > 1]
     if len(train) < max(config.queries_per_step, config.shots + 1):
         skipped = {"steps": 0, "skipped": "too few answers with a token after the first"}
         return dc_replace(vectors, config=vectors.config.with_(continuation_search=skipped))

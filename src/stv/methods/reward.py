@@ -88,7 +88,7 @@ def _prefix_and_targets(lmm: LMM, queries: Sequence[Example], task: Task, after:
     prompts = [task.prompt([], q) for q in queries]
     if after is None:
         return lmm.prefix(prompts), first_token_ids(lmm, queries, task)
-    ids = lmm.answer_ids([task.continuation(q) + "\n" for q in queries])
+    ids = lmm.answer_ids([task.answer_line(q) for q in queries])
     if min(map(len, ids)) < 2:
         raise StvError("an answer and the line break after it tokenize to one token: no second token to search for")
     with after.apply(lmm, "prompt_last"):  # one forward pass: it ends at the prompt's last token

@@ -128,6 +128,27 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
     assert both[1] > both[0]
 
 
+def test_final_keep_lets_writing_nothing_win():
+    """With final_keep, the choice that leaves every head alone competes in the final selection:
+    on the lab's big_AB, which the model gets mostly right zero-shot, it beats a policy that
+    writes garbage everywhere; without final_keep the garbage is all there is."""
+    from stv.lab import load_lab
+    from stv.methods.fit import select_final
+    from stv.methods.reinforce import ReinforceResult
+
+    lab = load_lab()
+    train = digit_examples("big_AB", "train")[:40]
+    locations = lab.heads.all_locations()[:6]
+    loud = torch.full((6, 1, lab.heads.head_dim), 50.0)
+    bank = torch.cat([loud, torch.full_like(loud, float("nan"))], 1)  # (6, 2): garbage, keep
+    policy = ReinforceResult(torch.tensor([[1.0, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
+    for objective in ("log_prob", "hits"):
+        for final_keep, expected in ((False, 0), (True, 1)):
+            cfg = STVConfig(keep_arm=True, final_keep=final_keep, final_objective=objective, final_items=16)
+            search, chosen = select_final(lab, train, DIGITS, locations, bank, [policy], cfg, np.random.default_rng(0))
+            assert search is policy and torch.equal(chosen, torch.full((6,), expected))
+
+
 def test_final_selection_picks_across_restarts(lmm_of):
     """Two REINFORCE runs settled on different arms: with no draws (final_samples 0) the final
     selection returns the run whose argmax scores best on the held-out training queries, in

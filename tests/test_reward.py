@@ -55,3 +55,24 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
     assert not torch.allclose(fresh[0], fresh[1], atol=1e-4)
     for r in rewards:
         assert any(torch.allclose(r, f, atol=1e-4) for f in fresh)
+
+
+def test_hits_objective_counts_queries_whose_top_token_is_the_answer():
+    """objective "hits" scores a candidate by eval's first-token accuracy on the queries it
+    draws, ties broken by (a scaled-down) log-prob: writing nothing on the lab's big_AB, which
+    it gets mostly right zero-shot, scores the zero-shot accuracy; the log-prob objective does not."""
+    from stv.evaluate import first_token_accuracy
+    from stv.lab import load_lab
+    from stv.methods.reward import TIE_SCALE
+
+    lab = load_lab()
+    train = digit_examples("big_AB", "train")[:40]
+    locations = [(0, 0), (1, 1)]
+    nothing = torch.full((2, 1, lab.heads.head_dim), float("nan"))  # the keep arm only
+    choices = torch.zeros(1, 2, dtype=torch.long)
+    args = (lab, train, DIGITS, locations, nothing, 40)
+    hits = bank_rewards(*args, np.random.default_rng(0), objective="hits")(0, choices)
+    logp = bank_rewards(*args, np.random.default_rng(0))(0, choices)
+    accuracy = first_token_accuracy(lab, train, DIGITS) / 100
+    assert 0.5 < accuracy < 1  # neither all nor none: the count is what is tested
+    torch.testing.assert_close(hits, accuracy + TIE_SCALE * logp, atol=1e-6, rtol=0)

@@ -18,6 +18,8 @@ Policy = Literal["every_step", "prompt_last"]
 POLICIES: tuple[Policy, ...] = get_args(Policy)
 Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
 SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
+Objective = Literal["log_prob", "hits"]  # what a final selection maximises on training queries
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
 
 # help of each STVConfig field as a command-line flag (what it does, its unit)
@@ -39,6 +41,8 @@ FIELD_HELP: dict[str, str] = {
     "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
+    "final_objective": "what the final selection maximises: log_prob (the answer's first token, as REINFORCE) or hits (queries whose top token is the answer's; ties by log_prob)",
+    "final_keep": "with keep_arm: writing nothing at all also competes in the final selection",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
     "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
@@ -88,6 +92,8 @@ class STVConfig:
     )
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
+    final_objective: Objective = "log_prob"  # "hits": top-token accuracy, ties by log-prob (not in the paper)
+    final_keep: bool = False  # with keep_arm: "write nothing" is a final candidate too (not in the paper)
     continuation: int = (
         0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
     )
@@ -196,6 +202,8 @@ class STVConfig:
             problems.append(f"schedule_items={self.schedule_items} must be >= 0")
         if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
             problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
+        if self.final_objective not in OBJECTIVES:
+            problems.append(f"final_objective={self.final_objective!r} must be one of {', '.join(OBJECTIVES)}")
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
         if self.policy not in POLICIES:

@@ -25,6 +25,7 @@ from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
 from .reinforce import reinforce
 from .reward import bank_rewards
+from .select import select_best
 
 if TYPE_CHECKING:
     from ..config import STVConfig
@@ -141,12 +142,23 @@ def search_continuation(
         progress=progress,
         init_logits=torch.tensor([0.0, -1.0]),  # MTV's start: P(write) 0.27
     )
-    # the argmax, writing nothing, and a few draws, scored on more queries than a step sees
-    gen = torch.Generator().manual_seed(config.seed + 3)
-    draws = torch.multinomial(search.probabilities, max(1, config.final_samples), replacement=True, generator=gen).T
-    candidates = torch.cat([search.choice[None], torch.zeros_like(search.choice)[None], draws])  # (N, L*H)
-    held_out = bank_rewards(lmm, train, task, everywhere, bank, min(config.final_items, len(train)), rng, after=vectors)
-    chosen = candidates[int(held_out(0, candidates).argmax())].bool()  # (L*H,) write the mean here
+    # the argmax, a few draws and writing nothing, scored on more queries than a step sees
+    _, chosen = select_best(
+        lmm,
+        train,
+        task,
+        everywhere,
+        bank,
+        [search],
+        max(1, config.final_samples),
+        config.final_items,
+        config.seed + 3,
+        rng,
+        fixed=[torch.zeros_like(search.choice)],
+        after=vectors,
+        objective=config.final_objective,
+    )
+    chosen = chosen.bool()  # (L*H,) write the mean here
     return _merge(vectors, everywhere, chosen, means, config)
 
 

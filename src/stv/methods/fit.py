@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,7 @@ from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
 from .schedule import choose_schedule
-
-if TYPE_CHECKING:
-    pass
+from .select import select_best
 
 
 @dataclass
@@ -196,19 +194,22 @@ def select_final(
     config: STVConfig,
     rng: np.random.Generator,
 ) -> tuple[ReinforceResult, torch.Tensor]:
-    """The best of each search's argmax and ``final_samples`` draws from it, by mean
-    first-token log-prob on ``final_items`` training queries: (the search it came from, its
-    choice (K,)). A policy that has not converged puts its argmax on arms that were never good
-    together, and one run of REINFORCE can settle in a poor optimum; scoring a few joint draws
-    of every restart on more queries than one step sees removes both kinds of noise."""
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    candidates, origin = [], []
-    for i, search in enumerate(searches):
-        candidates.append(search.choice[None])  # argmax first, then (N, K) draws
-        if config.final_samples:
-            probs = search.probabilities
-            candidates.append(torch.multinomial(probs, config.final_samples, replacement=True, generator=gen).T)
-        origin += [i] * (1 + config.final_samples)
-    score = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
-    best = int(score(0, torch.cat(candidates)).argmax())
-    return searches[origin[best]], torch.cat(candidates)[best]
+    """STV's final selection (:func:`select_best` under ``config``): (the search the winner
+    came from, its choice (K,)). With ``final_keep`` and a keep arm, writing nothing at all
+    competes too (the zero-shot model; returned with the first search's policy)."""
+    nothing = [torch.full((len(locations),), bank.shape[1] - 1)] if config.final_keep and config.keep_arm else []
+    origin, choice = select_best(
+        lmm,
+        train,
+        task,
+        locations,
+        bank,
+        searches,
+        config.final_samples,
+        config.final_items,
+        config.seed + 1,
+        rng,
+        fixed=nothing,
+        objective=config.final_objective,
+    )
+    return searches[origin or 0], choice

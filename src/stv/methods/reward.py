@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..config import Objective
 from ..data.example import Example
 from ..errors import StvError
 from ..heads import Location
@@ -20,6 +21,10 @@ from ..tasks import Task
 
 if TYPE_CHECKING:
     from ..vectors import TaskVectors
+
+# "hits": the share of queries whose top token is the answer's, ties broken by the mean log-prob
+# clamped to [-LOGP_FLOOR, 0] and scaled to less than one hit in 1,000 queries
+LOGP_FLOOR, TIE_SCALE = 50.0, 1e-5
 
 
 def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.Tensor:
@@ -37,6 +42,7 @@ def bank_rewards(
     rng: np.random.Generator,
     prefix_pool: int = 0,
     after: "TaskVectors | None" = None,
+    objective: Objective = "log_prob",
 ):
     """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
     zero-shot queries, every sample scored in one batch over a shared prefix cache.
@@ -44,7 +50,9 @@ def bank_rewards(
     With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
     computed once and reused: a step then costs one pass over the fanned-out last tokens.
     With ``after`` (fitted vectors, written at the prompt's last token) the candidates are
-    scored one token later: on the answer's second token given its first."""
+    scored one token later: on the answer's second token given its first. ``objective`` "hits"
+    scores by how many queries' top token is the answer's (a final selection's criterion:
+    log-prob rewards putting mass on the answers' tokens as much as choosing the right one)."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
 
@@ -71,7 +79,10 @@ def bank_rewards(
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
         target = targets.repeat_interleave(samples)
         logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
-        local = logp.view(len(targets), samples).mean(0)
+        local = logp.view(len(targets), samples).mean(0)  # (S,)
+        if objective == "hits":
+            hits = (logits.argmax(-1).cpu() == target).float().view(len(targets), samples).mean(0)  # (S,)
+            local = hits + TIE_SCALE * local.clamp(min=-LOGP_FLOOR)
         if not dist.enabled:
             return local
         out = torch.empty(len(all_choices))

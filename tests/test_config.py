@@ -20,7 +20,7 @@ def test_config_errors_are_clear(lmm_of):
         fit(lmm, train, STVConfig(top_k=2, shots=8), progress=False)
     with pytest.raises(ValueError, match="queries_per_step=7"):
         fit(lmm, train, STVConfig(top_k=2, shots=2, queries_per_step=7), progress=False)
-    with pytest.raises(StvError, match="final_objective='accuracy' must be one of log_prob, hits"):
+    with pytest.raises(StvError, match="final_objective='accuracy' must be one of log_prob, hits, margin"):
         STVConfig(final_objective="accuracy").check()  # type: ignore[arg-type]
 
 

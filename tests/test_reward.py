@@ -57,10 +57,11 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
         assert any(torch.allclose(r, f, atol=1e-4) for f in fresh)
 
 
-def test_hits_objective_counts_queries_whose_top_token_is_the_answer():
+def test_hits_and_margin_objectives():
     """objective "hits" scores a candidate by eval's first-token accuracy on the queries it
-    draws, ties broken by (a scaled-down) log-prob: writing nothing on the lab's big_AB, which
-    it gets mostly right zero-shot, scores the zero-shot accuracy; the log-prob objective does not."""
+    draws, ties broken by (a scaled-down) log-prob; "margin" by the answer token's log-prob
+    minus the best other token's, positive exactly on the hits. Writing nothing on the lab's
+    big_AB, which the model gets mostly right zero-shot, scores both as computed prompt by prompt."""
     from stv.evaluate import first_token_accuracy
     from stv.lab import load_lab
     from stv.methods.reward import TIE_SCALE
@@ -76,3 +77,9 @@ def test_hits_objective_counts_queries_whose_top_token_is_the_answer():
     accuracy = first_token_accuracy(lab, train, DIGITS) / 100
     assert 0.5 < accuracy < 1  # neither all nor none: the count is what is tested
     torch.testing.assert_close(hits, accuracy + TIE_SCALE * logp, atol=1e-6, rtol=0)
+    margin = bank_rewards(*args, np.random.default_rng(0), objective="margin")(0, choices)
+    logps = torch.log_softmax(lab.forward([DIGITS.prompt([], q) for q in train]), -1)  # (40, V)
+    target = first_token_ids(lab, train, DIGITS)[:, None]  # (40, 1)
+    naive = logps.gather(1, target).squeeze(1) - logps.scatter(1, target, float("-inf")).max(-1).values
+    assert ((naive > 0).float().mean() - accuracy).abs() < 1e-6  # > 0 exactly on the hits
+    torch.testing.assert_close(margin, naive.mean()[None], atol=1e-4, rtol=0)

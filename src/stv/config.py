@@ -18,7 +18,7 @@ Policy = Literal["every_step", "prompt_last"]
 POLICIES: tuple[Policy, ...] = get_args(Policy)
 Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
 SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
-Objective = Literal["log_prob", "hits"]  # what a final selection maximises on training queries
+Objective = Literal["log_prob", "hits", "margin"]  # what a search or a final selection maximises
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
 
@@ -41,7 +41,8 @@ FIELD_HELP: dict[str, str] = {
     "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
-    "final_objective": "what the final selection maximises: log_prob (the answer's first token, as REINFORCE) or hits (queries whose top token is the answer's; ties by log_prob)",
+    "objective": "what REINFORCE maximises on its queries: log_prob (the answer's first token; paper, MTV), margin (its log-prob minus the best other token's) or hits (queries whose top token is the answer's; ties by log_prob)",
+    "final_objective": "what the final selection maximises: log_prob, margin or hits, as --objective",
     "final_keep": "with keep_arm: writing nothing at all also competes in the final selection",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
     "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
@@ -81,6 +82,7 @@ class STVConfig:
     samples: int = 32
     lr: float = 0.1
     queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
+    objective: Objective = "log_prob"  # REINFORCE's reward on those queries (MTV: log_prob)
     sensitivity: Sensitivity = "l2"  # how heads are ranked: l2 (paper), mean_delta, consistency, relative
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
@@ -202,8 +204,9 @@ class STVConfig:
             problems.append(f"schedule_items={self.schedule_items} must be >= 0")
         if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
             problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
-        if self.final_objective not in OBJECTIVES:
-            problems.append(f"final_objective={self.final_objective!r} must be one of {', '.join(OBJECTIVES)}")
+        for name in ("objective", "final_objective"):
+            if getattr(self, name) not in OBJECTIVES:
+                problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
         if self.policy not in POLICIES:

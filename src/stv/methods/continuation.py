@@ -129,7 +129,16 @@ def search_continuation(
     means = continuation_means(lmm, train, task, everywhere, 1, config.pairs, config.shots, config.batch_size, rng)[0]
     bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D): leave alone, write the mean
     reward = bank_rewards(
-        lmm, train, task, everywhere, bank, config.queries_per_step, rng, config.prefix_pool, after=vectors
+        lmm,
+        train,
+        task,
+        everywhere,
+        bank,
+        config.queries_per_step,
+        rng,
+        config.prefix_pool,
+        after=vectors,
+        objective=config.objective,
     )
     search = reinforce(
         reward,

@@ -170,7 +170,9 @@ def fit_at(
 
 def _search(lmm, train, task, locations, bank: torch.Tensor, config: STVConfig, rng, restart: int, progress: bool):
     """One REINFORCE run over the bank (restart r: its own seed, its own draws of queries)."""
-    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool)
+    reward = bank_rewards(
+        lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool, objective=config.objective
+    )
     return reinforce(
         reward,
         len(locations),

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..vectors import TaskVectors
 
 # "hits": the share of queries whose top token is the answer's, ties broken by the mean log-prob
-# clamped to [-LOGP_FLOOR, 0] and scaled to less than one hit in 1,000 queries
+# clamped to [-LOGP_FLOOR, 0] and scaled to less than one hit in 1,000 queries; "margin": the
+# answer token's log-prob minus the best other token's
 LOGP_FLOOR, TIE_SCALE = 50.0, 1e-5
 
 
@@ -51,8 +52,9 @@ def bank_rewards(
     computed once and reused: a step then costs one pass over the fanned-out last tokens.
     With ``after`` (fitted vectors, written at the prompt's last token) the candidates are
     scored one token later: on the answer's second token given its first. ``objective`` "hits"
-    scores by how many queries' top token is the answer's (a final selection's criterion:
-    log-prob rewards putting mass on the answers' tokens as much as choosing the right one)."""
+    scores by how many queries' top token is the answer's, "margin" by how far its log-prob is
+    above the best other token's: log-prob rewards putting mass on the task's answer tokens as
+    much as choosing the right one among them."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
 
@@ -77,12 +79,7 @@ def bank_rewards(
         rows = values.repeat(len(targets), 1, 1)  # row q*S + s -> sample s
         with lmm.candidates(locations, rows, samples):
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
-        target = targets.repeat_interleave(samples)
-        logp = torch.log_softmax(logits, -1).gather(1, target[:, None].to(logits.device)).squeeze(1).cpu()
-        local = logp.view(len(targets), samples).mean(0)  # (S,)
-        if objective == "hits":
-            hits = (logits.argmax(-1).cpu() == target).float().view(len(targets), samples).mean(0)  # (S,)
-            local = hits + TIE_SCALE * local.clamp(min=-LOGP_FLOOR)
+        local = _score(logits, targets.repeat_interleave(samples), objective).view(len(targets), samples).mean(0)
         if not dist.enabled:
             return local
         out = torch.empty(len(all_choices))
@@ -91,6 +88,20 @@ def bank_rewards(
         return out
 
     return reward
+
+
+def _score(logits: torch.Tensor, target: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """Per row (Q*S,): the target token's log-prob, its margin over the best other token's
+    logit (> 0 exactly when it is the top token), or a hit (1/0) plus the scaled log-prob."""
+    target = target.to(logits.device)[:, None]  # (Q*S, 1)
+    logp = torch.log_softmax(logits.float(), -1)  # (Q*S, V)
+    mine = logp.gather(1, target).squeeze(1)  # (Q*S,)
+    if objective == "log_prob":
+        return mine.cpu()
+    best_other = logp.scatter(1, target, float("-inf")).max(-1).values  # (Q*S,)
+    if objective == "margin":
+        return (mine - best_other).cpu()
+    return ((mine > best_other).float() + TIE_SCALE * mine.clamp(min=-LOGP_FLOOR)).cpu()
 
 
 def _prefix_and_targets(lmm: LMM, queries: Sequence[Example], task: Task, after: "TaskVectors | None"):

@@ -50,6 +50,10 @@ def test_presets_and_overrides():
         assert (cfg.prefix_pool, cfg.restarts, cfg.continuation_search, cfg.schedule_items) == (16, 1, 0, 0), name
     plus = variant_config("stv+", base)
     assert (plus.prefix_pool, plus.restarts, plus.continuation_search, plus.schedule_items) == (0, 3, 1, 24)
+    # ... and those of compare10-11 theirs after the objectives became options
+    for name in ("stv+_v1", "stv+_v2", "stv+_r3_next_auto", "stv+_v3"):
+        cfg = variant_config(name, base)
+        assert (cfg.objective, cfg.final_objective, cfg.final_keep) == ("log_prob", "log_prob", False), name
 
 
 def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):

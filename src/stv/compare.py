@@ -44,9 +44,14 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_r3": lambda base: _v2(base, prefix_pool=0, restarts=3),
     "stv+_next": lambda base: _v2(base, continuation_search=base.steps),
     "stv+_next_auto": lambda base: _v2(base, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS),
-    "stv+_r3_next_auto": lambda base: _v2(  # = stv+ since benchmarks/compare10
+    "stv+_r3_next_auto": lambda base: _v2(  # = stv+_v3, measured as benchmarks/compare10
         base, prefix_pool=0, restarts=3, continuation_search=base.steps, schedule_items=SCHEDULE_ITEMS
     ),
+    # stv+ v3 (benchmarks/compare10-11: log-prob everywhere, nothing-written not a candidate),
+    # and the objectives measured on top of it
+    "stv+_v3": lambda base: _v3(base),
+    "stv+_hits": lambda base: _v3(base, final_objective="hits", final_keep=True),
+    "stv+_margin": lambda base: _v3(base, objective="margin", final_objective="hits", final_keep=True),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -70,10 +75,16 @@ def _sizes(base: STVConfig) -> dict:
     return {k: getattr(base, k) for k in _SIZES}
 
 
+def _v3(base: STVConfig, **overrides) -> STVConfig:
+    """stv+ before the objectives: log-prob in REINFORCE and the final selection, no "write nothing"."""
+    v3 = {"objective": "log_prob", "final_objective": "log_prob", "final_keep": False}
+    return STVConfig.plus(**{**_sizes(base), **v3, **overrides})
+
+
 def _v2(base: STVConfig, **overrides) -> STVConfig:
     """stv+ before fresh queries, restarts, the continuation search and the schedule choice."""
     v2 = {"prefix_pool": 16, "restarts": 1, "continuation_search": 0, "schedule_items": 0}
-    return STVConfig.plus(**{**_sizes(base), **v2, **overrides})
+    return _v3(base, **{**v2, **overrides})
 
 
 def _v1(base: STVConfig, **overrides) -> STVConfig:

@@ -189,3 +189,22 @@ def test_restarts_run_their_own_searches(lmm_of):
     assert passes[3] - passes[1] == 2 * (2 * config.steps) + 2
     with pytest.raises(StvError, match="restarts"):
         STVConfig(restarts=0).check()
+
+
+def test_reinforce_maximises_the_chosen_objective():
+    """The objective reaches REINFORCE's reward: on the lab's big_AB the mean reward per step is
+    a share of hits (in [0, 1]) under "hits" and a log-prob (< 0) under "log_prob", and the two
+    runs end on different policies."""
+    from stv.lab import load_lab
+
+    lab = load_lab()
+    train = digit_examples("big_AB", "train")[:60]
+    sizes = {"clusters": 4, "pairs": 8, "shots": 4, "steps": 6, "samples": 8, "batch_size": 8, "restarts": 1}
+    logs = {}
+    for objective in ("hits", "log_prob"):
+        config = STVConfig.plus(**sizes, objective=objective, continuation_search=0, schedule_items=0)
+        _, logs[objective] = fit(lab, train, config, progress=False)
+    hits, logp = logs["hits"].search.reward_curve, logs["log_prob"].search.reward_curve
+    assert all(-1e-3 < r <= 1 + 1e-3 for r in hits) and max(hits) > 0.1
+    assert all(r < 0 for r in logp)
+    assert not torch.equal(logs["hits"].search.logits, logs["log_prob"].search.logits)

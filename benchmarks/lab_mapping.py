@@ -1,11 +1,11 @@
 """stv+ settings on the lab's mapping tasks, where REINFORCE's draws decide most of the result.
 
     python benchmarks/lab_mapping.py '{"prefix_pool": 16, "restarts": 1}' '{"prefix_pool": 0, "restarts": 3}'
-    python benchmarks/lab_mapping.py --mtv 300 900
+    python benchmarks/lab_mapping.py --mtv 300 900 300:hits
 
 Each argument is one setting: STVConfig.plus overrides as JSON (or, with --mtv, MTV's step
-counts). The demo's sizes (M = 16, 100 x 16-shot scan pairs, 300 steps x 32 samples, 2 queries
-per step), seeds 0, 1, 2, parity_AB and big_AB, the demo's 200 held-out digits per task, one
+counts, optionally with its objective: 300:hits). The demo's sizes (M = 16, 100 x 16-shot scan
+pairs, 300 steps x 32 samples, 2 queries per step), seeds 0, 1, 2, parity_AB and big_AB, the demo's 200 held-out digits per task, one
 scan per (task, seed) shared by the settings. Prints first-token accuracy per fit and the mean
 per setting. Results: benchmarks/lab-mapping.md.
 """
@@ -45,7 +45,8 @@ for task in ("parity_AB", "big_AB"):
             start = time.perf_counter()
             if mtv:
                 sizes = {"prompts": 100, "shots": 16, "samples": 32, "queries_per_step": 2, "batch_size": 25}
-                cfg = MTVConfig(**sizes, steps=int(setting), seed=seed)
+                steps, _, objective = setting.partition(":")
+                cfg = MTVConfig(**sizes, steps=int(steps), seed=seed, objective=objective or "log_prob")  # type: ignore[arg-type]
                 vectors, _ = fit_mtv(lab, train, cfg, DIGITS, progress=False)
             else:
                 stv = STVConfig.plus(**{**SIZES, "seed": seed, **json.loads(setting)}).resolved(lab)

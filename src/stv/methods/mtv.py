@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..config import Objective
 from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
@@ -39,6 +40,7 @@ class MTVConfig:
     lr: float = 0.1
     init_logit: float = -1.0
     queries_per_step: int = 1
+    objective: Objective = "log_prob"  # the search's and the mask selection's reward (MTV: log_prob)
     final_masks: int = 10
     final_items: int = 50
     batch_size: int = 8
@@ -90,7 +92,7 @@ def fit_mtv(
     locations = lmm.heads.all_locations()
     # arm 0 = leave the head alone (NaN), arm 1 = write its mean
     bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D)
-    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng)
+    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, objective=config.objective)
     t = time.perf_counter()
     search = reinforce(
         reward,
@@ -107,8 +109,10 @@ def fit_mtv(
     keep_prob = search.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
     gen = torch.Generator().manual_seed(config.seed)
     masks = torch.bernoulli(keep_prob.expand(config.final_masks, -1), generator=gen).long()
-    held_out = bank_rewards(lmm, train, task, locations, bank, min(config.final_items, len(train)), rng)
-    best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost
+    held_out = bank_rewards(
+        lmm, train, task, locations, bank, min(config.final_items, len(train)), rng, objective=config.objective
+    )
+    best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost (by default)
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train)
     vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=search.probabilities)

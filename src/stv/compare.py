@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .config import Objective
 from .errors import StvError
 from .evaluate import generation_accuracy
 from .methods.continuation import with_continuation
@@ -125,9 +126,13 @@ def run_compare(
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     rows = []
-    mtv_cont = any(variant_config(name, base).continuation for name in variants)  # then also MTV + continuation
-    mtv_auto = any(variant_config(name, base).schedule_items for name in variants)  # then MTV's schedule chosen too
-    extra = 3 + mtv_cont + mtv_auto  # icl, mtv at both schedules (+ mtv_cont, mtv_auto)
+    configs = [variant_config(name, base) for name in variants]
+    mtv_extras = (
+        ["cont"] * any(c.continuation for c in configs)  # MTV + continuation vectors
+        + ["auto"] * any(c.schedule_items for c in configs)  # MTV's schedule chosen on training answers
+        + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
+    )
+    extra = 3 + len(mtv_extras)  # icl, mtv at both schedules, the extras
     bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
     for task in tasks:
         train, test, template = fv_task(task, test_per_task)
@@ -156,36 +161,46 @@ def run_compare(
             pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
             scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
             scan_s = time.perf_counter() - start
-            start = time.perf_counter()
-            mtv_cfg = MTVConfig(
-                prompts=base.pairs,
-                shots=base.shots,
-                steps=base.steps,
-                samples=base.samples,
-                queries_per_step=2,
-                final_items=20,
-                seed=seed,
-            )
-            mtv, _ = fit_mtv(lmm, train, mtv_cfg, task=template, progress=False, means=scan.mean_activations())
-            mtv_s = scan_s + time.perf_counter() - start
-            add("mtv", mtv, policy="every_step", fit_s=mtv_s)
-            add("mtv_prompt_last", mtv, policy="prompt_last", fit_s=mtv_s)
-            if mtv_cont:
-                start = time.perf_counter()
-                cont = with_continuation(
-                    mtv, lmm, train, template, CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed
-                )
-                add("mtv_cont", cont, policy="prompt_last", fit_s=mtv_s + time.perf_counter() - start)
-            if mtv_auto:
-                start = time.perf_counter()
-                rng = np.random.default_rng(seed + 2_000)
-                auto = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, rng)
-                add("mtv_auto", auto, policy=auto.config.policy, fit_s=mtv_s + time.perf_counter() - start)
+            for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, base, seed, mtv_extras):
+                add(method, vectors, policy=policy, fit_s=scan_s + seconds)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
                 add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
     bar.close()
     return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
+
+
+def _mtv_fits(lmm, train, template, scan: ScanResult, base: STVConfig, seed: int, extras: Sequence[str]):
+    """(method, vectors, policy, fit seconds after the scan) of MTV on the scan's means at both
+    schedules, then each of ``extras``: "cont" (+ continuation vectors), "auto" (schedule chosen
+    on training answers), or an objective ("hits", "margin": MTV searched under it)."""
+    config = MTVConfig(
+        prompts=base.pairs,
+        shots=base.shots,
+        steps=base.steps,
+        samples=base.samples,
+        queries_per_step=2,
+        final_items=20,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    mtv, _ = fit_mtv(lmm, train, config, task=template, progress=False, means=scan.mean_activations())
+    seconds = time.perf_counter() - start
+    fits = [("mtv", mtv, "every_step", seconds), ("mtv_prompt_last", mtv, "prompt_last", seconds)]
+    for extra in extras:
+        start, built_on = time.perf_counter(), seconds  # cont and auto build on the MTV fit
+        if extra == "cont":
+            args = (CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed)
+            vectors, policy = with_continuation(mtv, lmm, train, template, *args), "prompt_last"
+        elif extra == "auto":
+            vectors = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, np.random.default_rng(seed + 2_000))
+            policy = vectors.config.policy
+        else:  # an objective: a search of its own on the same means
+            other = replace(config, objective=cast(Objective, extra))
+            vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=scan.mean_activations())
+            policy, built_on = "prompt_last", 0.0
+        fits.append((f"mtv_{extra}", vectors, policy, built_on + time.perf_counter() - start))
+    return fits
 
 
 def fv_task(task: str, test_per_task: int):

@@ -45,8 +45,9 @@ def bank_rewards(
     after: "TaskVectors | None" = None,
     objective: Objective = "log_prob",
 ):
-    """reward_fn for :func:`reinforce`: mean log-prob of the first answer token over a few
-    zero-shot queries, every sample scored in one batch over a shared prefix cache.
+    """reward_fn for :func:`reinforce`: the mean score (by default the log-prob) of the first
+    answer token over a few zero-shot queries, every sample scored in one batch over a shared
+    prefix cache.
 
     With ``prefix_pool`` > 0 the queries come from that many fixed groups, each prefix
     computed once and reused: a step then costs one pass over the fanned-out last tokens.
@@ -92,7 +93,7 @@ def bank_rewards(
 
 def _score(logits: torch.Tensor, target: torch.Tensor, objective: Objective) -> torch.Tensor:
     """Per row (Q*S,): the target token's log-prob, its margin over the best other token's
-    logit (> 0 exactly when it is the top token), or a hit (1/0) plus the scaled log-prob."""
+    (> 0 exactly when it is the top token), or a hit (1/0) plus the scaled log-prob."""
     target = target.to(logits.device)[:, None]  # (Q*S, 1)
     logp = torch.log_softmax(logits.float(), -1)  # (Q*S, V)
     mine = logp.gather(1, target).squeeze(1)  # (Q*S,)

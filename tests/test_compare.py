@@ -50,6 +50,8 @@ def test_presets_and_overrides():
         assert (cfg.prefix_pool, cfg.restarts, cfg.continuation_search, cfg.schedule_items) == (16, 1, 0, 0), name
     plus = variant_config("stv+", base)
     assert (plus.prefix_pool, plus.restarts, plus.continuation_search, plus.schedule_items) == (0, 3, 1, 24)
+    assert (plus.objective, plus.final_objective, plus.final_keep) == ("hits", "hits", True)
+    assert variant_config("stv+_hits_rl", base) == plus
     # ... and those of compare10-11 theirs after the objectives became options
     for name in ("stv+_v1", "stv+_v2", "stv+_r3_next_auto", "stv+_v3"):
         cfg = variant_config(name, base)
@@ -75,8 +77,9 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
         progress=False,
     )
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
-    # stv+ chooses its schedule from training answers, so MTV's is chosen the same way too
-    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "paper", "stv+"]
+    # stv+ chooses its schedule from training answers and searches for hits, so MTV does both too
+    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits", "paper", "stv+"]
+    assert [r["method"] for r in result["rows"]] == methods
     assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table

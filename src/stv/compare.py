@@ -53,7 +53,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_v3": lambda base: _v3(base),
     "stv+_hits": lambda base: _v3(base, final_objective="hits", final_keep=True),
     "stv+_margin": lambda base: _v3(base, objective="margin", final_objective="hits", final_keep=True),
-    "stv+_hits_rl": lambda base: _v3(base, objective="hits", final_objective="hits", final_keep=True),
+    "stv+_hits_rl": lambda base: _v3(  # = stv+ since benchmarks/compare12
+        base, objective="hits", final_objective="hits", final_keep=True
+    ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),

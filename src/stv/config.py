@@ -139,8 +139,10 @@ class STVConfig:
         """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
         queries, not answer-specific), the bank extended by the mean activation and a "leave
         the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
-        (most heads left alone), fresh training queries at every step, three independent
-        REINFORCE runs whose argmaxes and 10 draws each compete on held-out training queries
+        (most heads left alone), rewarded by hits (queries whose top token is the answer's,
+        ties by log-prob: the log-prob also rewards mass on wrong answers of the task's
+        format), fresh training queries at every step, three independent REINFORCE runs whose
+        argmaxes and 10 draws each compete with writing nothing on held-out training queries
         at the end, insertion at the prompt's last token (multi-token answers are not
         overwritten token after token), a second search for the first generated token (where
         a zero-shot query decides whether to stop), and the schedule checked against every
@@ -153,6 +155,9 @@ class STVConfig:
                 "mean_arm": True,
                 "arm_prior": True,
                 "final_samples": 10,
+                "objective": "hits",
+                "final_objective": "hits",
+                "final_keep": True,
                 "queries_per_step": 2,
                 "prefix_pool": 0,
                 "restarts": 3,

@@ -22,6 +22,8 @@ def test_config_errors_are_clear(lmm_of):
         fit(lmm, train, STVConfig(top_k=2, shots=2, queries_per_step=7), progress=False)
     with pytest.raises(StvError, match="final_objective='accuracy' must be one of log_prob, hits, margin"):
         STVConfig(final_objective="accuracy").check()  # type: ignore[arg-type]
+    with pytest.raises(StvError, match="final_keep needs keep_arm"):
+        STVConfig.plus(keep_arm=False).check()
 
 
 def test_default_k_follows_the_keep_arm():

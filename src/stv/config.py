@@ -209,6 +209,10 @@ class STVConfig:
             problems.append(f"schedule_items={self.schedule_items} must be >= 0")
         if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
             problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
+        if self.final_keep and not self.keep_arm:
+            problems.append(
+                "final_keep needs keep_arm (writing nothing is the keep arm everywhere): add --keep-arm or --no-final-keep"
+            )
         for name in ("objective", "final_objective"):
             if getattr(self, name) not in OBJECTIVES:
                 problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")

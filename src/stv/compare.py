@@ -53,8 +53,8 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_v3": lambda base: _v3(base),
     "stv+_hits": lambda base: _v3(base, final_objective="hits", final_keep=True),
     "stv+_margin": lambda base: _v3(base, objective="margin", final_objective="hits", final_keep=True),
-    "stv+_hits_rl": lambda base: _v3(  # = stv+ since benchmarks/compare12
-        base, objective="hits", final_objective="hits", final_keep=True
+    "stv+_hits_rl": lambda base: _v3(  # stv+ v4, measured in benchmarks/compare12-13
+        base, objective="hits", final_objective="hits", final_keep=True, continuation_objective="hits"
     ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
@@ -81,7 +81,12 @@ def _sizes(base: STVConfig) -> dict:
 
 def _v3(base: STVConfig, **overrides) -> STVConfig:
     """stv+ before the objectives: log-prob in REINFORCE and the final selection, no "write nothing"."""
-    v3 = {"objective": "log_prob", "final_objective": "log_prob", "final_keep": False}
+    v3 = {
+        "objective": "log_prob",
+        "final_objective": "log_prob",
+        "final_keep": False,
+        "continuation_objective": "log_prob",
+    }
     return STVConfig.plus(**{**_sizes(base), **v3, **overrides})
 
 

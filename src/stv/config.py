@@ -45,6 +45,7 @@ FIELD_HELP: dict[str, str] = {
     "final_objective": "what the final selection maximises: log_prob, margin or hits, as --objective",
     "final_keep": "with keep_arm: writing nothing at all also competes in the final selection",
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
+    "continuation_objective": "what the continuation search and its final selection maximise on the token after the first: log_prob, margin or hits",
     "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
     "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
@@ -102,6 +103,7 @@ class STVConfig:
     continuation_search: int = (
         0  # >0: search which heads get their many-shot mean at the first generated token (not in the paper)
     )
+    continuation_objective: Objective = "log_prob"  # that search's reward and final criterion
     policy: Policy = "every_step"
     schedule_items: int = (
         0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
@@ -141,7 +143,8 @@ class STVConfig:
         the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
         (most heads left alone), rewarded by hits (queries whose top token is the answer's,
         ties by log-prob: the log-prob also rewards mass on wrong answers of the task's
-        format), fresh training queries at every step, three independent REINFORCE runs whose
+        format; the continuation search below keeps the log-prob, whose hits lost one Gemma-3
+        seed's stop token), fresh training queries at every step, three independent REINFORCE runs whose
         argmaxes and 10 draws each compete with writing nothing on held-out training queries
         at the end, insertion at the prompt's last token (multi-token answers are not
         overwritten token after token), a second search for the first generated token (where
@@ -213,7 +216,7 @@ class STVConfig:
             problems.append(
                 "final_keep needs keep_arm (writing nothing is the keep arm everywhere): add --keep-arm or --no-final-keep"
             )
-        for name in ("objective", "final_objective"):
+        for name in ("objective", "final_objective", "continuation_objective"):
             if getattr(self, name) not in OBJECTIVES:
                 problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")
         if self.sensitivity not in SENSITIVITIES:

@@ -138,7 +138,7 @@ def search_continuation(
         rng,
         config.prefix_pool,
         after=vectors,
-        objective=config.objective,
+        objective=config.continuation_objective,
     )
     search = reinforce(
         reward,
@@ -165,7 +165,7 @@ def search_continuation(
         rng,
         fixed=[torch.zeros_like(search.choice)],
         after=vectors,
-        objective=config.final_objective,
+        objective=config.continuation_objective,
     )
     chosen = chosen.bool()  # (L*H,) write the mean here
     return _merge(vectors, everywhere, chosen, means, config)

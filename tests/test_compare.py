@@ -79,8 +79,9 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
         progress=False,
     )
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
-    # stv+ chooses its schedule from training answers and searches for hits, so MTV does both too
-    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits", "paper", "stv+"]
+    # stv+ chooses its schedule from training answers, searches for hits and rechecks its final
+    # shortlist, so MTV does all three too
+    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "paper", "stv+"]
     assert [r["method"] for r in result["rows"]] == methods
     assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")

@@ -208,3 +208,31 @@ def test_reinforce_maximises_the_chosen_objective():
     assert all(-1e-3 < r <= 1 + 1e-3 for r in hits) and max(hits) > 0.1
     assert all(r < 0 for r in logp)
     assert not torch.equal(logs["hits"].search.logits, logs["log_prob"].search.logits)
+
+
+def test_recheck_judges_the_shortlist_on_every_query_drawn(lmm_of):
+    """With ``recheck`` the best quarter of the first draw's scores (at least two) is scored on
+    more draws of the same size and the best mean over all of them wins; the test replays the
+    same draws. Over a few seeds the recheck overturns the first draw's winner at least once,
+    so a recheck that were ignored would fail here."""
+    from stv.methods.reward import bank_rewards
+    from stv.methods.select import select_best
+
+    lmm, train, task, locations, bank = _loud_or_keep(lmm_of)
+    bank = bank.clone()
+    bank[:, 0] = torch.randn(6, lmm.heads.head_dim, generator=torch.Generator().manual_seed(0)) * 4
+    every = torch.randint(0, 2, (8, 6), generator=torch.Generator().manual_seed(1))  # 8 candidates
+    overturned = 0
+    for seed in range(6):
+        _, chosen = select_best(
+            lmm, train, task, locations, bank, [], 0, 3, 0, np.random.default_rng(seed), fixed=list(every), recheck=7
+        )
+        replay = np.random.default_rng(seed)
+        first = bank_rewards(lmm, train, task, locations, bank, 3, replay)(0, every)
+        shortlist = torch.argsort(first, descending=True, stable=True)[:2]
+        pooled = first[shortlist] * 3
+        for n in (3, 3, 1):  # 7 more queries in draws of at most 3
+            pooled += bank_rewards(lmm, train, task, locations, bank, n, replay)(0, every[shortlist]) * n
+        assert torch.equal(chosen, every[shortlist[int(pooled.argmax())]])
+        overturned += not torch.equal(chosen, every[int(first.argmax())])
+    assert overturned

@@ -56,6 +56,8 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_hits_rl": lambda base: _v3(  # stv+ v4, measured in benchmarks/compare12-13
         base, objective="hits", final_objective="hits", final_keep=True, continuation_objective="hits"
     ),
+    # stv+ v5 (benchmarks/compare14: the final selection judged on 32 queries only)
+    "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -139,6 +141,7 @@ def run_compare(
         + ["auto"] * any(c.schedule_items for c in configs)  # MTV's schedule chosen on training answers
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
     )
+    recheck = max(c.final_recheck for c in configs)  # the objective rows' MTV selection as the variants'
     extra = 3 + len(mtv_extras)  # icl, mtv at both schedules, the extras
     bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
     for task in tasks:
@@ -168,7 +171,9 @@ def run_compare(
             pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
             scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
             scan_s = time.perf_counter() - start
-            for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, base, seed, mtv_extras):
+            for method, vectors, policy, seconds in _mtv_fits(
+                lmm, train, template, scan, base, seed, mtv_extras, recheck
+            ):
                 add(method, vectors, policy=policy, fit_s=scan_s + seconds)
             for name in variants:
                 vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
@@ -177,10 +182,13 @@ def run_compare(
     return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
 
 
-def _mtv_fits(lmm, train, template, scan: ScanResult, base: STVConfig, seed: int, extras: Sequence[str]):
+def _mtv_fits(
+    lmm, train, template, scan: ScanResult, base: STVConfig, seed: int, extras: Sequence[str], recheck: int = 0
+):
     """(method, vectors, policy, fit seconds after the scan) of MTV on the scan's means at both
     schedules, then each of ``extras``: "cont" (+ continuation vectors), "auto" (schedule chosen
-    on training answers), or an objective ("hits", "margin": MTV searched under it)."""
+    on training answers), or an objective ("hits", "margin": MTV searched under it, its masks
+    re-scored on ``recheck`` more queries when > 0, as the variants' final selection)."""
     config = MTVConfig(
         prompts=base.pairs,
         shots=base.shots,
@@ -203,9 +211,10 @@ def _mtv_fits(lmm, train, template, scan: ScanResult, base: STVConfig, seed: int
             vectors = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, np.random.default_rng(seed + 2_000))
             policy = vectors.config.policy
         else:  # an objective: a search of its own on the same means
-            other = replace(config, objective=cast(Objective, extra))
+            other = replace(config, objective=cast(Objective, extra), final_recheck=recheck)
             vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=scan.mean_activations())
             policy, built_on = "prompt_last", 0.0
+            extra += "_recheck" * bool(recheck)
         fits.append((f"mtv_{extra}", vectors, policy, built_on + time.perf_counter() - start))
     return fits
 

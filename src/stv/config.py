@@ -41,6 +41,7 @@ FIELD_HELP: dict[str, str] = {
     "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
     "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
     "final_items": "training queries that score those final candidates (count)",
+    "final_recheck": "re-score the best quarter of the final candidates on this many more training queries; the best over all wins (count; 0: off)",
     "objective": "what REINFORCE maximises on its queries: log_prob (the answer's first token; paper, MTV), margin (its log-prob minus the best other token's) or hits (queries whose top token is the answer's; ties by log_prob)",
     "final_objective": "what the final selection maximises: log_prob, margin or hits, as --objective",
     "final_keep": "with keep_arm: writing nothing at all also competes in the final selection",
@@ -95,6 +96,7 @@ class STVConfig:
     )
     final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
     final_items: int = 32  # training queries that score those final candidates
+    final_recheck: int = 0  # >0: the best quarter re-scored on this many more queries (not in the paper)
     final_objective: Objective = "log_prob"  # "hits": top-token accuracy, ties by log-prob (not in the paper)
     final_keep: bool = False  # with keep_arm: "write nothing" is a final candidate too (not in the paper)
     continuation: int = (
@@ -145,8 +147,9 @@ class STVConfig:
         ties by log-prob: the log-prob also rewards mass on wrong answers of the task's
         format; the continuation search below keeps the log-prob, whose hits lost one Gemma-3
         seed's stop token), fresh training queries at every step, three independent REINFORCE runs whose
-        argmaxes and 10 draws each compete with writing nothing on held-out training queries
-        at the end, insertion at the prompt's last token (multi-token answers are not
+        argmaxes and 10 draws each compete with writing nothing on 32 training queries at
+        the end, the best quarter judged again on 224 more (the best of ~30 on 32 is luck),
+        insertion at the prompt's last token (multi-token answers are not
         overwritten token after token), a second search for the first generated token (where
         a zero-shot query decides whether to stop), and the schedule checked against every
         token's insertion on training answers. K defaults to every head (``top_k`` 0): the
@@ -161,6 +164,7 @@ class STVConfig:
                 "objective": "hits",
                 "final_objective": "hits",
                 "final_keep": True,
+                "final_recheck": 224,  # with final_items 32: the shortlist judged on 256 queries
                 "queries_per_step": 2,
                 "prefix_pool": 0,
                 "restarts": 3,
@@ -199,8 +203,8 @@ class STVConfig:
                 f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
                 f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs"
             )
-        if self.final_samples < 0 or self.final_items < 1 or self.restarts < 1:
-            problems.append("final_samples must be >= 0, final_items >= 1 and restarts >= 1")
+        if self.final_samples < 0 or self.final_items < 1 or self.restarts < 1 or self.final_recheck < 0:
+            problems.append("final_samples and final_recheck must be >= 0, final_items >= 1 and restarts >= 1")
         if self.continuation_search < 0 or (
             self.continuation_search and (self.policy != "prompt_last" or self.continuation)
         ):

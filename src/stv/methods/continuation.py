@@ -166,6 +166,7 @@ def search_continuation(
         fixed=[torch.zeros_like(search.choice)],
         after=vectors,
         objective=config.continuation_objective,
+        recheck=config.final_recheck,
     )
     chosen = chosen.bool()  # (L*H,) write the mean here
     return _merge(vectors, everywhere, chosen, means, config)

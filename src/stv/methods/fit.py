@@ -213,5 +213,6 @@ def select_final(
         rng,
         fixed=nothing,
         objective=config.final_objective,
+        recheck=config.final_recheck,
     )
     return searches[origin or 0], choice

@@ -27,6 +27,7 @@ from .fit import FitLog
 from .reinforce import reinforce
 from .reward import bank_rewards
 from .scan import record_prompts
+from .select import select_best
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MTVConfig:
     objective: Objective = "log_prob"  # the search's and the mask selection's reward (MTV: log_prob)
     final_masks: int = 10
     final_items: int = 50
+    final_recheck: int = 0  # >0: the best quarter of the masks re-scored on this many more queries (not in MTV)
     batch_size: int = 8
     policy: str = "every_step"
     seed: int = 0
@@ -109,10 +111,22 @@ def fit_mtv(
     keep_prob = search.probabilities[:, 1].clamp(1e-3, 1 - 1e-3)
     gen = torch.Generator().manual_seed(config.seed)
     masks = torch.bernoulli(keep_prob.expand(config.final_masks, -1), generator=gen).long()
-    held_out = bank_rewards(
-        lmm, train, task, locations, bank, min(config.final_items, len(train)), rng, objective=config.objective
+    _, best_mask = select_best(  # highest mean log-prob = lowest cost (by default)
+        lmm,
+        train,
+        task,
+        locations,
+        bank,
+        [],
+        0,
+        config.final_items,
+        config.seed,
+        rng,
+        fixed=list(masks),
+        objective=config.objective,
+        recheck=config.final_recheck,
     )
-    best = masks[int(held_out(0, masks).argmax())].bool()  # highest mean log-prob = lowest cost (by default)
+    best = best_mask.bool()
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train)
     vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=search.probabilities)

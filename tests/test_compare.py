@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from stv.cli import main
-from stv.compare import VARIANTS, compare_table, run_compare, variant_config
+from stv.compare import VARIANTS, compare_table, fit_variant, run_compare, variant_config
 from stv.config import STVConfig
 
 from .conftest import TINY_STV_FLAGS
@@ -133,3 +133,45 @@ def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
     assert variant_config("stv+_cont", base).continuation == 4
     with pytest.raises(ValueError, match="only with policy prompt_last"):
         STVConfig(continuation=2, policy="every_step").check()
+
+
+def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, family_dir, tmp_path, monkeypatch, capsys):
+    from stv.errors import SettingsMismatchError
+    from stv.methods import scan as scan_module
+
+    scans = []
+    real = scan_module.sensitivity_scan
+    monkeypatch.setattr("stv.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
+    lmm, out = lmm_of("llama"), tmp_path / "cmp"
+    first = run_compare(lmm, ["capitalize"], [0, 1], ["paper"], base, **sizes, out=out)
+    assert len(scans) == 2 and sorted(p.name for p in (out / "units").iterdir()) == [
+        "capitalize.seed0.json",
+        "capitalize.seed1.json",
+    ]
+    assert json.loads((out / "compare.json").read_text())["partial"] is False
+
+    (out / "units" / "capitalize.seed1.json").unlink()  # as if killed during seed 1
+    again = run_compare(lmm, ["capitalize"], [0, 1], ["paper"], base, **sizes, out=out)
+    assert len(scans) == 3  # seed 0 was read back, seed 1 computed again ...
+    scores = [[(r["method"], r["first_token"], r["exact_match"]) for r in res["rows"]] for res in (first, again)]
+    assert scores[0] == scores[1]  # ... to the same numbers
+
+    real_fit = fit_variant
+    monkeypatch.setattr(
+        "stv.compare.fit_variant", lambda *a: real_fit(*a) if a[-1] == 0 else (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(KeyboardInterrupt):  # killed in seed 1: seed 0's rows are there, labelled partial
+        run_compare(lmm, ["capitalize"], [0, 1], ["paper"], base, **sizes, out=tmp_path / "killed")
+    assert (tmp_path / "killed" / "compare.md").read_text().startswith("**partial: 1 of 2 (task, seed) units**")
+    kept = json.loads((tmp_path / "killed" / "compare.json").read_text())
+    assert kept["partial"] is True and {r["seed"] for r in kept["rows"]} == {0}
+    with pytest.raises(SettingsMismatchError, match="steps: 2 -> 3"):
+        run_compare(lmm, ["capitalize"], [0], ["paper"], replace(base, steps=3), **sizes, out=out)
+    # the CLI refuses before it loads the model (this one does not exist)
+    flags = ["--tasks", "capitalize", "--variants", "paper", "--out", str(out), "--steps", "3"]
+    assert main(["compare", "--model", str(tmp_path / "no-model"), *flags]) == 2
+    assert "compare results computed under other settings" in capsys.readouterr().err
+    run_compare(lmm, ["capitalize"], [0], ["paper"], replace(base, steps=3), **sizes, out=out, recompute=True)
+    assert len(scans) == 6 and [p.name for p in (out / "units").iterdir()] == ["capitalize.seed0.json"]

@@ -273,8 +273,12 @@ def build_parser() -> StvParser:
     p.add_argument("--samples", type=int, default=32, help="policy draws per REINFORCE step (default 32)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the scan (default 8)")
     p.add_argument(
-        "--out", default="runs/compare", help="folder for compare.json and compare.md (default runs/compare)"
+        "--out",
+        default="runs/compare",
+        help="folder for compare.json and compare.md (default runs/compare); each finished (task, seed) is "
+        "kept in it, and a rerun with the same settings resumes (refuses other settings)",
     )
+    p.add_argument("--recompute", action="store_true", help="clear --out's earlier results and start again")
     p.set_defaults(command="compare")
 
     p = command("bench", help="performance benchmarks (ratios measured side by side); see benchmarks/")

@@ -31,7 +31,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_table, run_compare, variant_config, write_compare
+    from .compare import compare_settings, compare_table, fv_task, prepare_compare_folder, run_compare, variant_config
     from .config import default_top_k
     from .methods.fit import STVConfig
 
@@ -43,17 +43,10 @@ def _cmd_compare(args) -> int:
         raise StvError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
     for name in variants:
         variant_config(name, STVConfig())  # an unknown name fails before the model loads
-    lmm = model_from_args(args)
-    heads = lmm.heads.num_layers * lmm.heads.num_heads
-    top_k = args.top_k or 0  # 0: each variant's own default for this model
-    if not top_k:
-        print(
-            f"--top-k not given: each variant takes its preset's K ({default_top_k(heads, True)} of {heads} heads "
-            f"with a keep arm, {default_top_k(heads, False)} without)",
-            file=sys.stderr,
-        )
+    for task in tasks:
+        fv_task(task, args.test_per_task)  # so does an unknown task
     base = STVConfig(
-        top_k=top_k,
+        top_k=args.top_k or 0,  # 0: each variant's own default for this model
         clusters=args.clusters,
         pairs=args.pairs,
         shots=args.context_shots,
@@ -61,9 +54,17 @@ def _cmd_compare(args) -> int:
         samples=args.samples,
         batch_size=args.batch_size,
     )
-    result = run_compare(lmm, tasks, seeds, variants, base, test_per_task=args.test_per_task)
-    result["model"] = str(lmm.name)
-    write_compare(result, args.out)
+    run = {"test_per_task": args.test_per_task, "icl_shots": 10, "max_new_tokens": 8}
+    prepare_compare_folder(args.out, compare_settings(None, variants, base, **run), args.recompute)  # before loading
+    lmm = model_from_args(args)
+    heads = lmm.heads.num_layers * lmm.heads.num_heads
+    if not base.top_k:
+        print(
+            f"--top-k not given: each variant takes its preset's K ({default_top_k(heads, True)} of {heads} heads "
+            f"with a keep arm, {default_top_k(heads, False)} without)",
+            file=sys.stderr,
+        )
+    result = run_compare(lmm, tasks, seeds, variants, base, **run, out=args.out, recompute=args.recompute)
     for metric in ("first_token", "exact_match"):
         print(f"\n{metric} (%)\n{compare_table(result, metric)}")
     print(f"\nwrote {args.out}/compare.json and compare.md")

@@ -9,6 +9,7 @@ accuracy, exact match of the generated answer and the fit time of each variant, 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Objective
-from .errors import StvError
+from .errors import SettingsMismatchError, StvError
 from .evaluate import generation_accuracy
+from .fingerprint import check_settings, clear, data_fingerprint
+from .io import atomic_write_json, atomic_write_text
 from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
@@ -130,11 +133,22 @@ def run_compare(
     icl_shots: int = 10,
     max_new_tokens: int = 8,
     progress: bool = True,
+    out: str | Path | None = None,
+    recompute: bool = False,
 ) -> dict:
-    """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks."""
+    """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks.
+
+    With ``out`` every finished (task, seed) is kept in ``out/units/`` as it ends and
+    ``compare.json``/``compare.md`` are rewritten (labelled partial until the last one): a
+    killed run loses one unit at most, and a rerun with the same settings picks up the units
+    already there (another task or seed list too: units are independent). ``out`` holding
+    other settings is refused; ``recompute`` clears it first."""
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
-    rows = []
+    task_data = {task: fv_task(task, test_per_task) for task in tasks}  # and unknown tasks
+    settings = compare_settings(lmm, variants, base, test_per_task, icl_shots, max_new_tokens)
+    if out is not None:
+        prepare_compare_folder(out, settings, recompute)
     configs = [variant_config(name, base) for name in variants]
     mtv_extras = (
         ["cont"] * any(c.continuation for c in configs)  # MTV + continuation vectors
@@ -142,44 +156,107 @@ def run_compare(
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
     )
     recheck = max(c.final_recheck for c in configs)  # the objective rows' MTV selection as the variants'
-    extra = 3 + len(mtv_extras)  # icl, mtv at both schedules, the extras
-    bar = tqdm(total=len(tasks) * len(seeds) * (len(variants) + extra), desc="compare", disable=not progress)
-    for task in tasks:
-        train, test, template = fv_task(task, test_per_task)
-        for seed in seeds:
-
-            def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
-                first, exact = generation_accuracy(
-                    lmm, test, template, train, shots, vectors, seed=seed, max_new_tokens=max_new_tokens, policy=policy
-                )
-                rows.append(
-                    {
-                        "task": task,
-                        "seed": seed,
-                        "method": method,
-                        "first_token": first,
-                        "exact_match": exact,
-                        "fit_s": round(fit_s, 1),
-                        "policy": policy or "",  # the insertion schedule it was evaluated under
-                    }
-                )
-                bar.set_postfix(task=task, seed=seed, method=method)
-                bar.update(1)
-
-            add(f"icl_{icl_shots}", shots=icl_shots)
-            start = time.perf_counter()
-            pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
-            scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
-            scan_s = time.perf_counter() - start
-            for method, vectors, policy, seconds in _mtv_fits(
-                lmm, train, template, scan, base, seed, mtv_extras, recheck
-            ):
-                add(method, vectors, policy=policy, fit_s=scan_s + seconds)
-            for name in variants:
-                vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
-                add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
+    per_unit = len(variants) + 3 + len(mtv_extras)  # + icl, mtv at both schedules, the extras
+    units = [(task, seed) for task in tasks for seed in seeds]
+    bar = tqdm(total=len(units) * per_unit, desc="compare", disable=not progress)
+    result: dict = {"rows": [], "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
+    result.update(model=settings["model"], settings=settings)
+    for done, (task, seed) in enumerate(units, 1):
+        train, test, template = task_data[task]
+        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        rows = _stored_unit(out, task, seed, data) if out is not None else None
+        if rows is None:
+            args = (variants, base, mtv_extras, recheck, icl_shots, max_new_tokens, bar)
+            rows = _compare_unit(lmm, task, seed, task_data[task], *args)
+            if out is not None:
+                atomic_write_json(_unit_path(out, task, seed), {"task": task, "seed": seed, "data": data, "rows": rows})
+        else:
+            bar.update(per_unit)
+        result["rows"] += rows
+        if out is not None:
+            write_compare({**result, "units": [done, len(units)]}, out)
     bar.close()
-    return {"rows": rows, "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
+    return result
+
+
+def _compare_unit(
+    lmm, task, seed, data, variants, base, mtv_extras, recheck, icl_shots, max_new_tokens, bar
+) -> list[dict]:
+    """The rows of one (task, seed): ICL, MTV on the shared scan, then every variant on it."""
+    train, test, template = data
+    rows: list[dict] = []
+
+    def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
+        first, exact = generation_accuracy(
+            lmm, test, template, train, shots, vectors, seed=seed, max_new_tokens=max_new_tokens, policy=policy
+        )
+        row = {"task": task, "seed": seed, "method": method, "first_token": first, "exact_match": exact}
+        rows.append({**row, "fit_s": round(fit_s, 1), "policy": policy or ""})  # policy: as evaluated
+        bar.set_postfix(task=task, seed=seed, method=method)
+        bar.update(1)
+
+    add(f"icl_{icl_shots}", shots=icl_shots)
+    start = time.perf_counter()
+    pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
+    scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
+    scan_s = time.perf_counter() - start
+    for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, base, seed, mtv_extras, recheck):
+        add(method, vectors, policy=policy, fit_s=scan_s + seconds)
+    for name in variants:
+        vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
+        add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
+    return rows
+
+
+def compare_settings(
+    lmm, variants: Sequence[str], base: STVConfig, test_per_task: int, icl_shots: int, max_new_tokens: int
+) -> dict:
+    """What every row of a compare folder depends on, besides its (task, seed) (``lmm``
+    None: all but the model, what can be checked before it loads)."""
+    from .version import stv_version
+
+    model = {} if lmm is None else {"model": str(lmm.name), "weights": lmm.weights_fingerprint()}
+    return {
+        "kind": "compare",
+        **model,
+        "variants": list(variants),
+        "base": asdict(base),
+        "test_per_task": test_per_task,
+        "icl_shots": icl_shots,
+        "max_new_tokens": max_new_tokens,
+        "stv_version": stv_version(),
+    }
+
+
+def prepare_compare_folder(out: str | Path, settings: dict, recompute: bool) -> None:
+    """Record ``settings`` in ``out`` (cleared first with ``recompute``), or refuse other ones
+    (settings without a model: checked only, before the model loads)."""
+    if "model" not in settings:
+        if not recompute and Path(out).is_dir():
+            check_settings(out, settings, "compare results", part=True)
+        return
+    if recompute:
+        clear(out, ["units", "compare.json", "compare.md"])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings, "compare results")
+
+
+def _unit_path(out: str | Path, task: str, seed: int) -> Path:
+    return Path(out) / "units" / f"{task}.seed{seed}.json"
+
+
+def _stored_unit(out: str | Path, task: str, seed: int, data: dict) -> list[dict] | None:
+    """The rows an earlier run kept for (task, seed), or None; refused if its data differ."""
+    path = _unit_path(out, task, seed)
+    if not path.is_file():
+        return None
+    unit = json.loads(path.read_text())
+    if unit["data"] != data:
+        raise SettingsMismatchError(
+            f"{path} was computed on other fv:{task} data ({unit['data']} now {data}); "
+            "pass --out NEW for a new folder, or --recompute to replace it"
+        )
+    return unit["rows"]
 
 
 def _mtv_fits(
@@ -238,6 +315,9 @@ def compare_table(result: dict, metric: str) -> str:
         cells, means = [], []
         for t in tasks:
             values = [r[metric] for r in rows if r["method"] == m and r["task"] == t]
+            if not values:  # a partial result: no seed of this task finished yet
+                cells.append("-")
+                continue
             means.append(np.mean(values))
             cells.append(f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else ""))
         fit_s = np.mean([r["fit_s"] for r in rows if r["method"] == m])
@@ -246,12 +326,13 @@ def compare_table(result: dict, metric: str) -> str:
 
 
 def write_compare(result: dict, out: str | Path) -> Path:
-    """Write ``compare.json`` and ``compare.md`` (both metrics) into ``out`` atomically."""
-    from .io import atomic_write_json, atomic_write_text
-
+    """Write ``compare.json`` and ``compare.md`` (both metrics) into ``out`` atomically; a
+    result with ``units`` [done, total] short of the total is labelled partial in both."""
     out = Path(out)
-    atomic_write_json(out / "compare.json", result)
+    done, total = result.get("units", (1, 1))
+    partial = f"**partial: {done} of {total} (task, seed) units**\n\n" if done < total else ""
+    atomic_write_json(out / "compare.json", {**result, "partial": done < total})
     text = "\n\n".join(
         f"## {m.replace('_', ' ')} (%)\n\n{compare_table(result, m)}" for m in ("first_token", "exact_match")
     )
-    return atomic_write_text(out / "compare.md", text + "\n")
+    return atomic_write_text(out / "compare.md", partial + text + "\n")

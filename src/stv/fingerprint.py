@@ -43,11 +43,12 @@ def differences(stored: dict, settings: dict) -> list[str]:
     return out
 
 
-def check_settings(folder: str | Path, settings: dict, what: str) -> bool:
+def check_settings(folder: str | Path, settings: dict, what: str, part: bool = False) -> bool:
     """Record ``settings`` in ``folder``, or check them against the ones recorded there.
 
     Returns True when the folder already held these settings (a resume). Raises
-    :class:`SettingsMismatchError` when it holds others."""
+    :class:`SettingsMismatchError` when it holds others. ``part``: ``settings`` are some of
+    the keys only (what is known before the model loads): check those, record nothing."""
     folder = Path(folder)
     path = folder / SETTINGS_NAME
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they will be read back
@@ -56,7 +57,7 @@ def check_settings(folder: str | Path, settings: dict, what: str) -> bool:
             stored = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise StvError(f"{path} is not valid JSON (line {err.lineno}); pass --out NEW or --recompute") from None
-        diff = differences(stored, settings)
+        diff = differences({k: stored.get(k) for k in settings} if part else stored, settings)
         if diff:
             shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
             raise SettingsMismatchError(
@@ -64,7 +65,8 @@ def check_settings(folder: str | Path, settings: dict, what: str) -> bool:
                 "pass --out NEW for a new folder, or --recompute to replace them"
             )
         return True
-    atomic_write_json(path, settings)
+    if not part:
+        atomic_write_json(path, settings)
     return False
 
 

@@ -175,3 +175,18 @@ def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, famil
     assert "compare results computed under other settings" in capsys.readouterr().err
     run_compare(lmm, ["capitalize"], [0], ["paper"], replace(base, steps=3), **sizes, out=out, recompute=True)
     assert len(scans) == 6 and [p.name for p in (out / "units").iterdir()] == ["capitalize.seed0.json"]
+
+
+def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
+    from stv.methods import mtv as mtv_module
+
+    steps = []
+    real = mtv_module.fit_mtv
+    monkeypatch.setattr(
+        "stv.compare.fit_mtv", lambda lmm, train, cfg, **k: steps.append(cfg.steps) or real(lmm, train, cfg, **k)
+    )
+    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
+    result = run_compare(lmm_of("llama"), ["capitalize"], [0], [], base, **sizes, mtv_steps=6)
+    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last"]
+    assert steps == [6] and result["settings"]["mtv_steps"] == 6

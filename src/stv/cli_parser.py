@@ -257,7 +257,7 @@ def build_parser() -> StvParser:
         default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
         help="comma-separated fv: task names",
     )
-    p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS")
+    p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS (empty: ICL and MTV rows only)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")
     p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task (default 40)")
     p.add_argument(
@@ -272,6 +272,12 @@ def build_parser() -> StvParser:
     p.add_argument("--steps", type=int, default=150, help="REINFORCE steps of every variant and of MTV (default 150)")
     p.add_argument("--samples", type=int, default=32, help="policy draws per REINFORCE step (default 32)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the scan (default 8)")
+    p.add_argument(
+        "--mtv-steps",
+        type=int,
+        default=0,
+        help="MTV's REINFORCE steps, e.g. 3x --steps for MTV at stv+'s budget (default: --steps)",
+    )
     p.add_argument(
         "--out",
         default="runs/compare",

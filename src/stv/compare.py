@@ -135,6 +135,7 @@ def run_compare(
     progress: bool = True,
     out: str | Path | None = None,
     recompute: bool = False,
+    mtv_steps: int = 0,
 ) -> dict:
     """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks.
 
@@ -142,11 +143,12 @@ def run_compare(
     ``compare.json``/``compare.md`` are rewritten (labelled partial until the last one): a
     killed run loses one unit at most, and a rerun with the same settings picks up the units
     already there (another task or seed list too: units are independent). ``out`` holding
-    other settings is refused; ``recompute`` clears it first."""
+    other settings is refused; ``recompute`` clears it first. ``mtv_steps`` > 0: MTV's
+    searches take that many steps instead of ``base.steps`` (MTV at the variants' budget)."""
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     task_data = {task: fv_task(task, test_per_task) for task in tasks}  # and unknown tasks
-    settings = compare_settings(lmm, variants, base, test_per_task, icl_shots, max_new_tokens)
+    settings = compare_settings(lmm, variants, base, test_per_task, icl_shots, max_new_tokens, mtv_steps)
     if out is not None:
         prepare_compare_folder(out, settings, recompute)
     configs = [variant_config(name, base) for name in variants]
@@ -155,7 +157,7 @@ def run_compare(
         + ["auto"] * any(c.schedule_items for c in configs)  # MTV's schedule chosen on training answers
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
     )
-    recheck = max(c.final_recheck for c in configs)  # the objective rows' MTV selection as the variants'
+    recheck = max((c.final_recheck for c in configs), default=0)  # MTV's selection as the variants'
     per_unit = len(variants) + 3 + len(mtv_extras)  # + icl, mtv at both schedules, the extras
     units = [(task, seed) for task in tasks for seed in seeds]
     bar = tqdm(total=len(units) * per_unit, desc="compare", disable=not progress)
@@ -166,7 +168,8 @@ def run_compare(
         data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
         rows = _stored_unit(out, task, seed, data) if out is not None else None
         if rows is None:
-            args = (variants, base, mtv_extras, recheck, icl_shots, max_new_tokens, bar)
+            mtv_base = replace(base, steps=mtv_steps or base.steps)
+            args = (variants, base, mtv_base, mtv_extras, recheck, icl_shots, max_new_tokens, bar)
             rows = _compare_unit(lmm, task, seed, task_data[task], *args)
             if out is not None:
                 atomic_write_json(_unit_path(out, task, seed), {"task": task, "seed": seed, "data": data, "rows": rows})
@@ -180,7 +183,7 @@ def run_compare(
 
 
 def _compare_unit(
-    lmm, task, seed, data, variants, base, mtv_extras, recheck, icl_shots, max_new_tokens, bar
+    lmm, task, seed, data, variants, base, mtv_base, mtv_extras, recheck, icl_shots, max_new_tokens, bar
 ) -> list[dict]:
     """The rows of one (task, seed): ICL, MTV on the shared scan, then every variant on it."""
     train, test, template = data
@@ -200,7 +203,7 @@ def _compare_unit(
     pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
     scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
     scan_s = time.perf_counter() - start
-    for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, base, seed, mtv_extras, recheck):
+    for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, mtv_base, seed, mtv_extras, recheck):
         add(method, vectors, policy=policy, fit_s=scan_s + seconds)
     for name in variants:
         vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
@@ -209,7 +212,13 @@ def _compare_unit(
 
 
 def compare_settings(
-    lmm, variants: Sequence[str], base: STVConfig, test_per_task: int, icl_shots: int, max_new_tokens: int
+    lmm,
+    variants: Sequence[str],
+    base: STVConfig,
+    test_per_task: int,
+    icl_shots: int,
+    max_new_tokens: int,
+    mtv_steps: int = 0,
 ) -> dict:
     """What every row of a compare folder depends on, besides its (task, seed) (``lmm``
     None: all but the model, what can be checked before it loads)."""
@@ -224,6 +233,7 @@ def compare_settings(
         "test_per_task": test_per_task,
         "icl_shots": icl_shots,
         "max_new_tokens": max_new_tokens,
+        "mtv_steps": mtv_steps or base.steps,
         "stv_version": stv_version(),
     }
 

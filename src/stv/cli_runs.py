@@ -58,7 +58,7 @@ def _cmd_compare(args) -> int:
     prepare_compare_folder(args.out, compare_settings(None, variants, base, **run), args.recompute)  # before loading
     lmm = model_from_args(args)
     heads = lmm.heads.num_layers * lmm.heads.num_heads
-    if not base.top_k:
+    if not base.top_k and variants:
         print(
             f"--top-k not given: each variant takes its preset's K ({default_top_k(heads, True)} of {heads} heads "
             f"with a keep arm, {default_top_k(heads, False)} without)",

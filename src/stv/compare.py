@@ -61,6 +61,11 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     ),
     # stv+ v5 (benchmarks/compare14: the final selection judged on 32 queries only)
     "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0),
+    # stv+ with its three REINFORCE runs' steps in one run (the same budget; compare17: MTV at
+    # 3x steps beat stv+ v6 on the first token)
+    "stv+_long": lambda base: STVConfig.plus(
+        **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps
+    ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),

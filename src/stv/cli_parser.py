@@ -257,7 +257,11 @@ def build_parser() -> StvParser:
         default="capitalize,lowercase_first_letter,present-past,choose_first_of_5",
         help="comma-separated fv: task names",
     )
-    p.add_argument("--variants", default="paper,mean_delta,stv+", help="comma-separated, from stv.compare.VARIANTS (empty: ICL and MTV rows only)")
+    p.add_argument(
+        "--variants",
+        default="paper,mean_delta,stv+",
+        help="comma-separated, from stv.compare.VARIANTS (empty: ICL and MTV rows only)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")
     p.add_argument("--test-per-task", type=int, default=40, help="held-out queries per task (default 40)")
     p.add_argument(

@@ -182,15 +182,23 @@ def bench_location_search(
 
 
 # 3 ---------------------------------------------------------------- inference overhead
-def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repeats: int = 5) -> dict:
-    """Generation with and without inserted vectors on the same prompts: the hooks' overhead."""
+def bench_inference(
+    subject: Subject,
+    batch: int = 16,
+    new_tokens: int = 8,
+    repeats: int = 5,
+    heads: int | None = None,
+    icl_shots: int = 16,
+) -> dict:
+    """Generation with and without inserted vectors on the same prompts: the hooks' overhead
+    (``heads`` written, by default half of all), and against ``icl_shots``-shot ICL."""
     lmm, ex = subject.lmm, digit_examples("size_word", size=subject.image_size)
     rng = np.random.default_rng(0)
     queries = ex[:batch]
     zero = [DIGITS.prompt([], q) for q in queries]
-    icl = [DIGITS.prompt([ex[i] for i in rng.choice(len(ex), 16, replace=False)], q) for q in queries]
+    icl = [DIGITS.prompt([ex[i] for i in rng.choice(len(ex), icl_shots, replace=False)], q) for q in queries]
     every = lmm.heads.all_locations()
-    locs = every[: max(1, len(every) // 2)]
+    locs = every[: heads or max(1, len(every) // 2)]
     vecs = torch.randn(len(locs), lmm.heads.head_dim)
 
     def gen(prompts):
@@ -215,6 +223,7 @@ def bench_inference(subject: Subject, batch: int = 16, new_tokens: int = 8, repe
         "icl16_ms": 1000 * t_icl,
         "overhead_pct": 100 * (t_vec / t_plain - 1),
         "vs_icl16": t_vec / t_icl,
+        "icl_shots": icl_shots,
         "heads_written": len(locs),
     }
 

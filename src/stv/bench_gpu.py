@@ -65,7 +65,7 @@ def _qwen2_vl_7b(tiny: bool = False):
     tok = build_tokenizer(_QWEN_SPECIAL)
     start, end, image, video = _ids(tok, *_QWEN_SPECIAL)
     bos, eos, pad = _ids(tok, tok.bos_token, tok.eos_token, tok.pad_token)
-    text = dict(
+    text: dict = dict(
         hidden_size=3584,
         intermediate_size=18944,
         num_hidden_layers=28,
@@ -81,7 +81,7 @@ def _qwen2_vl_7b(tiny: bool = False):
     if tiny:  # same code path, a few MB: for tests and a first check of a new machine
         text.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
         text.update(num_key_value_heads=2, vocab_size=1024)
-        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": [4, 6, 6]}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
         vision.update(depth=1, embed_dim=32, hidden_size=128, num_heads=2)
     config = transformers.Qwen2VLConfig(
         text_config={**text, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad},
@@ -160,9 +160,22 @@ def _idefics2_8b(tiny: bool = False):
 SHAPES: dict[str, Callable] = {"qwen2-vl-7b": _qwen2_vl_7b, "idefics2-8b": _idefics2_8b}
 
 
-def build_shape(name: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, tiny: bool = False) -> LMM:
-    """A randomly initialised model of shape ``name`` built directly on ``device``."""
+def build_shape(
+    name: str,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    tiny: bool = False,
+    init_std: float | None = None,
+) -> LMM:
+    """A randomly initialised model of shape ``name`` built directly on ``device``
+    (``init_std``: the weights' standard deviation, by default the config's 0.02)."""
     cls, config, processor = SHAPES[name](tiny)
+    if init_std is not None:
+        for part in (
+            config,
+            *(getattr(config, k) for k in ("text_config", "vision_config", "perceiver_config") if hasattr(config, k)),
+        ):
+            part.initializer_range = init_std
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)
@@ -204,7 +217,7 @@ def _stv_config(sizes: Sizes, prefix_pool: int) -> STVConfig:
 
 def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
     """Scan, bank, REINFORCE (prefix pool off and on), MTV, scoring and inference on ``lmm``."""
-    device, rows = lmm.device, []
+    device, rows = lmm.device, list[dict]()
     train = digit_examples("parity_AB", size=image_size)
     rng = np.random.default_rng(0)
     pairs = scan_pairs(train, DIGITS, sizes.pairs, sizes.shots, rng)
@@ -258,7 +271,7 @@ def agreement(lmm: LMM, samples: int, heads: int, image_size: int, images: int =
 
     every = lmm.heads.all_locations()
     locations = [every[i] for i in np.random.default_rng(1).choice(len(every), heads, replace=False)]
-    rows = torch.randn(samples, heads, lmm.heads.head_dim)  # (S, K, D)
+    rows = torch.randn(samples, heads, lmm.heads.head_dim, generator=torch.Generator().manual_seed(1))  # (S, K, D)
     prompt = _prompt(images, seed=1, size=image_size)
     target = int(first_token_ids(lmm, [digit_examples("parity_AB")[0]], DIGITS)[0])
     inputs = lmm.prepare([prompt])
@@ -267,8 +280,9 @@ def agreement(lmm: LMM, samples: int, heads: int, image_size: int, images: int =
         with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
             naive.append(lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float())
     reference = torch.stack(naive)  # (S, V)
+    prefix = lmm.prefix([prompt])  # outside the writes: they belong to the last token only
     with lmm.candidates(locations, rows, samples):
-        cached = lmm.last_token_logits(lmm.prefix([prompt]), repeats=samples)  # (S, V)
+        cached = lmm.last_token_logits(prefix, repeats=samples)  # (S, V)
     r_naive = torch.log_softmax(reference, -1)[:, target]
     r_cached = torch.log_softmax(cached, -1)[:, target]
     ranks = [torch.argsort(torch.argsort(r)).float() for r in (r_naive, r_cached)]
@@ -360,7 +374,7 @@ def run_gpu(
     out: dict = {"environment": environment(dev), "sizes": sizes.__dict__, "shapes": {}}
     for name in shapes:
         with section(f"{name}{' (tiny)' if tiny else ''}", lines):
-            with stage("build (random init on the device)", rows := [], dev):
+            with stage("build (random init on the device)", rows := list[dict](), dev):
                 lmm = build_shape(name, device, tiny=tiny)
             h = lmm.heads
             params = sum(p.numel() for p in lmm.model.parameters())

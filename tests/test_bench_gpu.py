@@ -6,7 +6,6 @@ import torch
 
 from stv.bench_gpu import SHAPES, agreement, build_shape, run_gpu
 from stv.data.digits import digit_examples
-from stv.tasks import DIGITS
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ for every attention backend, because the projection is a plain ``nn.Linear``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -263,6 +264,13 @@ class _Writer:
     step: _Step = field(default_factory=_Step)
     _cache: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = field(default_factory=dict)
 
+    @functools.cached_property
+    def has_nan(self) -> bool:
+        """Whether any value is NaN: checked once, not once per layer (MTV's values for every
+        head of 32 samples are millions of numbers, and a check per layer was a third of a
+        GPU search step)."""
+        return bool(torch.isnan(self.values).any())
+
     def pass_index(self) -> int | None:
         """Which row of values this forward pass writes (0: ``values``; t: ``later[t - 1]``),
         or None when it writes nothing."""
@@ -281,7 +289,7 @@ class _Writer:
         """The forward pre-hook of one layer's output projection: every head of the layer is
         written by one gather and one indexed write (not a loop over heads: MTV writes all
         of them, and per-head ops were most of a GPU search step's launches)."""
-        keep_nan = bool(torch.isnan(self.values).any())  # NaN rows mean "leave this head as it is"
+        keep_nan = self.has_nan  # NaN rows mean "leave this head as it is"
         n, h = len(self.locations), self.heads
         columns = torch.tensor([i for i, _ in layer_heads])  # (m,) into the locations
         targets = torch.tensor([head for _, head in layer_heads])  # (m,) heads of this layer

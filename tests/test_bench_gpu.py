@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from stv.bench_gpu import SHAPES, agreement, build_shape, run_gpu
+from stv.bench_gpu import agreement, run_gpu
 from stv.data.digits import digit_examples
+from stv.testing.shapes import SHAPES, build_shape
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,8 @@ def _cmd_bench(args) -> int:
     if args.device == "cpu" and not args.tiny:
         lines = run_all(quick=args.quick, only=args.only)
     else:
-        from .bench_gpu import SHAPES, run_gpu
+        from .bench_gpu import run_gpu
+        from .testing.shapes import SHAPES
         from .checks import device_available
 
         shapes = [s for s in args.shapes.split(",") if s]

@@ -79,8 +79,8 @@ def _cmd_bench(args) -> int:
         lines = run_all(quick=args.quick, only=args.only)
     else:
         from .bench_gpu import run_gpu
-        from .testing.shapes import SHAPES
         from .checks import device_available
+        from .testing.shapes import SHAPES
 
         shapes = [s for s in args.shapes.split(",") if s]
         unknown = [s for s in shapes if s not in SHAPES]

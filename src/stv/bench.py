@@ -99,6 +99,20 @@ def _prompt(n_images: int, seed: int = 0, size: int = 32):
     return DIGITS.prompt(picks[:-1], picks[-1])
 
 
+# the columns of the scoring and inference tables (shared with bench_gpu)
+SCORING_KEYS = ["images", "tokens", "naive_ms", "cached_ms", "ratio", "pooled_ms", "pooled_ratio", "max_reward_diff"]
+INFERENCE_KEYS = [
+    "batch",
+    "zero_shot_ms",
+    "inserted_ms",
+    "icl16_ms",
+    "icl_shots",
+    "overhead_pct",
+    "vs_icl16",
+    "heads_written",
+]
+
+
 # 1 ---------------------------------------------------------------- REINFORCE scoring
 def bench_scoring(subject: Subject, images=(1, 4, 16), samples: int = 32, k: int = 8, repeats: int = 3) -> list[dict]:
     """REINFORCE scoring per step: naive per-sample forwards vs one prefix-cached batch (and a pooled prefix)."""
@@ -334,21 +348,7 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
         mid = None if quick else mid_qwen2_vl()
         if mid is not None:
             rows += bench_scoring(mid, images=(1, 4), repeats=1)
-        table(
-            rows,
-            [
-                "subject",
-                "images",
-                "tokens",
-                "naive_ms",
-                "cached_ms",
-                "ratio",
-                "pooled_ms",
-                "pooled_ratio",
-                "max_reward_diff",
-            ],
-            lines,
-        )
+        table(rows, ["subject", *SCORING_KEYS], lines)
     with section("2. Location search: STV scan + bank vs MTV mean + head search (papers' settings)", lines):
         rows = [bench_location_search(s, steps=60 if quick else 600) for s in subs]
         table(
@@ -368,20 +368,7 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
         rows = [bench_inference(s) for s in subs]
         if mid is not None:
             rows.append(bench_inference(mid, batch=4, repeats=3))
-        table(
-            rows,
-            [
-                "subject",
-                "batch",
-                "zero_shot_ms",
-                "inserted_ms",
-                "icl16_ms",
-                "overhead_pct",
-                "vs_icl16",
-                "heads_written",
-            ],
-            lines,
-        )
+        table(rows, ["subject", *INFERENCE_KEYS], lines)
     with section("4. Scaling of activation collection (lab model, fresh process each, batch 25)", lines):
         result = bench_scaling(
             examples=(100, 300) if quick else (100, 300, 1000), shots=(1, 4) if quick else (1, 4, 16)

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .bench import Subject, bench_inference, bench_scoring
+from .bench import INFERENCE_KEYS, SCORING_KEYS, Subject, bench_inference, bench_scoring
 from .config import STVConfig
 from .data.digits import digit_examples
 from .methods.bank import build_bank
@@ -260,28 +260,8 @@ def run_gpu(
                     f"{k} {v}" for k, v in row.items() if k not in ("stage", "seconds", "peak_gib")
                 )
             table(result["stages"], ["stage", "seconds", "peak_gib", "details"], lines)
-            scoring_keys = [
-                "images",
-                "tokens",
-                "naive_ms",
-                "cached_ms",
-                "ratio",
-                "pooled_ms",
-                "pooled_ratio",
-                "max_reward_diff",
-            ]
-            table(result["scoring"], scoring_keys, lines)
-            inference_keys = [
-                "batch",
-                "zero_shot_ms",
-                "inserted_ms",
-                "icl16_ms",
-                "icl_shots",
-                "overhead_pct",
-                "vs_icl16",
-                "heads_written",
-            ]
-            table([result["inference"]], inference_keys, lines)
+            table(result["scoring"], SCORING_KEYS, lines)
+            table([result["inference"]], INFERENCE_KEYS, lines)
             table([result["ratios"]], list(result["ratios"]), lines)
             if profile:
                 result["profile"] = [profile_step(lmm, sizes, kind, 64 if tiny else 448) for kind in ("stv", "mtv")]

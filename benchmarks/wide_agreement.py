@@ -7,11 +7,10 @@ candidate and the fanned-out batch after a cached prefix, in float64, float32 an
 `python benchmarks/wide_agreement.py` (about 3 minutes, 16 GB of RAM for float64).
 """
 
-import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from stv.heads import replace
+from stv.bench_gpu import agreement
 from stv.models import LMM
 from stv.testing.families import _chat_template, build_tokenizer
 
@@ -33,20 +32,6 @@ for dtype in (torch.float64, torch.float32, torch.bfloat16):
     )
     torch.manual_seed(0)
     lmm = LMM.from_model(Qwen2ForCausalLM._from_config(config, dtype=dtype), tok)
-    every = lmm.heads.all_locations()
-    locations = [every[i] for i in np.random.default_rng(1).choice(len(every), 64, replace=False)]
-    rows = torch.randn(4, 64, lmm.heads.head_dim, generator=torch.Generator().manual_seed(1))  # (S, K, D)
-    inputs = lmm.prepare([text])
-    naive = []
-    for s in range(len(rows)):
-        with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
-            naive.append(lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].double())
-    reference = torch.stack(naive)
-    prefix = lmm.prefix([text])
-    with lmm.candidates(locations, rows, len(rows)):
-        cached = lmm.last_token_logits(prefix, repeats=len(rows)).double()
-    rel = float((reference - cached).norm() / reference.norm())
-    print(
-        f"{str(dtype).removeprefix('torch.')}: {inputs['input_ids'].shape[1]} tokens, relative logits difference {rel:.2e}"
-    )
+    result = agreement(lmm, samples=4, heads=64, prompt=text)
+    print(f"{result['dtype']}: {result['tokens']} tokens, relative logits difference {result['logits_rel_err']:.2e}")
     del lmm

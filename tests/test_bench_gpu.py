@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stv.bench_gpu import agreement, run_gpu
+from stv.bench_gpu import agreement, agreement_prompt, run_gpu
 from stv.data.digits import digit_examples
 from stv.testing.shapes import SHAPES, build_shape
 
@@ -49,10 +49,10 @@ def test_agreement_sees_a_wrong_cached_path(monkeypatch):
     the eight heads are written: with every head written the last token's attention is
     thrown away, and a wrong prefix or mask would go unseen."""
     lmm = build_shape("qwen2-vl-7b", "cpu", torch.float32, tiny=True)
-    assert agreement(lmm, 4, 3, 64)["max_reward_diff"] < 1e-5
+    assert agreement(lmm, 4, 3, agreement_prompt(64))["max_reward_diff"] < 1e-5
     monkeypatch.setattr(type(lmm), "candidates", lambda self, locations, values, repeats: _nothing())
-    assert agreement(lmm, 4, 3, 64)["max_reward_diff"] > 1e-3
-    assert np.isfinite(agreement(lmm, 4, 3, 64)["logits_rel_err"])
+    assert agreement(lmm, 4, 3, agreement_prompt(64))["max_reward_diff"] > 1e-3
+    assert np.isfinite(agreement(lmm, 4, 3, agreement_prompt(64))["logits_rel_err"])
 
 
 def _nothing():

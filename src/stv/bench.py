@@ -117,8 +117,7 @@ INFERENCE_KEYS = [
 def bench_scoring(subject: Subject, images=(1, 4, 16), samples: int = 32, k: int = 8, repeats: int = 3) -> list[dict]:
     """REINFORCE scoring per step: naive per-sample forwards vs one prefix-cached batch (and a pooled prefix)."""
     lmm = subject.lmm
-    every = lmm.heads.all_locations()
-    locations = [every[i] for i in np.random.default_rng(0).choice(len(every), min(k, len(every)), replace=False)]
+    locations = lmm.heads.random_locations(k, np.random.default_rng(0))
     bank = torch.randn(len(locations), samples, lmm.heads.head_dim)
     rows = bank.transpose(0, 1)  # (S, K, D): sample s writes bank[:, s]
     rows_out = []

@@ -18,15 +18,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .bench import INFERENCE_KEYS, SCORING_KEYS, Subject, bench_inference, bench_scoring
+from .bench import INFERENCE_KEYS, SCORING_KEYS, Subject, _prompt, bench_inference, bench_scoring
 from .config import STVConfig
 from .data.digits import digit_examples
 from .methods.bank import build_bank
 from .methods.fit import fit_at, scan_pairs
-from .methods.mtv import MTVConfig, fit_mtv
+from .methods.mtv import MTVConfig, fit_mtv, mtv_bank
 from .methods.reward import bank_rewards
 from .methods.scan import sensitivity_scan
-from .models import LMM
+from .models import LMM, Prompt
 from .tasks import DIGITS
 from .testing.shapes import build_shape
 
@@ -94,7 +94,7 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
     pairs = scan_pairs(train, DIGITS, sizes.pairs, sizes.shots, rng)
     with stage(f"scan ({sizes.pairs} pairs x {sizes.shots} shots)", rows, device) as row:
         scan = sensitivity_scan(lmm, pairs, sizes.batch_size, progress=False)
-        row["tokens_with_context"] = int(lmm.prepare([pairs[0][1]])["input_ids"].shape[1])
+    row["tokens_with_context"] = int(lmm.prepare([pairs[0][1]])["input_ids"].shape[1])  # outside the timing
     locations = scan.top_k(sizes.top_k)
     with stage(f"bank (K = {sizes.top_k}, M = {sizes.clusters}, k-means on the CPU)", rows, device):
         build_bank(scan.activations_at(locations), sizes.clusters)
@@ -117,7 +117,7 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
         )
     with stage(f"inference: zero-shot, + vectors, {sizes.icl_shots}-shot ICL", rows, device):
         inference = bench_inference(subject, batch=16, repeats=5, heads=sizes.top_k, icl_shots=sizes.icl_shots)
-    agree = agreement(lmm, sizes.samples, sizes.top_k, image_size)
+    agree = agreement(lmm, sizes.samples, sizes.top_k, agreement_prompt(image_size))
     return {"stages": rows, "scoring": scoring, "inference": inference, "agreement": [agree]}
 
 
@@ -131,25 +131,29 @@ def _generate_with_vectors(lmm: LMM, heads: int, image_size: int) -> None:
         lmm.generate([DIGITS.prompt([], q) for q in queries], max_new_tokens=8, min_new_tokens=8)
 
 
-def agreement(lmm: LMM, samples: int, heads: int, image_size: int, images: int = 4) -> dict:
-    """REINFORCE rewards (first-answer-token log-probs) of ``samples`` random candidates on a
-    4-image prompt: one forward per candidate (naive) against the prefix-cached, fanned-out
-    batch. In bf16 the two paths use different attention kernels (causal vs a 4D mask), so
-    they agree to rounding, not bit for bit; run in float32 to see the arithmetic agree."""
-    from .bench import _prompt
+def agreement_prompt(image_size: int) -> Prompt:
+    """The prompt :func:`agreement` is run on in the benchmark: 3 demonstrations + a query, 4 images."""
+    return _prompt(4, seed=1, size=image_size)
+
+
+def agreement(lmm: LMM, samples: int, heads: int, prompt: Prompt) -> dict:
+    """REINFORCE rewards (first-answer-token log-probs) of ``samples`` random candidates, each
+    writing ``heads`` random heads, on ``prompt``: one forward per candidate (naive) against
+    the prefix-cached, fanned-out batch. In bf16 the two paths use different attention
+    kernels (causal vs a 4D mask), so they agree to rounding, not bit for bit; run in float32
+    (or float64) to see the arithmetic agree."""
     from .heads import replace
     from .methods.reward import first_token_ids
 
-    every = lmm.heads.all_locations()
-    locations = [every[i] for i in np.random.default_rng(1).choice(len(every), heads, replace=False)]
+    locations = lmm.heads.random_locations(heads, np.random.default_rng(1))
     rows = torch.randn(samples, heads, lmm.heads.head_dim, generator=torch.Generator().manual_seed(1))  # (S, K, D)
-    prompt = _prompt(images, seed=1, size=image_size)
     target = int(first_token_ids(lmm, [digit_examples("parity_AB")[0]], DIGITS)[0])
     inputs = lmm.prepare([prompt])
     naive = []
     for s in range(samples):
         with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
-            naive.append(lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float())
+            logits = lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1]
+            naive.append(logits.to(torch.promote_types(logits.dtype, torch.float32)))
     reference = torch.stack(naive)  # (S, V)
     prefix = lmm.prefix([prompt])  # outside the writes: they belong to the last token only
     with lmm.candidates(locations, rows, samples):
@@ -175,15 +179,12 @@ def profile_step(lmm: LMM, sizes: Sizes, kind: str = "stv", image_size: int = 44
     from torch.profiler import ProfilerActivity, profile
 
     train = digit_examples("parity_AB", size=image_size)
-    every = lmm.heads.all_locations()
     if kind == "stv":
-        locations = [every[i] for i in np.random.default_rng(0).choice(len(every), sizes.top_k, replace=False)]
+        locations = lmm.heads.random_locations(sizes.top_k, np.random.default_rng(0))
         bank = torch.randn(len(locations), sizes.clusters, lmm.heads.head_dim)
-    else:  # MTV's bank: arm 0 leaves the head alone (NaN), arm 1 writes its mean
-        locations = every
-        bank = torch.stack(
-            [torch.full((len(every), lmm.heads.head_dim), float("nan")), torch.randn(len(every), lmm.heads.head_dim)], 1
-        )
+    else:  # MTV: every head, leave it alone or write a (here random) mean
+        locations = lmm.heads.all_locations()
+        bank = mtv_bank(torch.randn(len(locations), lmm.heads.head_dim))
     reward = bank_rewards(lmm, train, DIGITS, locations, bank, 1, np.random.default_rng(0))
     choices = torch.randint(bank.shape[1], (sizes.samples, len(locations)))
     reward(0, choices)  # warm-up
@@ -231,6 +232,12 @@ def ratios(result: dict) -> dict:
     }
 
 
+def _release(device: torch.device) -> None:
+    """Hand the cached blocks of a deleted model back, so the next build starts from empty."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_gpu(
     shapes: list[str], device: str = "cuda", tiny: bool = False, profile: bool = True
 ) -> tuple[list[str], dict]:
@@ -239,6 +246,7 @@ def run_gpu(
 
     dev = torch.device(device)
     sizes = Sizes.smoke() if tiny else Sizes()
+    image_size = 64 if tiny else 448
     lines = [f"# stv bench --device {device} — {time.strftime('%Y-%m-%d')}", "", environment(dev)]
     if tiny:
         lines.append("Tiny builds and smoke sizes: a check that every stage runs, not a measurement.")
@@ -252,7 +260,7 @@ def run_gpu(
             lines.append(
                 f"{params / 1e9:.2f}B parameters, {h.num_layers} layers x {h.num_heads} heads of {h.head_dim}."
             )
-            result = pipeline(lmm, sizes, image_size=64 if tiny else 448)
+            result = pipeline(lmm, sizes, image_size)
             result["stages"] = rows + result["stages"]
             result["ratios"] = ratios(result)
             for row in result["stages"]:
@@ -264,7 +272,7 @@ def run_gpu(
             table([result["inference"]], INFERENCE_KEYS, lines)
             table([result["ratios"]], list(result["ratios"]), lines)
             if profile:
-                result["profile"] = [profile_step(lmm, sizes, kind, 64 if tiny else 448) for kind in ("stv", "mtv")]
+                result["profile"] = [profile_step(lmm, sizes, kind, image_size) for kind in ("stv", "mtv")]
                 for text in result["profile"]:
                     lines += [
                         "",
@@ -276,13 +284,11 @@ def run_gpu(
                     ]
                     print(text, flush=True)
             del lmm
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            _release(dev)
             fp32 = build_shape(name, device, torch.float32, tiny=tiny)  # the same check, rounding aside
-            result["agreement"].append(agreement(fp32, sizes.samples, sizes.top_k, 64 if tiny else 448))
+            result["agreement"].append(agreement(fp32, sizes.samples, sizes.top_k, agreement_prompt(image_size)))
             del fp32
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            _release(dev)
             table(result["agreement"], list(result["agreement"][0]), lines)
             out["shapes"][name] = result
     return lines, out

@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,11 @@ class HeadMap:
     def all_locations(self) -> list[Location]:
         """Every (layer, head), layer-major."""
         return [(layer, h) for layer in range(self.num_layers) for h in range(self.num_heads)]
+
+    def random_locations(self, k: int, rng: np.random.Generator) -> list[Location]:
+        """``k`` distinct (layer, head) pairs drawn by ``rng`` (every head when ``k`` exceeds them)."""
+        every = self.all_locations()
+        return [every[i] for i in rng.choice(len(every), min(k, len(every)), replace=False)]
 
     def check(self, locations: Sequence[Location]) -> list[Location]:
         """Validate and normalise a list of (layer, head) pairs."""

@@ -35,8 +35,7 @@ def random_heads(
 ) -> TaskVectors:
     """STV (bank + RL) at K random heads instead of the most sensitive ones."""
     rng = np.random.default_rng(seed + 10_000)
-    every = lmm.heads.all_locations()
-    locations = [every[i] for i in rng.choice(len(every), min(config.top_k, len(every)), replace=False)]
+    locations = lmm.heads.random_locations(config.top_k, rng)
     vectors, _ = fit_at(lmm, train, config, task, state.scan, locations, rng, progress)
     vectors.config.method = "stv_random_heads"
     return vectors

@@ -73,6 +73,12 @@ def mean_activations(
     return dist.all_sum(total) / len(all_prompts)
 
 
+def mtv_bank(means: torch.Tensor) -> torch.Tensor:
+    """MTV's two arms per head from its means (L*H, D): arm 0 leaves the head alone (NaN),
+    arm 1 writes its mean: (L*H, 2, D)."""
+    return torch.stack([torch.full_like(means, float("nan")), means], 1)
+
+
 def fit_mtv(
     lmm: LMM,
     train: Sequence[Example],
@@ -92,8 +98,7 @@ def fit_mtv(
         means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng, progress)
     t_means = time.perf_counter() - t
     locations = lmm.heads.all_locations()
-    # arm 0 = leave the head alone (NaN), arm 1 = write its mean
-    bank = torch.stack([torch.full_like(means, float("nan")), means], 1)  # (L*H, 2, D)
+    bank = mtv_bank(means)
     reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, objective=config.objective)
     t = time.perf_counter()
     search = reinforce(

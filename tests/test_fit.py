@@ -1,6 +1,8 @@
 """STV end to end: the bank's extra arms, the arm prior, the final selection, fit on every
 family, resuming a finished scan, and the CLI."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,30 @@ def test_mean_and_keep_arms_extend_the_bank(lmm_of):
     assert arms.bank.shape == (3, 4, lmm.heads.head_dim)  # 2 centroids + mean + keep (NaN)
     means = state.scan.activations_at(state.locations).mean(0)
     assert torch.allclose(arms.bank[:, 2], means) and bool(torch.isnan(arms.bank[:, 3]).all())
+    plus = replace(plus, continuation_search=0, schedule_items=0)  # the prompt's vectors only
+    vectors, _ = fit_at(lmm, train, plus, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
+    counts = vectors.config.extra["arms"]  # what each head got, recorded in the artifact
+    assert sum(counts.values()) == 3 and counts["centroid"] + counts["mean"] == len(vectors.location_list())
+    order = [tuple(loc) for loc in state.locations]
+    is_mean = [torch.allclose(v, means[order.index(loc)]) for loc, v in zip(vectors.location_list(), vectors.vectors)]
+    assert sum(is_mean) == counts["mean"]
+
+
+def test_no_centroids_leaves_mtvs_arms_only(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    cfg = STVConfig.plus(top_k=3, clusters=0, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0)
+    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    assert state.bank.shape == (3, 2, lmm.heads.head_dim)  # the mean and keep, no centroid
+    means = state.scan.activations_at(state.locations).mean(0)
+    order = [tuple(loc) for loc in state.locations]
+    for loc, v in zip(vectors.location_list(), vectors.vectors):  # whatever is written is MTV's vector for that head
+        torch.testing.assert_close(v, means[order.index(loc)])
+    assert vectors.config.extra["arms"]["centroid"] == 0
+    with pytest.raises(StvError, match="clusters=0"):
+        STVConfig.paper(clusters=0).check()  # no mean arm: nothing to choose from
 
 
 def test_arm_prior_starts_where_mtv_starts():
@@ -100,6 +126,8 @@ def test_arm_prior_starts_where_mtv_starts():
     ranked = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True, ranked_prior=True), 6, 3).exp()  # (3, 6)
     assert torch.allclose(ranked[:, -1], torch.tensor([0.25, 0.5, 0.75]))  # most sensitive head written most
     assert torch.allclose(ranked.sum(1), torch.ones(3)) and torch.allclose(ranked[1], probs)
+    no_centroids = _prior_logits(STVConfig.plus(clusters=0), 2).exp()  # MTV's start: write the mean or not, 1/2 each
+    assert torch.allclose(no_centroids, torch.tensor([0.5, 0.5]))
 
 
 def _loud_or_keep(lmm_of):

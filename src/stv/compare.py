@@ -61,6 +61,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     ),
     # stv+ v5 (benchmarks/compare14: the final selection judged on 32 queries only)
     "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0),
+    # stv+ without k-means centroids: each head's arms are MTV's (its mean, or left alone), the
+    # search and selection are stv+'s; what the sensitivity-aware bank adds over the mean
+    "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}),
     # stv+ with its three REINFORCE runs' steps in one run (the same budget; compare17: MTV at
     # 3x steps beat stv+ v6 on the first token)
     "stv+_long": lambda base: STVConfig.plus(
@@ -213,6 +216,7 @@ def _compare_unit(
     for name in variants:
         vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
         add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
+        rows[-1]["arms"] = vectors.config.extra.get("arms", {})  # heads given a centroid / the mean / left alone
     return rows
 
 

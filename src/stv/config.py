@@ -25,7 +25,7 @@ OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 # help of each STVConfig field as a command-line flag (what it does, its unit)
 FIELD_HELP: dict[str, str] = {
     "top_k": "K, heads to write (count; 0 or unset: from the model, every head with a keep arm, else a quarter, 8-64)",
-    "clusters": "M, k-means candidates per head (count)",
+    "clusters": "M, k-means candidates per head (count; 0 with the mean arm: MTV's arms only, the centroids ablated)",
     "pairs": "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)",
     "shots": "demonstrations per scan context (count)",
     "steps": "REINFORCE steps (optimiser updates)",
@@ -194,8 +194,12 @@ class STVConfig:
         problems = []
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
-        if self.clusters < 1 or self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
-            problems.append("clusters, samples, pairs and batch_size must be >= 1 and steps >= 0")
+        if self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
+            problems.append("samples, pairs and batch_size must be >= 1 and steps >= 0")
+        if self.clusters < 0 or (self.clusters == 0 and not self.mean_arm):
+            problems.append(
+                f"clusters={self.clusters}: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm)"
+            )
         if self.shots < 1:
             problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
         if self.clusters > self.pairs and not scan_only:

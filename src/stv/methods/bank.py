@@ -11,6 +11,8 @@ def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0, progress
     """(N, K, head_dim) activations -> (K, M, head_dim) centroids, M = min(clusters, N).
 
     Seeded scikit-learn k-means per location; the same input and seed give the same bank.
+    ``clusters`` 0 gives an empty bank (K, 0, head_dim), for fits whose arms are the mean
+    and "keep" only (the centroids ablated).
     """
     from sklearn.cluster import KMeans
 
@@ -19,7 +21,7 @@ def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0, progress
     n, k, dim = activations.shape
     m = min(clusters, n)
     bank = torch.empty(k, m, dim)
-    for loc in tqdm(range(k), desc="k-means", unit="head", disable=not progress, leave=False):
+    for loc in tqdm(range(k if m else 0), desc="k-means", unit="head", disable=not progress, leave=False):
         data = activations[:, loc].double().numpy()
         km = KMeans(n_clusters=m, n_init=3, random_state=seed).fit(data)
         centers = km.cluster_centers_

@@ -101,10 +101,11 @@ def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Ten
         keep = 0.25 + 0.5 * torch.arange(locations) / (locations - 1)
     rest = 1 - keep  # (L,) shared by the centroids and the mean arm
     centroids = arms - config.keep_arm - config.mean_arm
+    mean_share = (0.5 if centroids else 1.0) * rest  # without centroids: MTV's start, P(write the mean) 1/2
     probs = torch.empty(locations, arms)
-    probs[:, :centroids] = (rest / (2 if config.mean_arm else 1) / max(1, centroids))[:, None]
+    probs[:, :centroids] = ((rest - mean_share if config.mean_arm else rest) / max(1, centroids))[:, None]
     if config.mean_arm:
-        probs[:, centroids] = rest / 2
+        probs[:, centroids] = mean_share
     if config.keep_arm:
         probs[:, -1] = keep
     return probs.log()
@@ -147,7 +148,9 @@ def fit_at(
     artifact = TaskVectors(
         loc_tensor[kept],
         vectors[kept],
-        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train),
+        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train).with_(
+            arms=arm_counts(choice, bank.shape[1], config)
+        ),
         bank=torch.nan_to_num(bank),
         probabilities=search.probabilities,
     )
@@ -166,6 +169,15 @@ def fit_at(
         artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
         timings["schedule"] = time.perf_counter() - t
     return artifact, FitLog(scan, locations, bank, search, timings)
+
+
+def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, int]:
+    """How many locations got a k-means centroid, the mean (MTV's vector) or were left alone:
+    whether the fit used what makes STV differ from MTV (recorded in the artifact)."""
+    centroids = arms - config.keep_arm - config.mean_arm
+    mean = int((choice == centroids).sum()) if config.mean_arm else 0
+    keep = int((choice == arms - 1).sum()) if config.keep_arm else 0
+    return {"centroid": int((choice < centroids).sum()), "mean": mean, "keep": keep}
 
 
 def _search(lmm, train, task, locations, bank: torch.Tensor, config: STVConfig, rng, restart: int, progress: bool):

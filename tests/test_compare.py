@@ -38,7 +38,9 @@ def test_presets_and_overrides():
             assert (variant_config(name, base).restarts, STVConfig.plus().restarts) == (1, 3)
         cfg = variant_config(name, base)
         assert (cfg.clusters, cfg.pairs, cfg.shots) == (0 if name == "stv+_no_centroids" else 2, 4, 2), name
-        assert cfg.steps == (3 if name.endswith("_3x") or name == "stv+_long" else 1), name
+        assert cfg.steps == (
+            3 if name.endswith("_3x") or name == "stv+_long" else 0 if name == "stv+_prior_draws" else 1
+        ), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_2xk": 6, "stv+_4k": 12, "stv+_4xk": 12, "stv+_prior_4k": 12}.get(
             name, 3
         ), name

@@ -64,6 +64,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # stv+ without k-means centroids: each head's arms are MTV's (its mean, or left alone), the
     # search and selection are stv+'s; what the sensitivity-aware bank adds over the mean
     "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}),
+    # stv+ without REINFORCE on the heads: its final selection (and recheck) over draws from the
+    # arm prior alone, then the same continuation search; what the search adds over random search
+    "stv+_prior_draws": lambda base: STVConfig.plus(**{**_sizes(base), "steps": 0}, continuation_search=base.steps),
     # stv+ with its three REINFORCE runs' steps in one run (the same budget; compare17: MTV at
     # 3x steps beat stv+ v6 on the first token)
     "stv+_long": lambda base: STVConfig.plus(

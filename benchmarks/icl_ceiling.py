@@ -74,6 +74,8 @@ def main() -> None:
             f"| {task} | " + " | ".join(cells) + f" | {int((~ever).sum())} | {time.perf_counter() - start:.0f} |"
         )
         print(lines[-1], flush=True)
+        if args.write:  # a partial table after every task: a long run loses one task at most
+            atomic_write_text(args.write, "\n".join(lines) + "\n\n(partial: more tasks to come)\n")
     avg = [f"{np.mean([a[0] for a in averages[k]]):.1f} / {np.mean([a[1] for a in averages[k]]):.1f}" for k in shots]
     lines.append("| average | " + " | ".join(avg) + " | | |")
     text = "\n".join(lines) + "\n"

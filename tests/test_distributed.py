@@ -21,7 +21,8 @@ def _free_port() -> int:
 
 def _run(cmd, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    subprocess.run(cmd, check=True, env=env, timeout=240, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, timeout=240, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd[-3:]} exited {done.returncode}:\n{done.stderr[-3000:]}"  # say why
     return json.loads((out / "result.json").read_text())
 
 

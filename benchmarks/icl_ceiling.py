@@ -21,22 +21,17 @@ import torch
 
 from stv import load_model
 from stv.compare import fv_task
-from stv.evaluate import answer_rows, icl_prompts
+from stv.evaluate import generation_rows
 from stv.io import atomic_write_text
-from stv.methods.reward import first_token_ids
 
 TASKS = ("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5")
 
 
-def hits(lmm, task: str, shots: int, seed: int, test_per_task: int) -> tuple[list[bool], list[bool]]:
-    """Per test query: (first token right, answer right) with ``shots`` demonstrations."""
-    train, test, template = fv_task(task, test_per_task)
-    prompts = icl_prompts(template, test, train, shots, seed)
-    targets = first_token_ids(lmm, test, template).tolist()
-    rows = []
-    for start in range(0, len(prompts), 16):  # generation_accuracy's batches, so ICL-10 repeats compare's
-        end = start + 16
-        rows += answer_rows(lmm, template, test[start:end], prompts[start:end], targets[start:end], 8)
+def hits(lmm, data, shots: int, seed: int) -> tuple[list[bool], list[bool]]:
+    """Per test query of ``data`` (train, test, template): (first token right, answer right)
+    with ``shots`` demonstrations."""
+    train, test, template = data
+    rows = generation_rows(lmm, test, template, train, shots, seed=seed)  # compare's batches and draws
     exact = [template.score([q], {r["question_id"]: r["answer"]})["accuracy"] > 0 for q, r in zip(test, rows)]
     return [bool(r["first_token_correct"]) for r in rows], exact
 
@@ -63,8 +58,9 @@ def main() -> None:
     averages = {k: [] for k in shots}
     for task in TASKS:
         start, cells, ever = time.perf_counter(), [], np.zeros(args.test_per_task, bool)
+        data = fv_task(task, args.test_per_task)  # loaded once per task
         for k in shots:
-            first, exact = zip(*(hits(lmm, task, k, seed, args.test_per_task) for seed in seeds))
+            first, exact = zip(*(hits(lmm, data, k, seed) for seed in seeds))
             f = [100 * np.mean(x) for x in first]
             e = [100 * np.mean(x) for x in exact]
             ever |= np.any(np.array(first), 0)

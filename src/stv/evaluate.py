@@ -74,6 +74,27 @@ def generation_accuracy(
 
     The first generated token is the argmax after the prompt, so it gives the same
     first-token accuracy as :func:`first_token_accuracy`; the rest gives the exact match."""
+    rows = generation_rows(lmm, examples, task, pool, shots, vectors, seed, batch_size, max_new_tokens, policy)
+    first = sum(r["first_token_correct"] for r in rows)
+    accuracy = task.score(examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
+    return 100.0 * first / max(1, len(examples)), accuracy
+
+
+@torch.inference_mode()
+def generation_rows(
+    lmm: LMM,
+    examples: Sequence[Example],
+    task: Task,
+    pool: Sequence[Example] = (),
+    shots: int = 0,
+    vectors=None,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    policy: Policy | None = None,
+) -> list[dict]:
+    """:func:`answer_rows` of every example, in batches, with ``shots`` demonstrations from
+    ``pool`` or ``vectors`` inserted: what :func:`generation_accuracy` scores, per query."""
     prompts = icl_prompts(task, examples, pool, shots, seed)
     targets = first_token_ids(lmm, examples, task)
     rows = []
@@ -87,9 +108,7 @@ def generation_accuracy(
                 targets[start : start + batch_size].tolist(),
                 max_new_tokens,
             )
-    first = sum(r["first_token_correct"] for r in rows)
-    accuracy = task.score(examples, {r["question_id"]: r["answer"] for r in rows})["accuracy"]
-    return 100.0 * first / max(1, len(examples)), accuracy
+    return rows
 
 
 def answer_rows(

@@ -21,7 +21,9 @@ def build_bank(activations: torch.Tensor, clusters: int, seed: int = 0, progress
     n, k, dim = activations.shape
     m = min(clusters, n)
     bank = torch.empty(k, m, dim)
-    for loc in tqdm(range(k if m else 0), desc="k-means", unit="head", disable=not progress, leave=False):
+    if m == 0:  # the centroids ablated: nothing to cluster
+        return bank
+    for loc in tqdm(range(k), desc="k-means", unit="head", disable=not progress, leave=False):
         data = activations[:, loc].double().numpy()
         km = KMeans(n_clusters=m, n_init=3, random_state=seed).fit(data)
         centers = km.cluster_centers_

@@ -89,6 +89,42 @@ def fit(
 RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride
 
 
+@dataclass(frozen=True)
+class ArmLayout:
+    """The columns of every location's bank: the k-means centroids, then the mean with-context
+    activation (MTV's vector) with ``mean_arm``, then "leave this head alone" (NaN) last with
+    ``keep_arm``. One place says where each arm is, for building, prior, counts and selection."""
+
+    centroids: int
+    mean: bool
+    keep: bool
+
+    @classmethod
+    def of(cls, config: STVConfig, arms: int) -> "ArmLayout":
+        """The layout of a bank with ``arms`` columns fitted under ``config``."""
+        return cls(arms - config.keep_arm - config.mean_arm, config.mean_arm, config.keep_arm)
+
+    @property
+    def mean_index(self) -> int:
+        """The mean arm's column (meaningful with ``mean``)."""
+        return self.centroids
+
+    @property
+    def keep_index(self) -> int:
+        """The keep arm's column, the last (meaningful with ``keep``)."""
+        return self.centroids + self.mean
+
+    @staticmethod
+    def extend(centroids: torch.Tensor, activations: torch.Tensor, config: STVConfig) -> torch.Tensor:
+        """(K, M, D) centroids -> the bank (K, M + mean_arm + keep_arm, D); activations (T, K, D)."""
+        bank = centroids
+        if config.mean_arm:
+            bank = torch.cat([bank, activations.mean(0)[:, None]], 1)
+        if config.keep_arm:
+            bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
+        return bank
+
+
 def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Tensor | None:
     """With ``arm_prior``, REINFORCE starts where MTV starts (most heads left alone) instead of
     uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest. With
@@ -96,18 +132,18 @@ def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Ten
     the last, so the scan's ranking says where to start writing: (locations, arms) logits."""
     if not config.arm_prior:
         return None
-    keep = torch.full((locations,), 0.5 if config.keep_arm else 0.0)
-    if config.keep_arm and config.ranked_prior and locations > 1:
+    layout = ArmLayout.of(config, arms)
+    keep = torch.full((locations,), 0.5 if layout.keep else 0.0)
+    if layout.keep and config.ranked_prior and locations > 1:
         keep = 0.25 + 0.5 * torch.arange(locations) / (locations - 1)
     rest = 1 - keep  # (L,) shared by the centroids and the mean arm
-    centroids = arms - config.keep_arm - config.mean_arm
-    mean_share = (0.5 if centroids else 1.0) * rest  # without centroids: MTV's start, P(write the mean) 1/2
+    mean_share = (0.5 if layout.centroids else 1.0) * rest  # without centroids: MTV's start, P(write the mean) 1/2
     probs = torch.empty(locations, arms)
-    probs[:, :centroids] = ((rest - mean_share if config.mean_arm else rest) / max(1, centroids))[:, None]
-    if config.mean_arm:
-        probs[:, centroids] = mean_share
-    if config.keep_arm:
-        probs[:, -1] = keep
+    probs[:, : layout.centroids] = ((rest - mean_share if layout.mean else rest) / max(1, layout.centroids))[:, None]
+    if layout.mean:
+        probs[:, layout.mean_index] = mean_share
+    if layout.keep:
+        probs[:, layout.keep_index] = keep
     return probs.log()
 
 
@@ -126,11 +162,7 @@ def fit_at(
     timings = {}
     t = time.perf_counter()
     activations = scan.activations_at(locations)  # (T, K, D)
-    bank = build_bank(activations, config.clusters, config.seed, progress)
-    if config.mean_arm:
-        bank = torch.cat([bank, activations.mean(0)[:, None]], 1)
-    if config.keep_arm:
-        bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
+    bank = ArmLayout.extend(build_bank(activations, config.clusters, config.seed, progress), activations, config)
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
     searches = [
@@ -174,10 +206,10 @@ def fit_at(
 def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, int]:
     """How many locations got a k-means centroid, the mean (MTV's vector) or were left alone:
     whether the fit used what makes STV differ from MTV (recorded in the artifact)."""
-    centroids = arms - config.keep_arm - config.mean_arm
-    mean = int((choice == centroids).sum()) if config.mean_arm else 0
-    keep = int((choice == arms - 1).sum()) if config.keep_arm else 0
-    return {"centroid": int((choice < centroids).sum()), "mean": mean, "keep": keep}
+    layout = ArmLayout.of(config, arms)
+    mean = int((choice == layout.mean_index).sum()) if layout.mean else 0
+    keep = int((choice == layout.keep_index).sum()) if layout.keep else 0
+    return {"centroid": int((choice < layout.centroids).sum()), "mean": mean, "keep": keep}
 
 
 def _search(lmm, train, task, locations, bank: torch.Tensor, config: STVConfig, rng, restart: int, progress: bool):
@@ -211,7 +243,8 @@ def select_final(
     """STV's final selection (:func:`select_best` under ``config``): (the search the winner
     came from, its choice (K,)). With ``final_keep`` and a keep arm, writing nothing at all
     competes too (the zero-shot model; returned with the first search's policy)."""
-    nothing = [torch.full((len(locations),), bank.shape[1] - 1)] if config.final_keep and config.keep_arm else []
+    layout = ArmLayout.of(config, bank.shape[1])
+    nothing = [torch.full((len(locations),), layout.keep_index)] if config.final_keep and layout.keep else []
     origin, choice = select_best(
         lmm,
         train,

@@ -37,7 +37,11 @@ def test_presets_and_overrides():
         if name == "stv+_long":
             assert (variant_config(name, base).restarts, STVConfig.plus().restarts) == (1, 3)
         cfg = variant_config(name, base)
-        assert (cfg.clusters, cfg.pairs, cfg.shots) == (0 if name == "stv+_no_centroids" else 2, 4, 2), name
+        assert (cfg.clusters, cfg.pairs, cfg.shots) == (
+            0 if name in ("stv+_no_centroids", "stv+_shift_only") else 2,
+            4,
+            2,
+        ), name
         assert cfg.steps == (
             3 if name.endswith("_3x") or name == "stv+_long" else 0 if name == "stv+_prior_draws" else 1
         ), name

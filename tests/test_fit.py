@@ -116,6 +116,27 @@ def test_no_centroids_leaves_mtvs_arms_only(lmm_of):
         STVConfig.paper(clusters=0).check()  # no mean arm: nothing to choose from
 
 
+def test_shift_arm_adds_the_scans_mean_delta(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:30]
+    task = task_for(train)
+    sizes = dict(top_k=3, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
+    cfg = STVConfig.plus(clusters=2, shift_arm=True, **sizes)
+    _, state = fit(lmm, train, cfg, task=task, progress=False)
+    assert state.bank.shape == (3, 5, lmm.heads.head_dim)  # 2 centroids, mean, shift (own output), keep
+    assert bool(torch.isnan(state.bank[:, 3:]).all())
+    # only the shift arm (no keep, no final "nothing"): every head keeps its own output plus the mean delta
+    only = replace(cfg, clusters=0, mean_arm=False, keep_arm=False, final_keep=False, continuation_search=0)
+    only = replace(only, schedule_items=0)
+    vectors, _ = fit_at(lmm, train, only, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
+    assert vectors.config.extra["arms"] == {"centroid": 0, "mean": 0, "shift": 3, "keep": 0}
+    assert vectors.location_list() == [tuple(loc) for loc in state.locations] and vectors.shifts is not None
+    assert bool(torch.isnan(vectors.vectors).all())
+    torch.testing.assert_close(vectors.shifts, state.scan.shifts_at(state.locations))
+    with pytest.raises(StvError, match="clusters=0"):
+        replace(only, shift_arm=False).check()
+
+
 def test_arm_prior_starts_where_mtv_starts():
     from stv.methods.fit import _prior_logits
 
@@ -128,6 +149,8 @@ def test_arm_prior_starts_where_mtv_starts():
     assert torch.allclose(ranked.sum(1), torch.ones(3)) and torch.allclose(ranked[1], probs)
     no_centroids = _prior_logits(STVConfig.plus(clusters=0), 2).exp()  # MTV's start: write the mean or not, 1/2 each
     assert torch.allclose(no_centroids, torch.tensor([0.5, 0.5]))
+    shift = _prior_logits(STVConfig.plus(clusters=4, shift_arm=True), 7).exp()  # mean and shift share MTV's 1/4
+    assert torch.allclose(shift, torch.tensor([1 / 16] * 4 + [1 / 8, 1 / 8, 0.5]))
 
 
 def _loud_or_keep(lmm_of):

@@ -52,6 +52,33 @@ def test_replace_with_own_value_is_identity_and_zeros_change(lmm_of, family):
     assert (zeroed - base).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_shifts_are_added_after_the_write(lmm_of, family):
+    """A NaN value plus a shift moves the head's own output; a value plus a shift writes their sum."""
+    lmm = lmm_of(family)
+    p = [prompt(lmm, 1, "which one")]
+    last = lmm.heads.num_layers - 1
+    locs = [(last, 0), (last, 2)]  # one layer: an edit cannot change the other head's own output
+    with record(lmm.heads, locs) as rec, torch.no_grad():
+        lmm.model(**lmm.prepare(p))
+    own, shift = rec.values[0], torch.randn(len(locs), lmm.heads.head_dim)
+    with replace(lmm.model, lmm.heads, locs, own + shift):
+        by_hand = lmm.forward(p)
+    nan = torch.full_like(own, float("nan"))
+    with replace(lmm.model, lmm.heads, locs, nan, shifts=shift):
+        steered = lmm.forward(p)
+    torch.testing.assert_close(steered, by_hand, atol=1e-5, rtol=1e-4)
+    value = torch.randn_like(own)
+    with replace(lmm.model, lmm.heads, locs, value, shifts=shift):
+        summed = lmm.forward(p)
+    with replace(lmm.model, lmm.heads, locs, value + shift):
+        torch.testing.assert_close(summed, lmm.forward(p), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="shifts"), replace(lmm.model, lmm.heads, locs, own, shifts=shift[:1]):
+        pass
+    with pytest.raises(ValueError, match="NaN"), replace(lmm.model, lmm.heads, locs, own, shifts=nan):
+        pass
+
+
 @pytest.mark.parametrize("family", ALL)
 def test_left_padded_batch_records_like_single_prompts(lmm_of, family):
     lmm = lmm_of(family)

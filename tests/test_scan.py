@@ -76,6 +76,23 @@ def test_scan_sensitivity_registry_matches_a_hand_computation(lmm_of):
     assert torch.allclose(scan.scores("mean_delta"), deltas.mean(0).norm(dim=-1).view(shape), atol=1e-4)
     consistency = scan.scores("consistency")
     assert bool((consistency <= 1 + 1e-5).all()) and bool((consistency > 0).all())
+    locations = [(0, 1), (1, 0)]
+    columns = [layer * shape[1] + head for layer, head in locations]
+    torch.testing.assert_close(scan.shifts_at(locations), deltas.mean(0)[columns], atol=1e-4, rtol=1e-4)
+
+
+def test_a_finished_scan_is_reused_with_its_mean_shift(lmm_of, tmp_path):
+    from stv.methods.scan import sensitivity_scan
+
+    lmm = lmm_of("llama")
+    train = text_examples(8)
+    pairs = [(DIGITS.prompt([], q), DIGITS.prompt(train[i + 1 : i + 3], q)) for i, q in enumerate(train[:4])]
+    first = sensitivity_scan(lmm, pairs, batch_size=4, workdir=tmp_path, progress=False, key="k")
+    again = sensitivity_scan(lmm, pairs, batch_size=4, workdir=tmp_path, progress=False, key="k")
+    assert again.reused and not first.reused
+    torch.testing.assert_close(again.mean_shift, first.mean_shift)
+    (tmp_path / "mean_shift.npy").unlink()  # a marker whose files are not all there vouches for nothing
+    assert not sensitivity_scan(lmm, pairs, batch_size=4, workdir=tmp_path, progress=False, key="k").reused
 
 
 @pytest.mark.parametrize("ranking", ["l2", "relative"])

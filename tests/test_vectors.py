@@ -9,6 +9,7 @@ import torch
 import stv
 from stv.config import STVConfig
 from stv.data import digit_examples, load_dataset
+from stv.errors import StvError
 from stv.fingerprint import data_fingerprint
 from stv.tasks import DIGITS, task_for
 from stv.vectors import ArtifactMismatchError, TaskVectors, TaskVectorsConfig
@@ -67,3 +68,22 @@ def test_artifact_round_trip_and_mismatch(tmp_path, lmm_of):
         wrong_arch.check_model(lmm_of("llava"))
     with pytest.raises(FileNotFoundError, match="holds no task vectors"):
         TaskVectors.from_pretrained(tmp_path)
+
+
+def test_shifts_round_trip_and_change_the_fingerprint(tmp_path, lmm_of):
+    lmm = lmm_of("llava")
+    vectors = torch.randn(2, lmm.heads.head_dim)
+    vectors[1] = float("nan")  # the second head keeps its own output, moved by its shift
+    steered = TaskVectors(torch.tensor([[0, 1], [1, 2]]), vectors, shifts=torch.randn(2, lmm.heads.head_dim))
+    loaded = TaskVectors.from_pretrained(steered.save_pretrained(tmp_path / "tv"))
+    assert loaded.shifts is not None
+    torch.testing.assert_close(loaded.shifts, steered.shifts)
+    plain = TaskVectors(steered.locations, steered.vectors)
+    assert plain.fingerprint() != loaded.fingerprint() == steered.fingerprint()
+    p = [DIGITS.prompt([], digit_examples("digit")[0])]
+    with plain.apply(lmm):
+        unshifted = lmm.forward(p)
+    with loaded.apply(lmm):
+        assert (lmm.forward(p) - unshifted).abs().max() > 1e-4
+    with pytest.raises(StvError, match="shifts"):
+        TaskVectors(steered.locations, vectors, shifts=torch.randn(1, lmm.heads.head_dim))

@@ -64,6 +64,10 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # stv+ without k-means centroids: each head's arms are MTV's (its mean, or left alone), the
     # search and selection are stv+'s; what the sensitivity-aware bank adds over the mean
     "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}),
+    # stv+ with a steering arm: a head may keep its own output plus the scan's mean delta
+    # (added, not replaced); and that arm instead of the centroids and MTV's mean
+    "stv+_shift": lambda base: STVConfig.plus(**_sizes(base), shift_arm=True),
+    "stv+_shift_only": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}, mean_arm=False, shift_arm=True),
     # stv+ without REINFORCE on the heads: its final selection (and recheck) over draws from the
     # arm prior alone, then the same continuation search; what the search adds over random search
     "stv+_prior_draws": lambda base: STVConfig.plus(**{**_sizes(base), "steps": 0}, continuation_search=base.steps),

@@ -25,7 +25,7 @@ OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 # help of each STVConfig field as a command-line flag (what it does, its unit)
 FIELD_HELP: dict[str, str] = {
     "top_k": "K, heads to write (count; 0 or unset: from the model, every head with a keep arm, else a quarter, 8-64)",
-    "clusters": "M, k-means candidates per head (count; 0 with the mean arm: MTV's arms only, the centroids ablated)",
+    "clusters": "M, k-means candidates per head (count; 0 with the mean or shift arm: the centroids ablated)",
     "pairs": "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)",
     "shots": "demonstrations per scan context (count)",
     "steps": "REINFORCE steps (optimiser updates)",
@@ -36,6 +36,7 @@ FIELD_HELP: dict[str, str] = {
     "prefix_pool": "draw each step's queries from this many fixed groups with cached prefixes (0: fresh queries)",
     "keep_arm": "add a 'leave this head alone' arm to every head's bank",
     "mean_arm": "add the mean with-context activation (MTV's vector) as an arm",
+    "shift_arm": "add an arm that adds the mean change the demonstrations make to the head's own output (a steering vector) instead of replacing it",
     "arm_prior": "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform",
     "ranked_prior": "with arm_prior: P(keep) from 1/4 (most sensitive head) to 3/4 (least) instead of 1/2 everywhere",
     "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
@@ -89,6 +90,7 @@ class STVConfig:
     prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
     keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
     mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
+    shift_arm: bool = False  # add an arm "own output + mean delta" (steering, not replacement; not in the paper)
     arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
     ranked_prior: bool = False  # with arm_prior: P(keep) rises with the sensitivity rank, 1/4 -> 3/4 (not in the paper)
     restarts: int = (
@@ -196,9 +198,10 @@ class STVConfig:
             problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
         if self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
             problems.append("samples, pairs and batch_size must be >= 1 and steps >= 0")
-        if self.clusters < 0 or (self.clusters == 0 and not self.mean_arm):
+        if self.clusters < 0 or (self.clusters == 0 and not (self.mean_arm or self.shift_arm)):
             problems.append(
-                f"clusters={self.clusters}: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm)"
+                f"clusters={self.clusters}: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm) "
+                "or the shift arm (--shift-arm)"
             )
         if self.shots < 1:
             problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")

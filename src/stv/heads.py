@@ -248,6 +248,17 @@ def _check_continuation(continuation, policy: str, n: int, head_dim: int) -> tor
     return later
 
 
+def _check_shifts(shifts, values) -> torch.Tensor | None:
+    if shifts is None:
+        return None
+    shifts = torch.as_tensor(shifts)
+    if shifts.shape != torch.as_tensor(values).shape:
+        raise StvError(f"shifts {tuple(shifts.shape)} must have the shape of values {tuple(values.shape)}")
+    if torch.isnan(shifts).any():
+        raise StvError("shifts must not be NaN (0 adds nothing)")
+    return shifts
+
+
 def _check_values(values, n: int, head_dim: int) -> torch.Tensor:
     values = torch.as_tensor(values)
     if values.dim() not in (2, 3) or values.shape[-2:] != (n, head_dim):
@@ -267,6 +278,7 @@ class _Writer:
     later: torch.Tensor | None  # (T, n, D) for generated tokens 1..T
     policy: str
     span: int
+    shifts: torch.Tensor | None = None  # like values: added after the write (0: nothing added)
     step: _Step = field(default_factory=_Step)
     _cache: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = field(default_factory=dict)
 
@@ -283,20 +295,32 @@ class _Writer:
         t = self.step.forward_index if self.step.in_generate and self.policy == "prompt_last" else 0
         return t if t <= (0 if self.later is None else len(self.later)) else None
 
-    def values_on(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """Row ``t`` of the values (see :meth:`pass_index`) on ``x``'s device and dtype, moved once."""
-        key = (x.device, x.dtype, t)
+    def values_on(self, x: torch.Tensor, t: int, shifts: bool = False) -> torch.Tensor:
+        """Row ``t`` of the values (see :meth:`pass_index`), or with ``shifts`` the shifts of
+        pass 0, on ``x``'s device and dtype, moved once."""
+        key = (x.device, x.dtype, -1 if shifts else t)
         if key not in self._cache:
-            chosen = self.values if t == 0 or self.later is None else self.later[t - 1]
+            chosen = self.shifts if shifts else self.values if t == 0 or self.later is None else self.later[t - 1]
+            assert chosen is not None
             self._cache[key] = chosen.to(device=x.device, dtype=x.dtype)
         return self._cache[key]
+
+    def _rows(self, v: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-row values (rows * span, n, D) as (batch, span, n, D); shared ones (n, D) as they are."""
+        if v.dim() != 3:
+            return v
+        if v.shape[0] != batch * self.span:
+            raise StvError(
+                f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {self.span} positions"
+            )
+        return v.view(batch, self.span, len(self.locations), self.heads.head_dim)
 
     def hook(self, layer_heads: list[tuple[int, int]]):
         """The forward pre-hook of one layer's output projection: every head of the layer is
         written by one gather and one indexed write (not a loop over heads: MTV writes all
         of them, and per-head ops were most of a GPU search step's launches)."""
         keep_nan = self.has_nan  # NaN rows mean "leave this head as it is"
-        n, h = len(self.locations), self.heads
+        h = self.heads
         columns = torch.tensor([i for i, _ in layer_heads])  # (m,) into the locations
         targets = torch.tensor([head for _, head in layer_heads])  # (m,) heads of this layer
         on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -310,18 +334,13 @@ class _Writer:
             if x.device not in on_device:
                 on_device[x.device] = (columns.to(x.device), targets.to(x.device))
             cols, idx = on_device[x.device]
-            v = self.values_on(x, t)
-            if v.dim() == 3:
-                if v.shape[0] != batch * span:
-                    raise StvError(
-                        f"per-row values have {v.shape[0]} rows but the input has {batch} rows x {span} positions"
-                    )
-                v = v.view(batch, span, n, h.head_dim)
-            new = v[..., cols, :]  # (m, D) or (batch, span, m, D)
+            new = self._rows(self.values_on(x, t), batch)[..., cols, :]  # (m, D) or (batch, span, m, D)
             x = x.clone()  # never write into a tensor we don't own
             tail = x[:, -span:].view(batch, span, h.num_heads, h.head_dim)  # a view into x
             if keep_nan or t:
                 new = torch.where(torch.isnan(new), tail[:, :, idx], new)  # (batch, span, m, D)
+            if self.shifts is not None and t == 0:  # shifts go with the values, not the continuation
+                new = new + self._rows(self.values_on(x, 0, shifts=True), batch)[..., cols, :]
             tail[:, :, idx] = new.expand(batch, span, len(layer_heads), h.head_dim)
             return (x,) + tuple(args[1:])
 
@@ -381,8 +400,9 @@ def replace(
     policy: Policy = "every_step",
     span: int = 1,
     continuation: torch.Tensor | None = None,
+    shifts: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Overwrite head outputs at the last position with ``values``.
+    """Overwrite head outputs at the last position with ``values``, then add ``shifts``.
 
     ``values`` is ``(n_locations, head_dim)`` shared by all rows, or ``(batch, n_locations,
     head_dim)`` per row; a NaN vector leaves that head unchanged for that row. Under
@@ -393,6 +413,9 @@ def replace(
     ``row * span + position``): how many candidates are scored side by side after one
     prefix. ``continuation`` ``(T, n_locations, head_dim)``, with ``"prompt_last"`` only:
     under ``generate``, generated token t (1..T) gets row t - 1 (NaN = leave alone).
+    ``shifts``, shaped like ``values`` (0 = nothing), are added to the heads' outputs after
+    ``values`` are written wherever ``values`` are (a NaN value plus a shift: the head's own
+    output moved by the shift, a steering vector rather than a replacement).
     Hooks are removed on exit, also after an exception.
     """
     if policy not in POLICIES:
@@ -405,6 +428,7 @@ def replace(
         _check_continuation(continuation, policy, len(locs), heads.head_dim),
         policy,
         span,
+        _check_shifts(shifts, values),
     )
     handles = [
         heads.projections[layer].register_forward_pre_hook(writer.hook(items))

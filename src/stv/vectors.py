@@ -116,6 +116,9 @@ class TaskVectors:
     bank: torch.Tensor | None = None  # (K, M, head_dim) candidates
     probabilities: torch.Tensor | None = None  # (K, M) final policy
     continuation: torch.Tensor | None = None  # (T, K, head_dim) written at generated tokens 1..T (prompt_last)
+    shifts: torch.Tensor | None = (
+        None  # (K, head_dim) added after the vectors are written (NaN vector: to the head's own output)
+    )
     allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
 
     def __post_init__(self) -> None:
@@ -125,6 +128,10 @@ class TaskVectors:
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
         if self.vectors.dim() != 2 or self.vectors.shape[0] != self.locations.shape[0]:
             raise StvError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.locations)} locations")
+        if self.shifts is not None:
+            self.shifts = torch.as_tensor(self.shifts, dtype=torch.float32)
+            if self.shifts.shape != self.vectors.shape or torch.isnan(self.shifts).any():
+                raise StvError(f"shifts {tuple(self.shifts.shape)} must be finite and shaped like the vectors")
         if self.continuation is not None:
             self.continuation = torch.as_tensor(self.continuation, dtype=torch.float32)
             if self.continuation.dim() != 3 or self.continuation.shape[1:] != self.vectors.shape:
@@ -142,6 +149,8 @@ class TaskVectors:
         digest = hashlib.sha256(self.locations.numpy().tobytes() + self.vectors.numpy().tobytes())
         if self.continuation is not None:
             digest.update(self.continuation.numpy().tobytes())
+        if self.shifts is not None:
+            digest.update(b"shifts" + self.shifts.numpy().tobytes())
         digest.update(str(self.config.policy).encode())
         return digest.hexdigest()[:16]
 
@@ -161,6 +170,8 @@ class TaskVectors:
             tensors["probabilities"] = self.probabilities.float().contiguous()
         if self.continuation is not None:
             tensors["continuation"] = self.continuation.float().contiguous()
+        if self.shifts is not None:
+            tensors["shifts"] = self.shifts.float().contiguous()
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
         try:
@@ -219,6 +230,7 @@ class TaskVectors:
             tensors.get("bank"),
             tensors.get("probabilities"),
             tensors.get("continuation"),
+            shifts=tensors.get("shifts"),
         )
 
     # ------------------------------------------------------------- inference
@@ -259,5 +271,7 @@ class TaskVectors:
         self.check_model(lmm, allow_other_weights)
         policy = policy or self.config.policy
         later = self.continuation if policy == "prompt_last" else None  # every_step writes step 0's values
-        with replace(lmm.model, lmm.heads, self.location_list(), self.vectors, policy=policy, continuation=later):
+        with replace(
+            lmm.model, lmm.heads, self.location_list(), self.vectors, policy, continuation=later, shifts=self.shifts
+        ):
             yield

@@ -181,11 +181,16 @@ def _merge(vectors: TaskVectors, everywhere, chosen: torch.Tensor, means: torch.
     nan = torch.full((vectors.head_dim,), float("nan"))
     values = torch.stack([first.get(loc, nan) for loc in union]) if union else vectors.vectors[:0]  # (K', D)
     later = torch.stack([means[index[loc]] if chosen[index[loc]] else nan for loc in union]) if union else values
+    shifts = None
+    if vectors.shifts is not None:  # the shift arm's additions stay at the prompt's last token
+        added = dict(zip(vectors.location_list(), vectors.shifts))
+        shifts = torch.stack([added.get(loc, torch.zeros_like(nan)) for loc in union]) if union else values
     settings = {"steps": config.continuation_search, "heads": int(chosen.sum())}
     return dc_replace(
         vectors,
         locations=torch.tensor(union, dtype=torch.long).reshape(-1, 2),
         vectors=values,
         continuation=later[None],  # (1, K', D)
+        shifts=shifts,
         config=vectors.config.with_(policy="prompt_last", continuation_search=settings),
     )

@@ -92,17 +92,20 @@ RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride
 @dataclass(frozen=True)
 class ArmLayout:
     """The columns of every location's bank: the k-means centroids, then the mean with-context
-    activation (MTV's vector) with ``mean_arm``, then "leave this head alone" (NaN) last with
-    ``keep_arm``. One place says where each arm is, for building, prior, counts and selection."""
+    activation (MTV's vector) with ``mean_arm``, then the head's own output plus the scan's mean
+    delta with ``shift_arm``, then "leave this head alone" last with ``keep_arm``. One place
+    says where each arm is, for building, prior, counts and selection."""
 
     centroids: int
     mean: bool
+    shift: bool
     keep: bool
 
     @classmethod
     def of(cls, config: STVConfig, arms: int) -> "ArmLayout":
         """The layout of a bank with ``arms`` columns fitted under ``config``."""
-        return cls(arms - config.keep_arm - config.mean_arm, config.mean_arm, config.keep_arm)
+        extra = config.keep_arm + config.mean_arm + config.shift_arm
+        return cls(arms - extra, config.mean_arm, config.shift_arm, config.keep_arm)
 
     @property
     def mean_index(self) -> int:
@@ -110,19 +113,37 @@ class ArmLayout:
         return self.centroids
 
     @property
-    def keep_index(self) -> int:
-        """The keep arm's column, the last (meaningful with ``keep``)."""
+    def shift_index(self) -> int:
+        """The shift arm's column (meaningful with ``shift``)."""
         return self.centroids + self.mean
 
+    @property
+    def keep_index(self) -> int:
+        """The keep arm's column, the last (meaningful with ``keep``)."""
+        return self.centroids + self.mean + self.shift
+
     @staticmethod
-    def extend(centroids: torch.Tensor, activations: torch.Tensor, config: STVConfig) -> torch.Tensor:
-        """(K, M, D) centroids -> the bank (K, M + mean_arm + keep_arm, D); activations (T, K, D)."""
+    def extend(
+        centroids: torch.Tensor, activations: torch.Tensor, config: STVConfig, shifts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(K, M, D) centroids -> (the bank (K, A, D) of values written, NaN = the head's own
+        output; with ``shift_arm`` the (K, A, D) shifts added after them, zero but at the shift
+        arm). ``activations`` (T, K, D) give the mean arm, ``shifts`` (K, D) the shift arm."""
         bank = centroids
         if config.mean_arm:
             bank = torch.cat([bank, activations.mean(0)[:, None]], 1)
+        own = bank.new_full((bank.shape[0], 1, bank.shape[2]), float("nan"))  # (K, 1, D) "write nothing"
+        if config.shift_arm:
+            bank = torch.cat([bank, own], 1)
         if config.keep_arm:
-            bank = torch.cat([bank, torch.full_like(bank[:, :1], float("nan"))], 1)
-        return bank
+            bank = torch.cat([bank, own], 1)
+        if not config.shift_arm:
+            return bank, None
+        if shifts is None:
+            raise StvError("the shift arm needs the scan's mean deltas")
+        added = torch.zeros_like(bank)
+        added[:, ArmLayout.of(config, bank.shape[1]).shift_index] = shifts
+        return bank, added
 
 
 def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Tensor | None:
@@ -136,12 +157,15 @@ def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Ten
     keep = torch.full((locations,), 0.5 if layout.keep else 0.0)
     if layout.keep and config.ranked_prior and locations > 1:
         keep = 0.25 + 0.5 * torch.arange(locations) / (locations - 1)
-    rest = 1 - keep  # (L,) shared by the centroids and the mean arm
-    mean_share = (0.5 if layout.centroids else 1.0) * rest  # without centroids: MTV's start, P(write the mean) 1/2
+    rest = 1 - keep  # (L,) shared by the centroids and the mean/shift arms
+    whole = layout.mean + layout.shift  # arms of a whole head's mean: MTV's vector, or the steering shift
+    share = (0.5 if layout.centroids else 1.0) * rest if whole else 0 * rest  # without centroids: MTV's start
     probs = torch.empty(locations, arms)
-    probs[:, : layout.centroids] = ((rest - mean_share if layout.mean else rest) / max(1, layout.centroids))[:, None]
+    probs[:, : layout.centroids] = ((rest - share) / max(1, layout.centroids))[:, None]
     if layout.mean:
-        probs[:, layout.mean_index] = mean_share
+        probs[:, layout.mean_index] = share / whole
+    if layout.shift:
+        probs[:, layout.shift_index] = share / whole
     if layout.keep:
         probs[:, layout.keep_index] = keep
     return probs.log()
@@ -162,20 +186,30 @@ def fit_at(
     timings = {}
     t = time.perf_counter()
     activations = scan.activations_at(locations)  # (T, K, D)
-    bank = ArmLayout.extend(build_bank(activations, config.clusters, config.seed, progress), activations, config)
+    bank, shifts = ArmLayout.extend(
+        build_bank(activations, config.clusters, config.seed, progress),
+        activations,
+        config,
+        scan.shifts_at(locations) if config.shift_arm else None,
+    )
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
     searches = [
-        _search(lmm, train, task, locations, bank, config, rng, restart, progress) for restart in range(config.restarts)
+        _search(lmm, train, task, locations, bank, shifts, config, rng, restart, progress)
+        for restart in range(config.restarts)
     ]
     timings["reinforce"] = time.perf_counter() - t
     search, choice = searches[0], searches[0].choice
     if config.final_samples or config.restarts > 1:
         t = time.perf_counter()
-        search, choice = select_final(lmm, train, task, locations, bank, searches, config, rng)
+        search, choice = select_final(lmm, train, task, locations, bank, searches, config, rng, shifts)
         timings["select"] = time.perf_counter() - t
-    vectors = bank[torch.arange(len(locations)), choice]
+    rows = torch.arange(len(locations))
+    vectors = bank[rows, choice]  # (K, D) NaN: the head's own output
+    added = None if shifts is None else shifts[rows, choice]  # (K, D)
     kept = ~torch.isnan(vectors).any(-1)  # locations whose best arm is "leave as is" are dropped
+    if added is not None:
+        kept |= added.ne(0).any(-1)
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     artifact = TaskVectors(
         loc_tensor[kept],
@@ -185,6 +219,7 @@ def fit_at(
         ),
         bank=torch.nan_to_num(bank),
         probabilities=search.probabilities,
+        shifts=None if added is None else added[kept],
     )
     if config.continuation:
         t = time.perf_counter()
@@ -207,15 +242,25 @@ def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, 
     """How many locations got a k-means centroid, the mean (MTV's vector) or were left alone:
     whether the fit used what makes STV differ from MTV (recorded in the artifact)."""
     layout = ArmLayout.of(config, arms)
-    mean = int((choice == layout.mean_index).sum()) if layout.mean else 0
-    keep = int((choice == layout.keep_index).sum()) if layout.keep else 0
-    return {"centroid": int((choice < layout.centroids).sum()), "mean": mean, "keep": keep}
+    counts = {"centroid": int((choice < layout.centroids).sum())}
+    for arm, there in (("mean", layout.mean), ("shift", layout.shift), ("keep", layout.keep)):
+        counts[arm] = int((choice == getattr(layout, f"{arm}_index")).sum()) if there else 0
+    return counts
 
 
-def _search(lmm, train, task, locations, bank: torch.Tensor, config: STVConfig, rng, restart: int, progress: bool):
+def _search(lmm, train, task, locations, bank, shifts, config: STVConfig, rng, restart: int, progress: bool):
     """One REINFORCE run over the bank (restart r: its own seed, its own draws of queries)."""
     reward = bank_rewards(
-        lmm, train, task, locations, bank, config.queries_per_step, rng, config.prefix_pool, objective=config.objective
+        lmm,
+        train,
+        task,
+        locations,
+        bank,
+        config.queries_per_step,
+        rng,
+        config.prefix_pool,
+        objective=config.objective,
+        shifts=shifts,
     )
     return reinforce(
         reward,
@@ -239,6 +284,7 @@ def select_final(
     searches: Sequence[ReinforceResult],
     config: STVConfig,
     rng: np.random.Generator,
+    shifts: torch.Tensor | None = None,
 ) -> tuple[ReinforceResult, torch.Tensor]:
     """STV's final selection (:func:`select_best` under ``config``): (the search the winner
     came from, its choice (K,)). With ``final_keep`` and a keep arm, writing nothing at all
@@ -259,5 +305,6 @@ def select_final(
         fixed=nothing,
         objective=config.final_objective,
         recheck=config.final_recheck,
+        shifts=shifts,
     )
     return searches[origin or 0], choice

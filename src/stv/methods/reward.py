@@ -44,6 +44,7 @@ def bank_rewards(
     prefix_pool: int = 0,
     after: "TaskVectors | None" = None,
     objective: Objective = "log_prob",
+    shifts: torch.Tensor | None = None,
 ):
     """reward_fn for :func:`reinforce`: the mean score (by default the log-prob) of the first
     answer token over a few zero-shot queries, every sample scored in one batch over a shared
@@ -55,7 +56,8 @@ def bank_rewards(
     scored one token later: on the answer's second token given its first. ``objective`` "hits"
     scores by how many queries' top token is the answer's, "margin" by how far its log-prob is
     above the best other token's: log-prob rewards putting mass on the task's answer tokens as
-    much as choosing the right one among them."""
+    much as choosing the right one among them. ``shifts`` (K, M, D), with the bank: what each
+    arm adds after its value is written (the shift arm)."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
 
@@ -78,7 +80,8 @@ def bank_rewards(
             queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
             prefix, targets = _prefix_and_targets(lmm, queries, task, after)
         rows = values.repeat(len(targets), 1, 1)  # row q*S + s -> sample s
-        with lmm.candidates(locations, rows, samples):
+        added = None if shifts is None else shifts[torch.arange(len(locations)), choices].repeat(len(targets), 1, 1)
+        with lmm.candidates(locations, rows, samples, shifts=added):
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
         local = _score(logits, targets.repeat_interleave(samples), objective).view(len(targets), samples).mean(0)
         if not dist.enabled:

@@ -39,6 +39,7 @@ class ScanResult:
     query_norm: torch.Tensor | None = None  # (layers, heads) mean ||A_query||, for "relative"
     mean_delta: torch.Tensor | None = None  # (layers, heads) ||mean over pairs of delta||
     reused: bool = False  # loaded from a finished scan in the workdir, not computed
+    mean_shift: torch.Tensor | None = None  # (layers*heads, head_dim) mean over pairs of delta
 
     def scores(self, kind: Sensitivity = "l2") -> torch.Tensor:
         """How sensitive each head is, (layers, heads), under one reading of the paper:
@@ -79,6 +80,13 @@ class ScanResult:
         """(layers*heads, head_dim) mean with-context activation of every head: MTV's vectors,
         from the same many-shot prompts, without recording them again (one process only)."""
         return torch.from_numpy(np.asarray(self.context_activations, dtype=np.float32).mean(0))
+
+    def shifts_at(self, locations: Sequence[Location]) -> torch.Tensor:
+        """(K, head_dim) the mean change the demonstrations make to each head's output: what
+        the shift arm adds to a head's own output instead of replacing it."""
+        heads = self.sensitivity.shape[1]
+        shift = self._need(self.mean_shift, "shift arm")
+        return shift[[layer * heads + head for layer, head in locations]]
 
     def activations_at(self, locations: Sequence[Location]) -> torch.Tensor:
         """(T, K, head_dim) float32 with-context activations at the given locations.
@@ -156,16 +164,20 @@ def sensitivity_scan(
     context = np.load(workdir / name, mmap_mode="r")
     sensitivity = (dist.all_sum(norms) / n).view(h.num_layers, h.num_heads)
     query_norm = (dist.all_sum(query_norms) / n).view(h.num_layers, h.num_heads)
-    mean_delta = (dist.all_sum(delta_sum) / n).norm(dim=-1).float().view(h.num_layers, h.num_heads)
-    result = ScanResult(sensitivity, context, mine if dist.enabled else None, query_norm, mean_delta)
+    mean_shift = (dist.all_sum(delta_sum) / n).float()  # (L*H, D)
+    mean_delta = mean_shift.norm(dim=-1).view(h.num_layers, h.num_heads)
+    result = ScanResult(
+        sensitivity, context, mine if dist.enabled else None, query_norm, mean_delta, mean_shift=mean_shift
+    )
     if temporary:
         shutil.rmtree(workdir, ignore_errors=True)
     elif key is not None and not dist.enabled:  # no marker under data parallelism: shards live on several ranks
+        np.save(workdir / "mean_shift.npy", mean_shift.numpy())  # vouched for by the marker below
         atomic_write_json(
             done,
             {
                 "key": key,
-                "files": {name: (workdir / name).stat().st_size},
+                "files": {f: (workdir / f).stat().st_size for f in (name, "mean_shift.npy")},
                 "sensitivity": sensitivity.tolist(),
                 "query_norm": query_norm.tolist(),
                 "mean_delta": mean_delta.tolist(),
@@ -181,7 +193,7 @@ def _load_finished(workdir: Path, key: str) -> ScanResult | None:
     except (OSError, json.JSONDecodeError):
         return None
     files = stored.get("files") or {}
-    if stored.get("key") != key or "mean_delta" not in stored or not files:
+    if stored.get("key") != key or "mean_delta" not in stored or "mean_shift.npy" not in files:
         return None
     if not all((workdir / f).is_file() and (workdir / f).stat().st_size == size for f, size in files.items()):
         return None
@@ -192,6 +204,7 @@ def _load_finished(workdir: Path, key: str) -> ScanResult | None:
         query_norm=torch.tensor(stored["query_norm"]),
         mean_delta=torch.tensor(stored["mean_delta"]),
         reused=True,
+        mean_shift=torch.from_numpy(np.load(workdir / "mean_shift.npy")),
     )
 
 

@@ -4,6 +4,7 @@ than one step sees. Shared by STV's head search, its restarts and the continuati
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ def select_best(
     after: "TaskVectors | None" = None,
     objective: Objective = "log_prob",
     recheck: int = 0,
+    shifts: torch.Tensor | None = None,
 ) -> tuple[int | None, torch.Tensor]:
     """(index of the search the winner came from, or None for a ``fixed`` candidate; its choice
     (K,)). Candidates: every search's argmax and ``draws`` samples from its policy, then
@@ -60,13 +62,14 @@ def select_best(
     origin += [None] * len(fixed)
     every = torch.cat(candidates)  # (N, K)
     first = min(items, len(train))
-    values = _scores(lmm, train, task, locations, bank, every, first, rng, after, objective)  # (N,)
+    scores = functools.partial(_scores, lmm, train, task, locations, bank, shifts, rng, after, objective)
+    values = scores(every, first)  # (N,)
     if recheck:
         shortlist = torch.argsort(values, descending=True, stable=True)[: max(2, len(every) // 4)]
         pooled, seen = values[shortlist] * first, first
         for start in range(0, recheck, first):  # draws of ``first`` queries: one batch's memory
             n = min(first, recheck - start)
-            pooled += _scores(lmm, train, task, locations, bank, every[shortlist], n, rng, after, objective) * n
+            pooled += scores(every[shortlist], n) * n
             seen += n
         pooled /= seen  # the mean over every query drawn
         values = torch.full_like(values, float("-inf")).index_put((shortlist,), pooled)
@@ -74,7 +77,7 @@ def select_best(
     return origin[best], every[best]
 
 
-def _scores(lmm, train, task, locations, bank, candidates: torch.Tensor, items: int, rng, after, objective):
+def _scores(lmm, train, task, locations, bank, shifts, rng, after, objective, candidates: torch.Tensor, items: int):
     """(N,) each candidate's mean score on one draw of ``items`` training queries."""
-    score = bank_rewards(lmm, train, task, locations, bank, items, rng, after=after, objective=objective)
+    score = bank_rewards(lmm, train, task, locations, bank, items, rng, after=after, objective=objective, shifts=shifts)
     return score(0, candidates)

@@ -347,11 +347,11 @@ class LMM:
             cache.crop(-span)
         return logits
 
-    def candidates(self, locations, values: torch.Tensor, repeats: int):
-        """The ``replace`` context that matches :meth:`last_token_logits`: ``values`` has one
-        row per (prompt, repeat), ordered ``q * repeats + s``."""
+    def candidates(self, locations, values: torch.Tensor, repeats: int, shifts: torch.Tensor | None = None):
+        """The ``replace`` context that matches :meth:`last_token_logits`: ``values`` (and
+        ``shifts``) have one row per (prompt, repeat), ordered ``q * repeats + s``."""
         span = repeats if self._mask_kind() is not None else 1
-        return replace(self.model, self.heads, locations, values, span=span)
+        return replace(self.model, self.heads, locations, values, span=span, shifts=shifts)
 
     def _mask_kind(self) -> torch.dtype | None:
         """The dtype of a custom 4D attention mask this model's attention takes, or None."""

@@ -148,7 +148,8 @@ class ArmLayout:
 
 def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Tensor | None:
     """With ``arm_prior``, REINFORCE starts where MTV starts (most heads left alone) instead of
-    uniform over the arms: P(keep) = 1/2, P(mean) = 1/4, the centroids share the rest. With
+    uniform over the arms: P(keep) = 1/2, P(mean) = 1/4 (with the shift arm, the two share that
+    1/4), the centroids share the rest. With
     ``ranked_prior`` too, P(keep) goes from 1/4 at the first (most sensitive) location to 3/4 at
     the last, so the scan's ranking says where to start writing: (locations, arms) logits."""
     if not config.arm_prior:
@@ -159,7 +160,7 @@ def _prior_logits(config: STVConfig, arms: int, locations: int = 1) -> torch.Ten
         keep = 0.25 + 0.5 * torch.arange(locations) / (locations - 1)
     rest = 1 - keep  # (L,) shared by the centroids and the mean/shift arms
     whole = layout.mean + layout.shift  # arms of a whole head's mean: MTV's vector, or the steering shift
-    share = (0.5 if layout.centroids else 1.0) * rest if whole else 0 * rest  # without centroids: MTV's start
+    share = rest * (0.5 if layout.centroids else 1.0) if whole else torch.zeros_like(rest)  # no centroids: MTV's start
     probs = torch.empty(locations, arms)
     probs[:, : layout.centroids] = ((rest - share) / max(1, layout.centroids))[:, None]
     if layout.mean:
@@ -239,8 +240,9 @@ def fit_at(
 
 
 def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, int]:
-    """How many locations got a k-means centroid, the mean (MTV's vector) or were left alone:
-    whether the fit used what makes STV differ from MTV (recorded in the artifact)."""
+    """How many locations got a k-means centroid, the mean (MTV's vector), the shift (their own
+    output plus the mean delta) or were left alone: whether the fit used what makes STV differ
+    from MTV (recorded in the artifact)."""
     layout = ArmLayout.of(config, arms)
     counts = {"centroid": int((choice < layout.centroids).sum())}
     for arm, there in (("mean", layout.mean), ("shift", layout.shift), ("keep", layout.keep)):

@@ -79,18 +79,19 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
         lmm_of("llama"),
         ["capitalize"],
         [0],
-        ["paper", "stv+"],
+        ["paper", "stv+", "stv+_shift_only"],
         base,
         test_per_task=3,
         icl_shots=2,
         max_new_tokens=2,
         progress=False,
     )
-    assert len(scans) == 1  # one scan per (task, seed), shared by MTV and both variants
+    assert len(scans) == 1  # one scan per (task, seed), shared by MTV and every variant
     # stv+ chooses its schedule from training answers, searches for hits and rechecks its final
-    # shortlist, so MTV does all three too
-    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "paper", "stv+"]
-    assert [r["method"] for r in result["rows"]] == methods
+    # shortlist, so MTV does all three too; a variant with the shift arm gets MTV with it
+    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "mtv_shift_hits_recheck"]
+    assert [r["method"] for r in result["rows"]] == [*methods, "paper", "stv+", "stv+_shift_only"]
+    assert result["rows"][-1]["arms"]["mean"] == 0 == result["rows"][-1]["arms"]["centroid"]
     assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table

@@ -34,3 +34,17 @@ def test_head_search_drops_heads_whose_vector_hurts(lmm_of):
     written = {tuple(x) for x in vectors.locations.tolist()}
     assert not written & {locations[i] for i in bad.tolist()}
     assert vectors.config.method == "mtv" and torch.all(vectors.vectors == 30.0)
+
+
+def test_shifted_mtv_steers_the_heads_it_keeps(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    n = len(lmm.heads.all_locations())
+    shifts = torch.randn(n, lmm.heads.head_dim)
+    cfg = MTVConfig(steps=4, samples=8, queries_per_step=2, final_masks=4, final_items=8, batch_size=8)
+    vectors, _ = fit_mtv(lmm, train, cfg, task=task, progress=False, means=torch.zeros_like(shifts), shifts=shifts)
+    assert len(vectors.locations) > 0 and vectors.shifts is not None
+    assert bool(torch.isnan(vectors.vectors).all())  # the kept heads keep their own output ...
+    index = {loc: i for i, loc in enumerate(lmm.heads.all_locations())}
+    torch.testing.assert_close(vectors.shifts, shifts[[index[loc] for loc in vectors.location_list()]])  # ... + shift

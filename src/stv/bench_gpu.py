@@ -184,7 +184,7 @@ def profile_step(lmm: LMM, sizes: Sizes, kind: str = "stv", image_size: int = 44
         bank = torch.randn(len(locations), sizes.clusters, lmm.heads.head_dim)
     else:  # MTV: every head, leave it alone or write a (here random) mean
         locations = lmm.heads.all_locations()
-        bank = mtv_bank(torch.randn(len(locations), lmm.heads.head_dim))
+        bank, _ = mtv_bank(torch.randn(len(locations), lmm.heads.head_dim))
     reward = bank_rewards(lmm, train, DIGITS, locations, bank, 1, np.random.default_rng(0))
     choices = torch.randint(bank.shape[1], (sizes.samples, len(locations)))
     reward(0, choices)  # warm-up

@@ -171,6 +171,7 @@ def run_compare(
         ["cont"] * any(c.continuation for c in configs)  # MTV + continuation vectors
         + ["auto"] * any(c.schedule_items for c in configs)  # MTV's schedule chosen on training answers
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
+        + sorted({f"shift_{c.objective}" for c in configs if c.shift_arm})  # ... with the shift arm's vectors
     )
     recheck = max((c.final_recheck for c in configs), default=0)  # MTV's selection as the variants'
     per_unit = len(variants) + 3 + len(mtv_extras)  # + icl, mtv at both schedules, the extras
@@ -291,7 +292,8 @@ def _mtv_fits(
     """(method, vectors, policy, fit seconds after the scan) of MTV on the scan's means at both
     schedules, then each of ``extras``: "cont" (+ continuation vectors), "auto" (schedule chosen
     on training answers), or an objective ("hits", "margin": MTV searched under it, its masks
-    re-scored on ``recheck`` more queries when > 0, as the variants' final selection)."""
+    re-scored on ``recheck`` more queries when > 0, as the variants' final selection), or
+    "shift_" + an objective (the same, the kept heads steered by the scan's mean deltas)."""
     config = MTVConfig(
         prompts=base.pairs,
         shots=base.shots,
@@ -313,9 +315,11 @@ def _mtv_fits(
         elif extra == "auto":
             vectors = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, np.random.default_rng(seed + 2_000))
             policy = vectors.config.policy
-        else:  # an objective: a search of its own on the same means
-            other = replace(config, objective=cast(Objective, extra), final_recheck=recheck)
-            vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=scan.mean_activations())
+        else:  # an objective: a search of its own on the same means (or shifts)
+            objective, shifts = extra.removeprefix("shift_"), scan.mean_shift if extra.startswith("shift_") else None
+            other = replace(config, objective=cast(Objective, objective), final_recheck=recheck)
+            means = scan.mean_activations()
+            vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=means, shifts=shifts)
             policy, built_on = "prompt_last", 0.0
             extra += "_recheck" * bool(recheck)
         fits.append((f"mtv_{extra}", vectors, policy, built_on + time.perf_counter() - start))

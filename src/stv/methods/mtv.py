@@ -73,10 +73,14 @@ def mean_activations(
     return dist.all_sum(total) / len(all_prompts)
 
 
-def mtv_bank(means: torch.Tensor) -> torch.Tensor:
+def mtv_bank(means: torch.Tensor, shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MTV's two arms per head from its means (L*H, D): arm 0 leaves the head alone (NaN),
-    arm 1 writes its mean: (L*H, 2, D)."""
-    return torch.stack([torch.full_like(means, float("nan")), means], 1)
+    arm 1 writes its mean: (L*H, 2, D). With ``shifts`` (L*H, D), arm 1 instead keeps the
+    head's own output and adds its shift (steering, not replacement): (values, shifts)."""
+    own = torch.full_like(means, float("nan"))
+    if shifts is None:
+        return torch.stack([own, means], 1), None
+    return torch.stack([own, own], 1), torch.stack([torch.zeros_like(shifts), shifts], 1)
 
 
 def fit_mtv(
@@ -86,10 +90,13 @@ def fit_mtv(
     task: Task | None = None,
     progress: bool = True,
     means: torch.Tensor | None = None,
+    shifts: torch.Tensor | None = None,
 ) -> tuple[TaskVectors, FitLog]:
     """MTV on ``train``. ``means`` (L*H, head_dim), when given, are the mean many-shot
     activations already recorded elsewhere (e.g. the mean of an STV scan's with-context
-    activations, which is the same quantity), so they are not recorded twice."""
+    activations, which is the same quantity), so they are not recorded twice. ``shifts``
+    (L*H, head_dim), e.g. a scan's mean deltas: the kept heads get their own output plus
+    their shift instead of their mean (not in MTV; the shift arm's counterpart)."""
     config = config or MTVConfig()
     task = task or task_for(train)
     rng = np.random.default_rng(config.seed)
@@ -98,8 +105,10 @@ def fit_mtv(
         means = mean_activations(lmm, train, task, config.prompts, config.shots, config.batch_size, rng, progress)
     t_means = time.perf_counter() - t
     locations = lmm.heads.all_locations()
-    bank = mtv_bank(means)
-    reward = bank_rewards(lmm, train, task, locations, bank, config.queries_per_step, rng, objective=config.objective)
+    bank, added = mtv_bank(means, shifts)
+    reward = bank_rewards(
+        lmm, train, task, locations, bank, config.queries_per_step, rng, objective=config.objective, shifts=added
+    )
     t = time.perf_counter()
     search = reinforce(
         reward,
@@ -130,9 +139,12 @@ def fit_mtv(
         fixed=list(masks),
         objective=config.objective,
         recheck=config.final_recheck,
+        shifts=added,
     )
     best = best_mask.bool()
     loc_tensor = torch.tensor(locations, dtype=torch.long)
     cfg = TaskVectorsConfig.for_fit(lmm, "mtv", config, task, train)
-    vectors = TaskVectors(loc_tensor[best], means[best], config=cfg, probabilities=search.probabilities)
+    written = means[best] if shifts is None else torch.full_like(means[best], float("nan"))
+    steer = None if shifts is None else shifts[best]
+    vectors = TaskVectors(loc_tensor[best], written, config=cfg, probabilities=search.probabilities, shifts=steer)
     return vectors, FitLog(None, locations, bank, search, {"means": t_means, "search": t_search})

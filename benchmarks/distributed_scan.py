@@ -28,5 +28,7 @@ start = time.perf_counter()
 scan = sensitivity_scan(lmm, pairs, batch_size=25, progress=False)
 dist.barrier()
 if dist.is_main:
-    print(f"world {dist.world}: scan of {len(pairs)} pairs x 16 shots in {time.perf_counter() - start:.2f} s; "
-          f"top-4 {scan.top_k(4)}")
+    print(
+        f"world {dist.world}: scan of {len(pairs)} pairs x 16 shots in {time.perf_counter() - start:.2f} s; "
+        f"top-4 {scan.top_k(4)}"
+    )

@@ -1,6 +1,6 @@
 """Run every benchmark of `stv bench` (add --write FILE to save the markdown).
 
-    python benchmarks/run.py [--quick] [--write benchmarks/bench-latest.md]
+python benchmarks/run.py [--quick] [--write benchmarks/bench-latest.md]
 """
 
 import sys

@@ -32,11 +32,11 @@ from .tasks import task_for
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) on 2 CPU cores (2026-11-22), for the estimate printed before a run.
 # The lab: 351 s for 12 with stv+ v3 (three REINFORCE runs), one other run on the second core.
-# The real-model and lab-smollm2 figures were measured with the earlier stv+ (3,163 s for 15
-# task-seeds with another run on the cores; 3,164 s for 12 with three) plus the extra time
-# the current stv+ fit took in benchmarks/compare10 (3.6x the earlier one: about +86 s per
-# task-seed), so they are estimates, not measurements.
-MEASURED_SECONDS = {"lab": 29.0, "real": 300.0, "numbers": 350.0}
+# The real model: 7,943 s for 15 task-seeds with the current stv+ and one or two other runs
+# on the cores (benchmarks/demo-smollm2-v6). lab-smollm2: the earlier stv+ (3,164 s for 12
+# with three other runs) plus the extra time the current stv+ fit took in benchmarks/compare10
+# (about +86 s per task-seed), an estimate, not a measurement.
+MEASURED_SECONDS = {"lab": 29.0, "real": 530.0, "numbers": 350.0}
 
 
 def variant_method(name: str) -> str:

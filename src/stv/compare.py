@@ -304,7 +304,8 @@ def _mtv_fits(
         seed=seed,
     )
     start = time.perf_counter()
-    mtv, _ = fit_mtv(lmm, train, config, task=template, progress=False, means=scan.mean_activations())
+    means = scan.mean_activations()  # (L*H, D) once: every MTV search below starts from them
+    mtv, _ = fit_mtv(lmm, train, config, task=template, progress=False, means=means)
     seconds = time.perf_counter() - start
     fits = [("mtv", mtv, "every_step", seconds), ("mtv_prompt_last", mtv, "prompt_last", seconds)]
     for extra in extras:
@@ -318,7 +319,6 @@ def _mtv_fits(
         else:  # an objective: a search of its own on the same means (or shifts)
             objective, shifts = extra.removeprefix("shift_"), scan.mean_shift if extra.startswith("shift_") else None
             other = replace(config, objective=cast(Objective, objective), final_recheck=recheck)
-            means = scan.mean_activations()
             vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=means, shifts=shifts)
             policy, built_on = "prompt_last", 0.0
             extra += "_recheck" * bool(recheck)

@@ -116,9 +116,7 @@ class TaskVectors:
     bank: torch.Tensor | None = None  # (K, M, head_dim) candidates
     probabilities: torch.Tensor | None = None  # (K, M) final policy
     continuation: torch.Tensor | None = None  # (T, K, head_dim) written at generated tokens 1..T (prompt_last)
-    shifts: torch.Tensor | None = (
-        None  # (K, head_dim) added after the vectors are written (NaN vector: to the head's own output)
-    )
+    shifts: torch.Tensor | None = None  # (K, head_dim) added after the write (NaN vector: to own output)
     allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
 
     def __post_init__(self) -> None:

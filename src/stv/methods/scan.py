@@ -28,6 +28,8 @@ from ..heads import Location, record
 from ..io import atomic_write_json
 from ..models import LMM, Prompt
 
+MEAN_SHIFT_FILE = "mean_shift.npy"  # the mean delta of every head, (L*H, D), beside the activations
+
 
 @dataclass
 class ScanResult:
@@ -172,12 +174,12 @@ def sensitivity_scan(
     if temporary:
         shutil.rmtree(workdir, ignore_errors=True)
     elif key is not None and not dist.enabled:  # no marker under data parallelism: shards live on several ranks
-        np.save(workdir / "mean_shift.npy", mean_shift.numpy())  # vouched for by the marker below
+        np.save(workdir / MEAN_SHIFT_FILE, mean_shift.numpy())  # vouched for by the marker below
         atomic_write_json(
             done,
             {
                 "key": key,
-                "files": {f: (workdir / f).stat().st_size for f in (name, "mean_shift.npy")},
+                "files": {f: (workdir / f).stat().st_size for f in (name, MEAN_SHIFT_FILE)},
                 "sensitivity": sensitivity.tolist(),
                 "query_norm": query_norm.tolist(),
                 "mean_delta": mean_delta.tolist(),
@@ -193,7 +195,7 @@ def _load_finished(workdir: Path, key: str) -> ScanResult | None:
     except (OSError, json.JSONDecodeError):
         return None
     files = stored.get("files") or {}
-    if stored.get("key") != key or "mean_delta" not in stored or "mean_shift.npy" not in files:
+    if stored.get("key") != key or "mean_delta" not in stored or MEAN_SHIFT_FILE not in files:
         return None
     if not all((workdir / f).is_file() and (workdir / f).stat().st_size == size for f, size in files.items()):
         return None
@@ -204,7 +206,7 @@ def _load_finished(workdir: Path, key: str) -> ScanResult | None:
         query_norm=torch.tensor(stored["query_norm"]),
         mean_delta=torch.tensor(stored["mean_delta"]),
         reused=True,
-        mean_shift=torch.from_numpy(np.load(workdir / "mean_shift.npy")),
+        mean_shift=torch.from_numpy(np.load(workdir / MEAN_SHIFT_FILE)),
     )
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import stv
-from stv.heads import HeadDiscoveryError, record, replace
+from stv.headmap import HeadDiscoveryError
+from stv.heads import record, replace
 from stv.testing import FAMILIES
 
 from .conftest import prompt

@@ -17,7 +17,7 @@ __version__ = stv_version()
 _EXPORTS = {
     "Example": "stv.data",
     "load_dataset": "stv.data",
-    "HeadMap": "stv.heads",
+    "HeadMap": "stv.headmap",
     "record": "stv.heads",
     "replace": "stv.heads",
     "STVConfig": "stv.config",
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from .data import Example, load_dataset
     from .errors import StvError
     from .evaluate import first_token_accuracy, generation_accuracy, run_eval
-    from .heads import HeadMap, record, replace
+    from .headmap import HeadMap
+    from .heads import record, replace
     from .methods.fit import fit
     from .methods.mtv import MTVConfig, fit_mtv
     from .models import LMM, load_model

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from . import report
 from .compare import fit_variant, fv_task
+from .config import Policy
 from .evaluate import first_token_accuracy, generation_accuracy
 from .fitting import save_fit
-from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
 from .methods.fit import STVConfig, fit

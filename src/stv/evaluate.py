@@ -13,9 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .config import Policy
 from .data.example import Example
 from .fingerprint import check_settings, clear, data_fingerprint
-from .heads import Policy
 from .io import atomic_write_json, atomic_write_text
 from .methods.reward import first_token_ids
 from .models import LMM

@@ -16,8 +16,9 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import Policy
 from .errors import StvError
-from .heads import Policy, replace
+from .heads import replace
 from .io import current_umask
 from .version import stv_version
 

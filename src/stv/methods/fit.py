@@ -14,7 +14,7 @@ from ..config import STVConfig
 from ..data.example import Example
 from ..errors import StvError
 from ..fingerprint import data_fingerprint
-from ..heads import Location
+from ..headmap import Location
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig

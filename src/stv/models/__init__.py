@@ -9,7 +9,7 @@ import transformers
 from transformers import AutoConfig
 
 from ..errors import StvError
-from ..heads import HeadMap
+from ..headmap import HeadMap
 from .gguf import converted_folder, find_gguf
 from .lmm import LMM, Piece, Prompt, Render
 from .named import NAMED, MissingModelPackage, named_gguf

@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 
 from ..errors import StvError
-from ..heads import HeadMap, replace
+from ..headmap import HeadMap
+from ..heads import replace
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]

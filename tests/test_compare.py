@@ -43,7 +43,11 @@ def test_presets_and_overrides():
             2,
         ), name
         assert cfg.steps == (
-            3 if name.endswith("_3x") or name == "stv+_long" else 0 if name == "stv+_prior_draws" else 1
+            3
+            if name.endswith("_3x") or name == "stv+_long"
+            else 0
+            if name in ("stv+_prior_draws", "refine_only")
+            else 1
         ), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_2xk": 6, "stv+_4k": 12, "stv+_4xk": 12, "stv+_prior_4k": 12}.get(
             name, 3

@@ -76,6 +76,20 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_long": lambda base: STVConfig.plus(
         **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps
     ),
+    # stv+ with a gradient correction learned at the heads it writes (or at every head), and
+    # the same correction learned from zero at every head with no bank and no head search:
+    # what the search's choice adds as a starting point (methods/refine.py)
+    "stv+_refine": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS),
+    "stv+_refine_every": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS, refine_heads="every"),
+    "refine_only": lambda base: STVConfig.plus(
+        **{**_sizes(base), "steps": 0},
+        restarts=1,
+        final_samples=0,
+        final_recheck=0,
+        continuation_search=base.steps,
+        refine=REFINE_STEPS,
+        refine_heads="every",
+    ),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -90,6 +104,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_select": lambda base: _v1(base, arm_prior=True, final_samples=10),
     "stv+_select_3x": lambda base: _v1(base, steps=3 * base.steps, arm_prior=True, final_samples=10),
 }
+REFINE_STEPS = 60  # gradient steps of the *refine* variants (benchmarks/refine-probe-smollm2.txt)
 SCHEDULE_ITEMS = 24  # training answers per schedule in the *_auto variants (and mtv_auto)
 CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the *_cont variants
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dc_replace
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import search_continuation, with_continuation
+from .refine import refine
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
@@ -222,6 +224,21 @@ def fit_at(
         probabilities=search.probabilities,
         shifts=None if added is None else added[kept],
     )
+    if config.refine:
+        t = time.perf_counter()
+        everywhere = config.refine_heads == "every"
+        artifact, log = refine(
+            lmm,
+            _at_every_location(artifact, locations) if everywhere else artifact,
+            train,
+            task,
+            config.refine,
+            config.refine_lr,
+            rng,
+            progress=progress,
+        )
+        artifact.config = artifact.config.with_(refine=asdict(log))
+        timings["refine"] = time.perf_counter() - t
     if config.continuation:
         t = time.perf_counter()
         artifact = with_continuation(
@@ -237,6 +254,20 @@ def fit_at(
         artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
         timings["schedule"] = time.perf_counter() - t
     return artifact, FitLog(scan, locations, bank, search, timings)
+
+
+def _at_every_location(artifact: TaskVectors, locations: Sequence[Location]) -> TaskVectors:
+    """``artifact`` over all ``locations``: those it does not write keep their own output (NaN
+    vector, zero shift), so a correction can be learned there too."""
+    where = {loc: i for i, loc in enumerate(artifact.location_list())}
+    vectors = torch.full((len(locations), artifact.head_dim), float("nan"))  # (K, D)
+    shifts = torch.zeros(len(locations), artifact.head_dim)  # (K, D)
+    for row, loc in enumerate(locations):
+        if loc in where:
+            vectors[row] = artifact.vectors[where[loc]]
+            if artifact.shifts is not None:
+                shifts[row] = artifact.shifts[where[loc]]
+    return dc_replace(artifact, locations=torch.tensor(locations, dtype=torch.long), vectors=vectors, shifts=shifts)
 
 
 def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, int]:

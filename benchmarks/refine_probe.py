@@ -1,0 +1,61 @@
+"""Does a gradient correction at the chosen heads help? (methods/refine.py, on a real model)
+
+For each task and seed: compare's scan, a stv+ fit (as `stv compare --steps 80`), then the same
+artifact refined at several learning rates; first-token and exact-match accuracy on compare's
+30 test queries, and the held-out training score refinement judged by. Also, as a baseline
+that uses no bank and no search: a correction learned from zero at every head.
+
+    python benchmarks/refine_probe.py smollm2-135m capitalize,... 0 > benchmarks/refine-probe-smollm2.txt
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from stv import load_model
+from stv.compare import fit_variant, fv_task
+from stv.evaluate import generation_accuracy
+from stv.methods.fit import STVConfig, scan_pairs
+from stv.methods.refine import refine
+from stv.methods.scan import sensitivity_scan
+from stv.vectors import TaskVectors
+
+BASE = STVConfig(top_k=0, clusters=16, pairs=40, shots=10, steps=80, samples=32, batch_size=8)
+LRS = (0.02, 0.05, 0.1)
+STEPS, BATCH = 60, 16
+
+
+def probe(lmm, task_name: str, seed: int) -> None:
+    train, test, task = fv_task(task_name, 30)
+
+    def show(label: str, vectors, seconds: float = 0.0, log=None) -> None:
+        policy = vectors.config.policy
+        first, exact = generation_accuracy(lmm, test, task, train, 0, vectors, seed=seed, policy=policy)
+        held = f" held-out {log.before:.3f}->{log.after:.3f} kept step {log.kept_step}" if log else ""
+        print(f"{task_name} seed {seed} {label}: {first:.1f} / {exact:.1f} ({seconds:.0f} s){held}", flush=True)
+
+    pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
+    scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
+    vectors, seconds = fit_variant(lmm, train, task, scan, "stv+", BASE, seed)
+    show("stv+", vectors, seconds)
+    for lr in LRS:
+        t = time.perf_counter()
+        refined, log = refine(lmm, vectors, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
+        show(f"stv+ refined lr {lr}", refined, time.perf_counter() - t, log)
+    every = lmm.heads.all_locations()
+    nan = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (n, D): every head keeps its output
+    nothing = TaskVectors(torch.tensor(every), nan, config=vectors.config.with_(policy="prompt_last"))
+    for lr in LRS[1:2]:
+        t = time.perf_counter()
+        learned, log = refine(lmm, nothing, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
+        show(f"zero + refined at every head lr {lr}", learned, time.perf_counter() - t, log)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    model = load_model(sys.argv[1])
+    for name in sys.argv[2].split(","):
+        for s in map(int, sys.argv[3].split(",")):
+            probe(model, name, s)

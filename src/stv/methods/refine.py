@@ -1,0 +1,123 @@
+"""Gradient refinement of fitted vectors (not in the paper, nor in MTV).
+
+STV and MTV choose each head's vector from a few candidates (centroids, the mean, "leave
+alone"); neither moves a vector once chosen. Refinement keeps the chosen heads and learns a
+small correction at each of them by gradient descent on the first answer token's
+cross-entropy over zero-shot training queries, added after the write (the artifact's
+``shifts``: a replaced head gets value + correction, a steered head own output + shift +
+correction). The weights stay frozen; only (K, D) numbers move. Queries held out of the
+training draws judge the correction every few steps, and the best one (or none: the
+correction starts at zero and competes too) is kept, so refinement never ships something that
+did worse on queries it did not train on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.example import Example
+from ..heads import record
+from ..heads import replace as replace_heads
+from ..models import LMM
+from ..tasks import Task
+from ..vectors import TaskVectors
+from .reward import LOGP_FLOOR, TIE_SCALE, first_token_ids
+
+HELD_OUT = 64  # training queries that judge the correction, never drawn to train it
+JUDGE_EVERY = 10  # steps between judgements
+BATCH = 16  # training queries per gradient step
+
+
+@dataclass(frozen=True)
+class RefineLog:
+    """What refinement did: the held-out score (hits + tie-breaking log-prob) before and after,
+    and the step whose correction was kept (0: none)."""
+
+    before: float
+    after: float
+    kept_step: int
+    steps: int
+
+
+def refine(
+    lmm: LMM,
+    vectors: TaskVectors,
+    train: Sequence[Example],
+    task: Task,
+    steps: int,
+    lr: float,
+    rng: np.random.Generator,
+    batch: int = BATCH,
+    progress: bool = True,
+    held_out: Sequence[Example] | None = None,
+) -> tuple[TaskVectors, RefineLog]:
+    """``vectors`` with a learned correction at their heads (the first generated token's
+    insertion: the prompt's last token), and what it did on the held-out queries (``held_out``,
+    or up to 64 of ``train`` set aside, never trained on)."""
+    if steps <= 0 or not len(vectors.locations):
+        return vectors, RefineLog(0.0, 0.0, 0, 0)
+    if held_out is None:
+        order = rng.permutation(len(train))
+        held = [train[i] for i in order[: min(HELD_OUT, len(train) // 2)]]
+        pool = [train[i] for i in order[len(held) :]]
+    else:
+        held, pool = list(held_out), list(train)
+    locations = vectors.location_list()
+    held_inputs, held_targets = _inputs(lmm, held, task)
+    scale = _head_scale(lmm, locations, held_inputs)  # (K, 1): a step of 1 in u moves a head by its typical size
+    base = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)  # (K, D)
+    u = torch.zeros_like(base, requires_grad=True)  # (K, D) the correction, in units of each head's scale
+    optimiser = torch.optim.Adam([u], lr=lr)
+    best_score = _judge(lmm, vectors, base, held_inputs, held_targets)
+    before, best_u, best_step = best_score, u.detach().clone(), 0
+    for step in tqdm(range(1, steps + 1), desc="refine", disable=not progress, leave=False):
+        queries = [pool[i] for i in rng.choice(len(pool), min(batch, len(pool)), replace=False)]
+        inputs, targets = _inputs(lmm, queries, task)
+        with torch.enable_grad():
+            logits = _logits(lmm, vectors, base + u * scale, inputs)  # (B, V)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+            (grad,) = torch.autograd.grad(loss, [u])  # the weights' gradients are never computed
+        optimiser.zero_grad()
+        u.grad = grad
+        optimiser.step()
+        if step % JUDGE_EVERY == 0 or step == steps:
+            score = _judge(lmm, vectors, base + u.detach() * scale, held_inputs, held_targets)
+            if score > best_score:
+                best_score, best_u, best_step = score, u.detach().clone(), step
+    if not best_step:
+        return vectors, RefineLog(before, best_score, 0, steps)
+    shifts = base + best_u * scale  # (K, D)
+    return replace(vectors, shifts=shifts), RefineLog(before, best_score, best_step, steps)
+
+
+def _inputs(lmm: LMM, queries: Sequence[Example], task: Task) -> tuple[dict, torch.Tensor]:
+    """The zero-shot prompts' model inputs and each query's first answer token."""
+    return lmm.prepare([task.prompt([], q) for q in queries]), first_token_ids(lmm, queries, task).to(lmm.device)
+
+
+def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> torch.Tensor:
+    """Each head's root-mean-square output at the last token of zero-shot prompts: (K, 1)."""
+    with record(lmm.heads, locations) as rec, torch.inference_mode():
+        lmm.model(**inputs, use_cache=False, logits_to_keep=1)
+    return rec.values.pow(2).mean((0, 2)).sqrt()[:, None]  # (K, 1)
+
+
+def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """Next-token logits (B, V) with ``vectors`` written and ``shifts`` added at the last token."""
+    with replace_heads(lmm.model, lmm.heads, vectors.location_list(), vectors.vectors, "prompt_last", shifts=shifts):
+        return lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+
+
+def _judge(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict, targets: torch.Tensor) -> float:
+    """Held-out score: the share of queries whose top token is the answer's, ties broken by the
+    mean log-prob (scaled as the search's "hits" objective)."""
+    with torch.inference_mode():
+        logp = torch.log_softmax(_logits(lmm, vectors, shifts, inputs), -1)  # (B, V)
+    mine = logp.gather(1, targets[:, None]).squeeze(1)  # (B,)
+    hits = (logp.argmax(-1) == targets).float()
+    return float((hits + TIE_SCALE * mine.clamp(min=-LOGP_FLOOR)).mean())

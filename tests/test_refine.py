@@ -1,0 +1,108 @@
+"""Gradient refinement: it learns through the write hooks, never touches the weights, keeps a
+correction only when held-out queries score better, and plugs into a fit at the written heads
+or at every location."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from stv.config import STVConfig
+from stv.data import Example, load_dataset
+from stv.errors import StvError
+from stv.methods.fit import fit
+from stv.methods.refine import _inputs, _judge, refine
+from stv.methods.reward import first_token_ids
+from stv.tasks import task_for
+from stv.vectors import TaskVectors, TaskVectorsConfig
+
+
+def constant_answer_examples(n: int, answer: str = "yes") -> list[Example]:
+    """Queries that all have the same one-word answer: learnable by a correction at the heads alone."""
+    rng = np.random.default_rng(0)
+    return [
+        Example(str(i), [], " ".join(rng.choice(list("abcdefgh"), 3)), [answer], metadata={"dataset": "digits:text"})
+        for i in range(n)
+    ]
+
+
+def every_head_left_alone(lmm) -> TaskVectors:
+    every = lmm.heads.all_locations()
+    nan = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (n, D): each head keeps its own output
+    return TaskVectors(torch.tensor(every), nan, config=TaskVectorsConfig(policy="prompt_last"))
+
+
+def test_refinement_learns_an_answer_through_the_hooks_and_leaves_the_weights(lmm_of):
+    """A random tiny model never says "yes"; a correction learned at its heads makes it say it
+    on held-out queries (the gradient reaches the written values), with the weights unchanged."""
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(96)
+    task = task_for(train)
+    weights = {k: v.clone() for k, v in lmm.model.state_dict().items()}
+    start = every_head_left_alone(lmm)
+    refined, log = refine(lmm, start, train, task, 40, 0.5, np.random.default_rng(0), batch=8, progress=False)
+    assert log.before < 0.5 and log.after > 0.99 and log.kept_step > 0  # every held-out query says "yes"
+    assert refined.shifts is not None and bool(refined.shifts.abs().sum() > 0)
+    assert bool(torch.isnan(refined.vectors).all())  # still own output + correction: nothing replaced
+    held_inputs, held_targets = _inputs(lmm, train[:64], task)
+    fresh = _judge(lmm, refined, refined.shifts, held_inputs, held_targets)
+    assert fresh > 0.9  # the artifact as returned scores what the log says, on queries of the same task
+    for k, v in lmm.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert all(p.grad is None for p in lmm.model.parameters())
+
+
+def answered_as_the_model_does(lmm, task, queries: list[Example]) -> list[Example]:
+    """``queries`` with the answer the untouched model already gives first (where that answer,
+    decoded, tokenizes back to the same first token)."""
+    top = lmm.forward([task.prompt([], q) for q in queries]).argmax(-1)
+    out = [replace(q, answers=[lmm.tokenizer.decode([int(t)]).strip()]) for q, t in zip(queries, top)]
+    agree = first_token_ids(lmm, out, task) == top
+    return [e for e, ok in zip(out, agree.tolist()) if ok and e.answer]
+
+
+def test_a_correction_that_does_not_help_is_not_kept(lmm_of):
+    """Trained to say "yes", judged on queries the untouched model already answers as they
+    should be: every correction scores worse on them than none, so the artifact comes back
+    unchanged."""
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(40, "yes")
+    task = task_for(train)
+    held = answered_as_the_model_does(lmm, task, constant_answer_examples(240)[40:])
+    assert len(held) >= 4
+    start = every_head_left_alone(lmm)
+    same, log = refine(lmm, start, train, task, 0, 0.1, np.random.default_rng(0), progress=False)
+    assert same is start and log.kept_step == 0
+    kept, log = refine(lmm, start, train, task, 20, 0.5, np.random.default_rng(0), progress=False, held_out=held)
+    assert log.kept_step == 0 and log.after == log.before and kept is start
+    learned, log = refine(lmm, start, train, task, 20, 0.5, np.random.default_rng(0), progress=False, held_out=train)
+    assert log.kept_step > 0 and learned is not start  # the same run, judged on its own task, is kept
+
+
+@pytest.mark.parametrize("where", ["written", "every"])
+def test_fit_refines_at_the_written_heads_or_at_every_location(lmm_of, where):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_heads=where)
+    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    unrefined, _ = fit(lmm, train, replace(cfg, refine=0), task=task, progress=False)
+    assert "refine" in vectors.config.extra and "refine" in state.timings
+    if where == "every":
+        assert vectors.location_list() == [tuple(loc) for loc in state.locations]
+    else:
+        assert vectors.location_list() == unrefined.location_list()
+    written = ~torch.isnan(unrefined.vectors).any(-1)
+    mine = {loc: i for i, loc in enumerate(vectors.location_list())}
+    for i, loc in enumerate(unrefined.location_list()):  # the chosen values stay; only the shifts move
+        if written[i]:
+            torch.testing.assert_close(vectors.vectors[mine[loc]], unrefined.vectors[i])
+
+
+def test_refine_settings_are_checked():
+    with pytest.raises(StvError, match="refine"):
+        STVConfig.plus(refine=-1).check()
+    with pytest.raises(StvError, match="refine_heads"):
+        STVConfig.plus(refine=5, refine_heads="some").check()

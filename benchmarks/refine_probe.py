@@ -5,7 +5,9 @@ artifact refined at several learning rates; first-token and exact-match accuracy
 30 test queries, and the held-out training score refinement judged by. Also, as a baseline
 that uses no bank and no search: a correction learned from zero at every head.
 
-    python benchmarks/refine_probe.py smollm2-135m capitalize,... 0 > benchmarks/refine-probe-smollm2.txt
+    python benchmarks/refine_probe.py smollm2-135m capitalize,... 0 [--zero-only] > benchmarks/refine-probe-smollm2.txt
+
+(``--zero-only``: only the correction learned from zero at every head, no scan or fit.)
 """
 
 import sys
@@ -20,14 +22,14 @@ from stv.evaluate import generation_accuracy
 from stv.methods.fit import STVConfig, scan_pairs
 from stv.methods.refine import refine
 from stv.methods.scan import sensitivity_scan
-from stv.vectors import TaskVectors
+from stv.vectors import TaskVectors, TaskVectorsConfig
 
 BASE = STVConfig(top_k=0, clusters=16, pairs=40, shots=10, steps=80, samples=32, batch_size=8)
 LRS = (0.02, 0.05, 0.1)
 STEPS, BATCH = 60, 16
 
 
-def probe(lmm, task_name: str, seed: int) -> None:
+def probe(lmm, task_name: str, seed: int, zero_only: bool = False) -> None:
     train, test, task = fv_task(task_name, 30)
 
     def show(label: str, vectors, seconds: float = 0.0, log=None) -> None:
@@ -36,6 +38,16 @@ def probe(lmm, task_name: str, seed: int) -> None:
         held = f" held-out {log.before:.3f}->{log.after:.3f} kept step {log.kept_step}" if log else ""
         print(f"{task_name} seed {seed} {label}: {first:.1f} / {exact:.1f} ({seconds:.0f} s){held}", flush=True)
 
+    every = lmm.heads.all_locations()
+    nan = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (n, D): every head keeps its output
+    nothing = TaskVectors(torch.tensor(every), nan, config=TaskVectorsConfig.for_fit(lmm, "stv", BASE, task, train))
+    nothing.config = nothing.config.with_(policy="prompt_last")
+    for lr in LRS[1:2]:
+        t = time.perf_counter()
+        learned, log = refine(lmm, nothing, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
+        show(f"zero + refined at every head lr {lr}", learned, time.perf_counter() - t, log)
+    if zero_only:
+        return
     pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
     scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
     vectors, seconds = fit_variant(lmm, train, task, scan, "stv+", BASE, seed)
@@ -44,13 +56,6 @@ def probe(lmm, task_name: str, seed: int) -> None:
         t = time.perf_counter()
         refined, log = refine(lmm, vectors, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
         show(f"stv+ refined lr {lr}", refined, time.perf_counter() - t, log)
-    every = lmm.heads.all_locations()
-    nan = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (n, D): every head keeps its output
-    nothing = TaskVectors(torch.tensor(every), nan, config=vectors.config.with_(policy="prompt_last"))
-    for lr in LRS[1:2]:
-        t = time.perf_counter()
-        learned, log = refine(lmm, nothing, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
-        show(f"zero + refined at every head lr {lr}", learned, time.perf_counter() - t, log)
 
 
 if __name__ == "__main__":
@@ -58,4 +63,4 @@ if __name__ == "__main__":
     model = load_model(sys.argv[1])
     for name in sys.argv[2].split(","):
         for s in map(int, sys.argv[3].split(",")):
-            probe(model, name, s)
+            probe(model, name, s, zero_only="--zero-only" in sys.argv)

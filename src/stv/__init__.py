@@ -22,6 +22,7 @@ _EXPORTS = {
     "replace": "stv.heads",
     "STVConfig": "stv.config",
     "fit": "stv.methods.fit",
+    "refine": "stv.methods.refine",
     "LMM": "stv.models",
     "load_model": "stv.models",
     "TaskVectors": "stv.vectors",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .heads import record, replace
     from .methods.fit import fit
     from .methods.mtv import MTVConfig, fit_mtv
+    from .methods.refine import refine
     from .models import LMM, load_model
     from .tasks import Task, task_for, text_task
     from .vectors import TaskVectors, TaskVectorsConfig

@@ -65,7 +65,11 @@ def test_presets_and_overrides():
     assert (plus.prefix_pool, plus.restarts, plus.continuation_search, plus.schedule_items) == (0, 3, 1, 24)
     assert (plus.objective, plus.final_objective, plus.final_keep) == ("hits", "hits", True)
     assert plus.continuation_objective == "log_prob"  # stv+ v4 had hits there: stv+_hits_rl
-    assert variant_config("stv+_hits_rl", base) == replace(plus, continuation_objective="hits")
+    assert variant_config("stv+_hits_rl", base) == replace(plus, continuation_objective="hits", refine=0)
+    # ... and those of compare12-23 theirs after stv+ v7 gained gradient refinement
+    assert (plus.refine, variant_config("stv+_v6", base)) == (60, replace(plus, refine=0))
+    for name in ("stv+_v5", "stv+_no_centroids", "stv+_shift", "stv+_shift_only", "stv+_prior_draws", "stv+_long"):
+        assert variant_config(name, base).refine == 0, name
     # ... and those of compare10-11 theirs after the objectives became options
     for name in ("stv+_v1", "stv+_v2", "stv+_r3_next_auto", "stv+_v3"):
         cfg = variant_config(name, base)

@@ -127,7 +127,7 @@ def test_shift_arm_adds_the_scans_mean_delta(lmm_of):
     assert bool(torch.isnan(state.bank[:, 3:]).all())
     # only the shift arm (no keep, no final "nothing"): every head keeps its own output plus the mean delta
     only = replace(cfg, clusters=0, mean_arm=False, keep_arm=False, final_keep=False, continuation_search=0)
-    only = replace(only, schedule_items=0)
+    only = replace(only, schedule_items=0, refine=0)
     vectors, _ = fit_at(lmm, train, only, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
     assert vectors.config.extra["arms"] == {"centroid": 0, "mean": 0, "shift": 3, "keep": 0}
     assert vectors.location_list() == [tuple(loc) for loc in state.locations] and vectors.shifts is not None

@@ -18,7 +18,7 @@ from typing import Callable, Sequence, cast
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Objective
+from .config import REFINE_STEPS, Objective
 from .errors import SettingsMismatchError, StvError
 from .evaluate import generation_accuracy
 from .fingerprint import check_settings, clear, data_fingerprint
@@ -60,23 +60,30 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
         base, objective="hits", final_objective="hits", final_keep=True, continuation_objective="hits"
     ),
     # stv+ v5 (benchmarks/compare14: the final selection judged on 32 queries only)
-    "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0),
+    "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0, refine=0),
+    # stv+ v6 (benchmarks/compare15-23: no gradient refinement)
+    "stv+_v6": lambda base: STVConfig.plus(**_sizes(base), refine=0),
     # stv+ without k-means centroids: each head's arms are MTV's (its mean, or left alone), the
     # search and selection are stv+'s; what the sensitivity-aware bank adds over the mean
-    "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}),
+    "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}, refine=0),
     # stv+ with a steering arm: a head may keep its own output plus the scan's mean delta
     # (added, not replaced); and that arm instead of the centroids and MTV's mean
-    "stv+_shift": lambda base: STVConfig.plus(**_sizes(base), shift_arm=True),
-    "stv+_shift_only": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}, mean_arm=False, shift_arm=True),
+    "stv+_shift": lambda base: STVConfig.plus(**_sizes(base), shift_arm=True, refine=0),
+    "stv+_shift_only": lambda base: STVConfig.plus(
+        **{**_sizes(base), "clusters": 0}, mean_arm=False, shift_arm=True, refine=0
+    ),
     # stv+ without REINFORCE on the heads: its final selection (and recheck) over draws from the
     # arm prior alone, then the same continuation search; what the search adds over random search
-    "stv+_prior_draws": lambda base: STVConfig.plus(**{**_sizes(base), "steps": 0}, continuation_search=base.steps),
+    "stv+_prior_draws": lambda base: STVConfig.plus(
+        **{**_sizes(base), "steps": 0}, continuation_search=base.steps, refine=0
+    ),
     # stv+ with its three REINFORCE runs' steps in one run (the same budget; compare17: MTV at
     # 3x steps beat stv+ v6 on the first token)
     "stv+_long": lambda base: STVConfig.plus(
-        **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps
+        **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps, refine=0
     ),
-    # stv+ with a gradient correction learned at the heads it writes (or at every head), and
+    # stv+ (v7: refinement is its default) with the correction learned at the heads it writes
+    # (or at every head), and
     # the same correction learned from zero at every head with no bank and no head search:
     # what the search's choice adds as a starting point (methods/refine.py)
     "stv+_refine": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS),
@@ -104,7 +111,6 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_select": lambda base: _v1(base, arm_prior=True, final_samples=10),
     "stv+_select_3x": lambda base: _v1(base, steps=3 * base.steps, arm_prior=True, final_samples=10),
 }
-REFINE_STEPS = 60  # gradient steps of the *refine* variants (benchmarks/refine-probe-smollm2.txt)
 SCHEDULE_ITEMS = 24  # training answers per schedule in the *_auto variants (and mtv_auto)
 CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the *_cont variants
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
@@ -121,6 +127,7 @@ def _v3(base: STVConfig, **overrides) -> STVConfig:
         "final_objective": "log_prob",
         "final_keep": False,
         "continuation_objective": "log_prob",
+        "refine": 0,
     }
     return STVConfig.plus(**{**_sizes(base), **v3, **overrides})
 

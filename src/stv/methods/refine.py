@@ -104,6 +104,7 @@ def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> tor
     """Each head's root-mean-square output at the last token of zero-shot prompts: (K, 1)."""
     with record(lmm.heads, locations) as rec, torch.inference_mode():
         lmm.model(**inputs, use_cache=False, logits_to_keep=1)
+    assert rec.values is not None  # the pass above reached every layer
     return rec.values.pow(2).mean((0, 2)).sqrt()[:, None]  # (K, 1)
 
 

@@ -82,7 +82,6 @@ def refine(
             logits = _logits(lmm, vectors, base + u * scale, inputs)  # (B, V)
             loss = torch.nn.functional.cross_entropy(logits, targets)
             (grad,) = torch.autograd.grad(loss, [u])  # the weights' gradients are never computed
-        optimiser.zero_grad()
         u.grad = grad
         optimiser.step()
         if step % JUDGE_EVERY == 0 or step == steps:

@@ -82,10 +82,10 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_long": lambda base: STVConfig.plus(
         **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps, refine=0
     ),
-    # stv+ (v7: refinement is its default) with the correction learned at the heads it writes
-    # (or at every head), and
-    # the same correction learned from zero at every head with no bank and no head search:
-    # what the search's choice adds as a starting point (methods/refine.py)
+    # stv+ with the correction learned at the heads it writes (the name measured in compare24;
+    # since v7 the same as "stv+") or at every head, and the same correction learned from zero
+    # at every head with no bank and no head search: what the search's choice adds as a
+    # starting point (methods/refine.py)
     "stv+_refine": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS),
     "stv+_refine_every": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS, refine_heads="every"),
     "refine_only": lambda base: STVConfig.plus(

@@ -166,7 +166,7 @@ class STVConfig:
         token's insertion on training answers. K defaults to every head (``top_k`` 0): the
         keep arm decides which to write. Since v7 the chosen heads then get a correction learned
         by gradient (``refine``, kept only where held-out training queries gain), the largest
-        single gain measured (SmolLM2 +7, Gemma-3 +9 first token over MTV's lead)."""
+        single gain measured: SmolLM2 89.2 -> 96.7 first token (compare24)."""
         return cls(
             **{
                 "sensitivity": "mean_delta",

@@ -26,7 +26,7 @@ from ..heads import replace as replace_heads
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors
-from .reward import LOGP_FLOOR, TIE_SCALE, first_token_ids
+from .reward import first_token_ids, score_rows
 
 HELD_OUT = 64  # training queries that judge the correction, never drawn to train it
 JUDGE_EVERY = 10  # steps between judgements
@@ -114,10 +114,7 @@ def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict) 
 
 
 def _judge(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict, targets: torch.Tensor) -> float:
-    """Held-out score: the share of queries whose top token is the answer's, ties broken by the
-    mean log-prob (scaled as the search's "hits" objective)."""
+    """Held-out score: the search's "hits" objective, the share of queries whose top token is the
+    answer's, ties broken by the mean log-prob."""
     with torch.inference_mode():
-        logp = torch.log_softmax(_logits(lmm, vectors, shifts, inputs), -1)  # (B, V)
-    mine = logp.gather(1, targets[:, None]).squeeze(1)  # (B,)
-    hits = (logp.argmax(-1) == targets).float()
-    return float((hits + TIE_SCALE * mine.clamp(min=-LOGP_FLOOR)).mean())
+        return float(score_rows(_logits(lmm, vectors, shifts, inputs), targets, "hits").mean())

@@ -83,7 +83,7 @@ def bank_rewards(
         added = None if shifts is None else shifts[torch.arange(len(locations)), choices].repeat(len(targets), 1, 1)
         with lmm.candidates(locations, rows, samples, shifts=added):
             logits = lmm.last_token_logits(prefix, repeats=samples, keep=bool(prefix_pool))
-        local = _score(logits, targets.repeat_interleave(samples), objective).view(len(targets), samples).mean(0)
+        local = score_rows(logits, targets.repeat_interleave(samples), objective).view(len(targets), samples).mean(0)
         if not dist.enabled:
             return local
         out = torch.empty(len(all_choices))
@@ -94,7 +94,7 @@ def bank_rewards(
     return reward
 
 
-def _score(logits: torch.Tensor, target: torch.Tensor, objective: Objective) -> torch.Tensor:
+def score_rows(logits: torch.Tensor, target: torch.Tensor, objective: Objective) -> torch.Tensor:
     """Per row (Q*S,): the target token's log-prob, its margin over the best other token's
     (> 0 exactly when it is the top token), or a hit (1/0) plus the scaled log-prob."""
     target = target.to(logits.device)[:, None]  # (Q*S, 1)

@@ -7,11 +7,14 @@ that uses no bank and no search: a correction learned from zero at every head.
 
     python benchmarks/refine_probe.py smollm2-135m capitalize,... 0 [--zero-only] > benchmarks/refine-probe-smollm2.txt
 
-(``--zero-only``: only the correction learned from zero at every head, no scan or fit.)
+(``--zero-only``: only the correction learned from zero at every head, no scan or fit.
+``--variants V1,V2``: instead, fit these compare variants and show each as fitted, without its
+continuation vectors, and under the other schedule: where a fit's exact match is lost.)
 """
 
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,7 +32,7 @@ LRS = (0.02, 0.05, 0.1)
 STEPS, BATCH = 60, 16
 
 
-def probe(lmm, task_name: str, seed: int, zero_only: bool = False) -> None:
+def probe(lmm, task_name: str, seed: int, zero_only: bool = False, variants: list[str] | None = None) -> None:
     train, test, task = fv_task(task_name, 30)
 
     def show(label: str, vectors, seconds: float = 0.0, log=None) -> None:
@@ -38,6 +41,19 @@ def probe(lmm, task_name: str, seed: int, zero_only: bool = False) -> None:
         held = f" held-out {log.before:.3f}->{log.after:.3f} kept step {log.kept_step}" if log else ""
         print(f"{task_name} seed {seed} {label}: {first:.1f} / {exact:.1f} ({seconds:.0f} s){held}", flush=True)
 
+    if variants:
+        pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
+        scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
+        for name in variants:
+            vectors, seconds = fit_variant(lmm, train, task, scan, name, BASE, seed)
+            refined = vectors.config.extra.get("refine", {})
+            print(f"{task_name} seed {seed} {name}: policy {vectors.config.policy}, refine {refined}", flush=True)
+            show(name, vectors, seconds)
+            if vectors.continuation is not None:
+                show(f"{name} without continuation", replace(vectors, continuation=None))
+            other = "every_step" if vectors.config.policy == "prompt_last" else "prompt_last"
+            show(f"{name} under {other}", replace(vectors, config=vectors.config.with_(policy=other)))
+        return
     every = lmm.heads.all_locations()
     nan = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (n, D): every head keeps its output
     nothing = TaskVectors(torch.tensor(every), nan, config=TaskVectorsConfig.for_fit(lmm, "stv", BASE, task, train))
@@ -63,4 +79,5 @@ if __name__ == "__main__":
     model = load_model(sys.argv[1])
     for name in sys.argv[2].split(","):
         for s in map(int, sys.argv[3].split(",")):
-            probe(model, name, s, zero_only="--zero-only" in sys.argv)
+            chosen = sys.argv[sys.argv.index("--variants") + 1].split(",") if "--variants" in sys.argv else None
+            probe(model, name, s, zero_only="--zero-only" in sys.argv, variants=chosen)

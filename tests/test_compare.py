@@ -46,7 +46,7 @@ def test_presets_and_overrides():
             3
             if name.endswith("_3x") or name == "stv+_long"
             else 0
-            if name in ("stv+_prior_draws", "refine_only")
+            if name in ("stv+_prior_draws", "refine_only", "refine_only_answer")
             else 1
         ), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_2xk": 6, "stv+_4k": 12, "stv+_4xk": 12, "stv+_prior_4k": 12}.get(
@@ -70,6 +70,12 @@ def test_presets_and_overrides():
     assert (plus.refine, variant_config("stv+_v6", base)) == (60, replace(plus, refine=0))
     for name in ("stv+_v5", "stv+_no_centroids", "stv+_shift", "stv+_shift_only", "stv+_prior_draws", "stv+_long"):
         assert variant_config(name, base).refine == 0, name
+    # compare24-25 trained the correction on the first token; the *_answer variants on the whole answer
+    assert (plus.refine_objective, variant_config("refine_only", base).refine_objective) == ("first_token",) * 2
+    assert variant_config("stv+_refine_answer", base) == replace(plus, refine_objective="answer")
+    assert variant_config("refine_only_answer", base) == replace(
+        variant_config("refine_only", base), refine_objective="answer"
+    )
     # ... and those of compare10-11 theirs after the objectives became options
     for name in ("stv+_v1", "stv+_v2", "stv+_r3_next_auto", "stv+_v3"):
         cfg = variant_config(name, base)

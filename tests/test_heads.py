@@ -119,6 +119,36 @@ def test_generate_policy(lmm_of, family, policy):
     assert seen == expected
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+@pytest.mark.parametrize("policy", ["every_step", "prompt_last"])
+def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
+    """Teacher-forced passes (lmm.score, refinement over the whole answer) are one decode:
+    under either policy, and with a continuation row, each step's logits equal generate's."""
+    lmm = lmm_of(family)
+    heads = lmm.heads
+    locs = [(0, 1), (1, 3)]
+    values = torch.randn(2, heads.head_dim, generator=torch.Generator().manual_seed(0)) * 3  # (K, D)
+    later = torch.randn(1, 2, heads.head_dim, generator=torch.Generator().manual_seed(1)) * 3  # (T, K, D)
+    prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")]
+    cont = later if policy == "prompt_last" else None
+    with replace(lmm.model, heads, locs, values, policy=policy, continuation=cont), torch.no_grad():
+        inputs = lmm.prepare(prompts, positions=False)
+        out = lmm.model.generate(
+            **inputs,
+            max_new_tokens=3,
+            min_new_tokens=3,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=lmm.tokenizer.pad_token_id,
+        )
+        target = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, 3)
+        forced = list(lmm.teacher_forced(lmm.prepare(prompts), target, torch.ones_like(target, dtype=torch.bool)))
+    assert len(forced) == 3
+    for step, logits in enumerate(forced):
+        torch.testing.assert_close(logits.float(), out.logits[step].float(), atol=1e-3, rtol=1e-3)
+
+
 def test_per_row_values_and_shape_errors(lmm_of):
     lmm = lmm_of("llava")
     p = [prompt(lmm, 1, "a"), prompt(lmm, 2, "b")]

@@ -12,7 +12,7 @@ from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
 from stv.methods.fit import fit
-from stv.methods.refine import _inputs, _judge, refine
+from stv.methods.refine import _judge, _queries, refine
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -45,12 +45,48 @@ def test_refinement_learns_an_answer_through_the_hooks_and_leaves_the_weights(lm
     assert log.before < 0.5 and log.after > 0.99 and log.kept_step > 0  # every held-out query says "yes"
     assert refined.shifts is not None and bool(refined.shifts.abs().sum() > 0)
     assert bool(torch.isnan(refined.vectors).all())  # still own output + correction: nothing replaced
-    held_inputs, held_targets = _inputs(lmm, train[:64], task)
-    fresh = _judge(lmm, refined, refined.shifts, held_inputs, held_targets)
+    fresh = _judge(lmm, refined, refined.shifts, _queries(lmm, train[:64], task, "first_token"))
     assert fresh > 0.9  # the artifact as returned scores what the log says, on queries of the same task
     for k, v in lmm.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
     assert all(p.grad is None for p in lmm.model.parameters())
+
+
+def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_token_only(lmm_of):
+    """Whole-answer refinement teacher-forces the answer as generate would: the correction is
+    added at the prompt's last token only, so later answer tokens feel it only through the
+    keys and values that position passes on. In a two-layer model that is layer 0's heads:
+    the last layer's output there reaches no later token. Were the correction added at every
+    teacher-forced pass (each pass's last position), layer 1 would get a gradient from them."""
+    from stv.methods.refine import _logits, _loss
+
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(8, "yes no yes")
+    task = task_for(train)
+    locations = torch.tensor([(0, 1), (1, 2)])
+    nan = torch.full((2, lmm.heads.head_dim), float("nan"))  # (K, D): own output + correction
+    vectors = TaskVectors(locations, nan, config=TaskVectorsConfig(policy="prompt_last"))
+    queries = _queries(lmm, train, task, "answer")
+    assert queries.valid is not None and queries.target.shape[1] > 2  # the answer line is several tokens
+    later_only = replace(queries, valid=queries.valid.clone())
+    later_only.valid[:, 0] = False  # the first answer token's loss left out
+    grads = {}
+    for name, q in (("all", queries), ("later", later_only)):
+        u = torch.zeros(2, lmm.heads.head_dim, requires_grad=True)  # (K, D)
+        with torch.enable_grad():
+            (grads[name],) = torch.autograd.grad(_loss(_logits(lmm, vectors, u, q), q), [u])
+    assert bool(grads["later"][0].abs().sum() > 0)  # layer 0: reaches later tokens through its keys/values
+    assert bool(grads["later"][1].abs().sum() == 0)  # layer 1: only the first token's logits
+    assert bool(grads["all"][1].abs().sum() > 0)
+    held = constant_answer_examples(12, "yes no yes")[8:]
+    rng = np.random.default_rng(0)
+    whole, log = refine(
+        lmm, vectors, train, task, 20, 0.5, rng, batch=4, progress=False, held_out=held, objective="answer"
+    )
+    assert log.kept_step > 0 and log.after > log.before  # the whole answer's log-prob rose on held-out queries
+    assert whole.shifts is not None
+    judged = _judge(lmm, whole, whole.shifts, _queries(lmm, held, task, "answer"))
+    assert abs(judged - log.after) < 1e-6  # the artifact as returned is what was judged
 
 
 def answered_as_the_model_does(lmm, task, queries: list[Example]) -> list[Example]:

@@ -83,3 +83,19 @@ def test_hits_and_margin_objectives():
     naive = logps.gather(1, target).squeeze(1) - logps.scatter(1, target, float("-inf")).max(-1).values
     assert ((naive > 0).float().mean() - accuracy).abs() < 1e-6  # > 0 exactly on the hits
     torch.testing.assert_close(margin, naive.mean()[None], atol=1e-4, rtol=0)
+
+
+def test_answer_scores_count_whole_answers():
+    """The whole-answer judge of refinement: a hit only where every valid token is the top
+    one (padding after a shorter answer does not count), ties by the answer's log-prob."""
+    from stv.methods.reward import TIE_SCALE, answer_scores
+
+    logits = torch.zeros(3, 3, 5)  # (B, T, V)
+    target = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+    for t in range(3):
+        logits[:, t, target[0, t]] = 4.0
+    logits[1:, 2, 3], logits[1:, 2, 0] = 0.0, 4.0  # rows 1, 2: the third token is not the top one
+    valid = torch.tensor([[True] * 3, [True] * 3, [True, True, False]])
+    scores = answer_scores(logits, target, valid)
+    logp = torch.log_softmax(logits, -1).gather(2, target[..., None]).squeeze(2)  # (B, T)
+    torch.testing.assert_close(scores, torch.tensor([1.0, 0.0, 1.0]) + TIE_SCALE * (logp * valid).sum(1))

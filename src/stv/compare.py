@@ -88,15 +88,10 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # starting point (methods/refine.py)
     "stv+_refine": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS),
     "stv+_refine_every": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS, refine_heads="every"),
-    "refine_only": lambda base: STVConfig.plus(
-        **{**_sizes(base), "steps": 0},
-        restarts=1,
-        final_samples=0,
-        final_recheck=0,
-        continuation_search=base.steps,
-        refine=REFINE_STEPS,
-        refine_heads="every",
-    ),
+    # the correction trained on every token of the answer line (teacher-forced), not the first only
+    "stv+_refine_answer": lambda base: STVConfig.plus(**_sizes(base), refine_objective="answer"),
+    "refine_only": lambda base: _refine_only(base),
+    "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
     # names keep the meaning they had in benchmarks/compare-smollm2 and compare2-smollm2
     "stv+_v1": lambda base: _v1(base),
@@ -118,6 +113,20 @@ _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batc
 
 def _sizes(base: STVConfig) -> dict:
     return {k: getattr(base, k) for k in _SIZES}
+
+
+def _refine_only(base: STVConfig, **overrides) -> STVConfig:
+    """The correction learned from zero at every head: no head search, no bank choice."""
+    return STVConfig.plus(
+        **{**_sizes(base), "steps": 0},
+        restarts=1,
+        final_samples=0,
+        final_recheck=0,
+        continuation_search=base.steps,
+        refine=REFINE_STEPS,
+        refine_heads="every",
+        **overrides,
+    )
 
 
 def _v3(base: STVConfig, **overrides) -> STVConfig:

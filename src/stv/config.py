@@ -23,6 +23,8 @@ OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 RefineHeads = Literal["written", "every"]  # where gradient refinement learns a correction
 REFINE_STEPS = 60  # stv+'s gradient steps of refinement (benchmarks/compare24-smollm2-refine-*)
 REFINE_HEADS: tuple[RefineHeads, ...] = get_args(RefineHeads)
+RefineObjective = Literal["first_token", "answer"]  # which tokens refinement's cross-entropy covers
+REFINE_OBJECTIVES: tuple[RefineObjective, ...] = get_args(RefineObjective)
 
 
 # help of each STVConfig field as a command-line flag (what it does, its unit)
@@ -52,9 +54,10 @@ FIELD_HELP: dict[str, str] = {
     "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
     "continuation_objective": "what the continuation search and its final selection maximise on the token after the first: log_prob, margin or hits",
     "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
-    "refine": "gradient steps of a correction added at the heads after the search, on the first answer token's cross-entropy; judged on held-out training queries, kept only if better (steps; 0: none)",
+    "refine": "gradient steps of a correction added at the heads after the search, on the answer's cross-entropy (--refine-objective); judged on held-out training queries, kept only if better (steps; 0: none)",
     "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
+    "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
     "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
     "batch_size": "prompts per forward pass (count)",
@@ -117,6 +120,7 @@ class STVConfig:
     refine: int = 0  # >0: gradient steps of a correction at the chosen heads (methods/refine.py; not in the paper)
     refine_lr: float = 0.05
     refine_heads: RefineHeads = "written"
+    refine_objective: RefineObjective = "first_token"
     policy: Policy = "every_step"
     schedule_items: int = (
         0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
@@ -242,10 +246,16 @@ class STVConfig:
         for name in ("objective", "final_objective", "continuation_objective"):
             if getattr(self, name) not in OBJECTIVES:
                 problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")
-        if self.refine < 0 or self.refine_lr <= 0 or self.refine_heads not in REFINE_HEADS:
+        if (
+            self.refine < 0
+            or self.refine_lr <= 0
+            or self.refine_heads not in REFINE_HEADS
+            or self.refine_objective not in REFINE_OBJECTIVES
+        ):
             problems.append(
-                f"refine={self.refine} must be >= 0, refine_lr={self.refine_lr} > 0 and "
-                f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}"
+                f"refine={self.refine} must be >= 0, refine_lr={self.refine_lr} > 0, "
+                f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)} and "
+                f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)}"
             )
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")

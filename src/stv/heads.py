@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -23,10 +24,32 @@ from .headmap import HeadMap, Location
 
 @dataclass
 class _Step:
-    """Which forward pass of a ``generate`` call we are in (None outside generate)."""
+    """Which forward pass of a decode (``generate``, or :func:`decoding`) we are in."""
 
     in_generate: int = 0
     forward_index: int = 0
+
+
+_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, list[_Step]]" = (
+    weakref.WeakKeyDictionary()
+)  # model -> its writers' steps
+
+
+@contextlib.contextmanager
+def decoding(model: nn.Module) -> Iterator[None]:
+    """The forward passes inside are one decode, as ``generate`` runs it: pass 0 the prompt,
+    pass t the t-th token fed after it with a KV cache (teacher forcing). Writers active on
+    ``model`` then write what they would write under ``generate`` (``prompt_last``: the prompt
+    pass and the continuation rows only) instead of editing every pass's last position."""
+    steps = list(_ACTIVE.get(model, []))
+    for step in steps:
+        step.in_generate += 1
+        step.forward_index = -1
+    try:
+        yield
+    finally:
+        for step in steps:
+            step.in_generate -= 1
 
 
 def _by_layer(locations: Sequence[Location]) -> dict[int, list[tuple[int, int]]]:
@@ -278,8 +301,9 @@ def replace(
     ``values`` is ``(n_locations, head_dim)`` shared by all rows, or ``(batch, n_locations,
     head_dim)`` per row; a NaN vector leaves that head unchanged for that row. Under
     ``generate``, ``"every_step"`` edits the prompt's last token and every generated token
-    (MTV's behaviour); ``"prompt_last"`` edits only the prompt pass. Outside ``generate``
-    every forward pass is edited (each one ends at a prompt's last token). ``span`` > 1 edits
+    (MTV's behaviour); ``"prompt_last"`` edits only the prompt pass; the same holds inside
+    :func:`decoding`. Elsewhere every forward pass is edited (each one ends at a prompt's
+    last token). ``span`` > 1 edits
     the last ``span`` positions of each row, each with its own values (rows ordered
     ``row * span + position``): how many candidates are scored side by side after one
     prefix. ``continuation`` ``(T, n_locations, head_dim)``, with ``"prompt_last"`` only:
@@ -307,6 +331,7 @@ def replace(
     ]
     counter_module = heads.decoder if heads.decoder is not None else heads.projections[0]
     handles.append(counter_module.register_forward_pre_hook(writer.count_forward, with_kwargs=True, prepend=True))
+    _ACTIVE.setdefault(model, []).append(writer.step)
     try:
         writes_generated = (
             "policy 'every_step'" if policy == "every_step" else "continuation" if writer.later is not None else None
@@ -314,5 +339,6 @@ def replace(
         with _guarded_generate(model, writer.step, writes_generated):
             yield
     finally:
+        _ACTIVE[model].remove(writer.step)
         for h in handles:
             h.remove()

@@ -72,7 +72,7 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
         target[r, : min(len(row), width)] = torch.tensor(row[:width])
         valid[r, : min(len(row), width)] = True
     with record(lmm.heads, locations, passes=steps + 1) as rec:
-        for _ in lmm._teacher_forced(lmm.prepare(prompts), target, valid):
+        for _ in lmm.teacher_forced(lmm.prepare(prompts), target, valid):
             pass
     values = torch.zeros(steps, len(ids), len(locations), lmm.heads.head_dim)
     for t, x in enumerate(rec.passes[1:]):  # pass 0 is the prompt

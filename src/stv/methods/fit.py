@@ -236,6 +236,7 @@ def fit_at(
             config.refine_lr,
             rng,
             progress=progress,
+            objective=config.refine_objective,
         )
         artifact.config = artifact.config.with_(refine=asdict(log))
         timings["refine"] = time.perf_counter() - t

@@ -2,8 +2,9 @@
 
 STV and MTV choose each head's vector from a few candidates (centroids, the mean, "leave
 alone"); neither moves a vector once chosen. Refinement keeps the chosen heads and learns a
-small correction at each of them by gradient descent on the first answer token's
-cross-entropy over zero-shot training queries, added after the write (the artifact's
+small correction at each of them by gradient descent on the answer's cross-entropy over
+zero-shot training queries (its first token, or every token of it and the line break that
+ends it, teacher-forced as ``generate`` would write them), added after the write (the artifact's
 ``shifts``: a replaced head gets value + correction, a steered head own output + shift +
 correction). The weights stay frozen; only (K, D) numbers move. Queries held out of the
 training draws judge the correction every few steps, and the best one (or none: the
@@ -20,17 +21,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import RefineObjective
 from ..data.example import Example
 from ..heads import record
 from ..heads import replace as replace_heads
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors
-from .reward import first_token_ids, score_rows
+from .reward import answer_scores, first_token_ids, score_rows
 
 HELD_OUT = 64  # training queries that judge the correction, never drawn to train it
 JUDGE_EVERY = 10  # steps between judgements
 BATCH = 16  # training queries per gradient step
+ANSWER_TOKENS = 8  # tokens of an answer line the "answer" objective teacher-forces (compare's max_new_tokens)
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """Zero-shot prompts' model inputs and what they should be answered: the first answer token
+    ``target`` (B,), or with ``valid`` the answer line's tokens (B, T), true where a row has one."""
+
+    inputs: dict
+    target: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -55,10 +68,11 @@ def refine(
     batch: int = BATCH,
     progress: bool = True,
     held_out: Sequence[Example] | None = None,
+    objective: RefineObjective = "first_token",
 ) -> tuple[TaskVectors, RefineLog]:
     """``vectors`` with a learned correction at their heads (the first generated token's
     insertion: the prompt's last token), and what it did on the held-out queries (``held_out``,
-    or up to 64 of ``train`` set aside, never trained on)."""
+    or up to 64 of ``train`` set aside, never trained on), scored by ``objective``."""
     if steps <= 0 or not len(vectors.locations):
         return vectors, RefineLog(0.0, 0.0, 0, 0)
     if held_out is None:
@@ -68,24 +82,25 @@ def refine(
     else:
         held, pool = list(held_out), list(train)
     locations = vectors.location_list()
-    held_inputs, held_targets = _inputs(lmm, held, task)
-    scale = _head_scale(lmm, locations, held_inputs)  # (K, 1): a step of 1 in u moves a head by its typical size
+    held_queries = _queries(lmm, held, task, objective)
+    scale = _head_scale(
+        lmm, locations, held_queries.inputs
+    )  # (K, 1): a step of 1 in u moves a head by its typical size
     base = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)  # (K, D)
     u = torch.zeros_like(base, requires_grad=True)  # (K, D) the correction, in units of each head's scale
     optimiser = torch.optim.Adam([u], lr=lr)
-    best_score = _judge(lmm, vectors, base, held_inputs, held_targets)
+    best_score = _judge(lmm, vectors, base, held_queries)
     before, best_u, best_step = best_score, u.detach().clone(), 0
     for step in tqdm(range(1, steps + 1), desc="refine", disable=not progress, leave=False):
         queries = [pool[i] for i in rng.choice(len(pool), min(batch, len(pool)), replace=False)]
-        inputs, targets = _inputs(lmm, queries, task)
+        drawn = _queries(lmm, queries, task, objective)
         with torch.enable_grad():
-            logits = _logits(lmm, vectors, base + u * scale, inputs)  # (B, V)
-            loss = torch.nn.functional.cross_entropy(logits, targets)
+            loss = _loss(_logits(lmm, vectors, base + u * scale, drawn), drawn)
             (grad,) = torch.autograd.grad(loss, [u])  # the weights' gradients are never computed
         u.grad = grad
         optimiser.step()
         if step % JUDGE_EVERY == 0 or step == steps:
-            score = _judge(lmm, vectors, base + u.detach() * scale, held_inputs, held_targets)
+            score = _judge(lmm, vectors, base + u.detach() * scale, held_queries)
             if score > best_score:
                 best_score, best_u, best_step = score, u.detach().clone(), step
     if not best_step:
@@ -94,9 +109,18 @@ def refine(
     return replace(vectors, shifts=shifts), RefineLog(before, best_score, best_step, steps)
 
 
-def _inputs(lmm: LMM, queries: Sequence[Example], task: Task) -> tuple[dict, torch.Tensor]:
-    """The zero-shot prompts' model inputs and each query's first answer token."""
-    return lmm.prepare([task.prompt([], q) for q in queries]), first_token_ids(lmm, queries, task).to(lmm.device)
+def _queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:
+    """The zero-shot prompts' model inputs and their targets under ``objective``."""
+    inputs = lmm.prepare([task.prompt([], q) for q in queries])
+    if objective == "first_token":
+        return _Queries(inputs, first_token_ids(lmm, queries, task).to(lmm.device))
+    ids = [row[:ANSWER_TOKENS] for row in lmm.answer_ids([task.answer_line(q) for q in queries])]
+    target = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long, device=lmm.device)  # (B, T)
+    valid = torch.zeros_like(target, dtype=torch.bool)  # (B, T)
+    for r, row in enumerate(ids):
+        target[r, : len(row)] = torch.tensor(row)
+        valid[r, : len(row)] = True
+    return _Queries(inputs, target, valid)
 
 
 def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> torch.Tensor:
@@ -107,14 +131,33 @@ def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> tor
     return rec.values.pow(2).mean((0, 2)).sqrt()[:, None]  # (K, 1)
 
 
-def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """Next-token logits (B, V) with ``vectors`` written and ``shifts`` added at the last token."""
-    with replace_heads(lmm.model, lmm.heads, vectors.location_list(), vectors.vectors, "prompt_last", shifts=shifts):
-        return lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Queries) -> torch.Tensor:
+    """With ``vectors`` written and ``shifts`` added at the prompt's last token: next-token
+    logits (B, V), or with an answer line the logits at each of its tokens (B, T, V),
+    teacher-forced as ``generate`` would run the fitted schedule and continuation."""
+    policy = vectors.config.policy if queries.valid is not None else "prompt_last"
+    later = vectors.continuation if policy == "prompt_last" and queries.valid is not None else None
+    locations = vectors.location_list()
+    with replace_heads(lmm.model, lmm.heads, locations, vectors.vectors, policy, continuation=later, shifts=shifts):
+        if queries.valid is None:
+            return lmm.model(**queries.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        steps = lmm.teacher_forced(queries.inputs, queries.target, queries.valid)
+        return torch.stack([logits.float() for logits in steps], 1)  # (B, T, V)
 
 
-def _judge(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, inputs: dict, targets: torch.Tensor) -> float:
-    """Held-out score: the search's "hits" objective, the share of queries whose top token is the
-    answer's, ties broken by the mean log-prob."""
+def _loss(logits: torch.Tensor, queries: _Queries) -> torch.Tensor:
+    """Cross-entropy of the first answer token, or the mean over an answer line's tokens."""
+    if queries.valid is None:
+        return torch.nn.functional.cross_entropy(logits, queries.target)
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), queries.target, reduction="none")  # (B, T)
+    return (per_token * queries.valid).sum() / queries.valid.sum()
+
+
+def _judge(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Queries) -> float:
+    """Held-out score: the search's "hits" objective (the share of queries whose top token is
+    the answer's, or whose every answer token is, ties broken by the mean log-prob)."""
     with torch.inference_mode():
-        return float(score_rows(_logits(lmm, vectors, shifts, inputs), targets, "hits").mean())
+        logits = _logits(lmm, vectors, shifts, queries)
+        if queries.valid is None:
+            return float(score_rows(logits, queries.target, "hits").mean())
+        return float(answer_scores(logits, queries.target, queries.valid).mean())

@@ -108,6 +108,20 @@ def score_rows(logits: torch.Tensor, target: torch.Tensor, objective: Objective)
     return ((mine > best_other).float() + TIE_SCALE * mine.clamp(min=-LOGP_FLOOR)).cpu()
 
 
+def answer_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """ "hits" over whole teacher-forced answers, per row (B,): 1 where every valid token is the
+    top token at its step (greedy decoding would say exactly this), plus the scaled log-prob of
+    the answer. ``logits`` (B, T, V); ``target``, ``valid`` (B, T)."""
+    logp = torch.log_softmax(logits.float(), -1)  # (B, T, V)
+    target = target.to(logits.device)[..., None]  # (B, T, 1)
+    mine = logp.gather(2, target).squeeze(2)  # (B, T)
+    best_other = logp.scatter(2, target, float("-inf")).max(-1).values  # (B, T)
+    valid = valid.to(logits.device)
+    hit = ((mine > best_other) | ~valid).all(1).float()  # (B,)
+    total = (mine.clamp(min=-LOGP_FLOOR) * valid).sum(1)  # (B,)
+    return (hit + TIE_SCALE * total).cpu()
+
+
 def _prefix_and_targets(lmm: LMM, queries: Sequence[Example], task: Task, after: "TaskVectors | None"):
     """(Prefix, target token per query) of the zero-shot prompts: the first answer token, or
     with ``after`` the token after it, the prefix then holding the first answer token too."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import StvError
 from ..headmap import HeadMap
-from ..heads import replace
+from ..heads import decoding, replace
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -244,23 +244,25 @@ class LMM:
             target[r, : len(i)] = torch.tensor(i)
             valid[r, : len(i)] = True
         total = torch.zeros(batch, device=self.device)
-        for step, logits in enumerate(self._teacher_forced(inputs, target, valid)):
+        for step, logits in enumerate(self.teacher_forced(inputs, target, valid)):
             logp = torch.log_softmax(logits.float(), -1).gather(1, target[:, step : step + 1]).squeeze(1)
             total += logp * valid[:, step]
         return total.cpu()
 
-    def _teacher_forced(self, inputs: dict, target: torch.Tensor, valid: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield next-token logits after the prompt, then after each fed answer token."""
+    def teacher_forced(self, inputs: dict, target: torch.Tensor, valid: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield next-token logits after the prompt, then after each fed answer token: one
+        decode (``heads.decoding``), so active writers write where ``generate`` would."""
         mask = inputs["attention_mask"]
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        yield out.logits[:, -1]
-        cache, pos = out.past_key_values, (mask.long().cumsum(-1) - 1)[:, -1]
-        for step in range(target.shape[1] - 1):
-            mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
-            pos = pos + 1
-            out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos[:, None]))
-            cache = out.past_key_values
+        with decoding(self.model):
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
             yield out.logits[:, -1]
+            cache, pos = out.past_key_values, (mask.long().cumsum(-1) - 1)[:, -1]
+            for step in range(target.shape[1] - 1):
+                mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
+                pos = pos + 1
+                out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos[:, None]))
+                cache = out.past_key_values
+                yield out.logits[:, -1]
 
     def _rope_deltas(self) -> torch.Tensor | None:
         """The multimodal-RoPE offset the last prompt pass stored in the model (Qwen-VL families)."""

@@ -8,6 +8,7 @@ rank 0 writes files. Outside a launcher everything here is a no-op for one proce
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from dataclasses import dataclass
@@ -75,7 +76,19 @@ def current() -> Dist:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    atexit.register(_destroy_group)
     return Dist(state.process_index, state.num_processes)
+
+
+def _destroy_group() -> None:
+    """End the process group while the interpreter is still whole: gloo's worker threads left
+    to interpreter shutdown abort the process ("terminate called without an active
+    exception", pytorch/pytorch#190489), seen here as a rank exiting with an error after all
+    its work was done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for_rank() -> str | None:

@@ -224,6 +224,23 @@ def fit_at(
         probabilities=search.probabilities,
         shifts=None if added is None else added[kept],
     )
+    artifact = _after_search(lmm, artifact, train, task, config, locations, rng, timings, progress)
+    return artifact, FitLog(scan, locations, bank, search, timings)
+
+
+def _after_search(
+    lmm: LMM,
+    artifact: TaskVectors,
+    train: Sequence[Example],
+    task: Task,
+    config: STVConfig,
+    locations: Sequence[Location],
+    rng: np.random.Generator,
+    timings: dict[str, float],
+    progress: bool,
+) -> TaskVectors:
+    """The stages after the search, each timed into ``timings``: gradient refinement,
+    continuation vectors (means, or searched) and the schedule choice."""
     if config.refine:
         t = time.perf_counter()
         everywhere = config.refine_heads == "every"
@@ -254,7 +271,7 @@ def fit_at(
         t = time.perf_counter()
         artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
         timings["schedule"] = time.perf_counter() - t
-    return artifact, FitLog(scan, locations, bank, search, timings)
+    return artifact
 
 
 def _at_every_location(artifact: TaskVectors, locations: Sequence[Location]) -> TaskVectors:

@@ -132,6 +132,8 @@ def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
     prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")]
     cont = later if policy == "prompt_last" else None
     with replace(lmm.model, heads, locs, values, policy=policy, continuation=cont), torch.no_grad():
+        with replace(lmm.model, heads, locs[:1], values[:1], policy=policy):
+            pass  # a writer entered and left inside leaves the outer one's pass count alone
         inputs = lmm.prepare(prompts, positions=False)
         out = lmm.model.generate(
             **inputs,

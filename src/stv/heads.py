@@ -22,7 +22,7 @@ from .errors import StvError
 from .headmap import HeadMap, Location
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each writer's own counter, found and removed as itself
 class _Step:
     """Which forward pass of a decode (``generate``, or :func:`decoding`) we are in."""
 
@@ -30,9 +30,8 @@ class _Step:
     forward_index: int = 0
 
 
-_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, list[_Step]]" = (
-    weakref.WeakKeyDictionary()
-)  # model -> its writers' steps
+# model -> the counters of the writers active on it (what decoding() advances)
+_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, list[_Step]]" = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -303,11 +302,11 @@ def replace(
     ``generate``, ``"every_step"`` edits the prompt's last token and every generated token
     (MTV's behaviour); ``"prompt_last"`` edits only the prompt pass; the same holds inside
     :func:`decoding`. Elsewhere every forward pass is edited (each one ends at a prompt's
-    last token). ``span`` > 1 edits
-    the last ``span`` positions of each row, each with its own values (rows ordered
-    ``row * span + position``): how many candidates are scored side by side after one
-    prefix. ``continuation`` ``(T, n_locations, head_dim)``, with ``"prompt_last"`` only:
-    under ``generate``, generated token t (1..T) gets row t - 1 (NaN = leave alone).
+    last token). ``span`` > 1 edits the last ``span`` positions of each row, each with its
+    own values (rows ordered ``row * span + position``): how many candidates are scored side
+    by side after one prefix. ``continuation`` ``(T, n_locations, head_dim)``, with
+    ``"prompt_last"`` only: under ``generate``, generated token t (1..T) gets row t - 1 (NaN =
+    leave alone).
     ``shifts``, shaped like ``values`` (0 = nothing), are added to the heads' outputs after
     ``values`` are written wherever ``values`` are (a NaN value plus a shift: the head's own
     output moved by the shift, a steering vector rather than a replacement).

@@ -64,20 +64,15 @@ def continuation_means(
 def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: int):
     """Last-position outputs at teacher-forced answer tokens 1..steps: values (steps, B, K, D)
     and valid (steps, B), true where the answer has a token t to predict."""
-    ids = lmm.answer_ids(answers)
-    width = min(steps + 1, max(len(i) for i in ids))
-    target = torch.zeros(len(ids), width, dtype=torch.long, device=lmm.device)
-    valid = torch.zeros(len(ids), width, dtype=torch.bool, device=lmm.device)
-    for r, row in enumerate(ids):
-        target[r, : min(len(row), width)] = torch.tensor(row[:width])
-        valid[r, : min(len(row), width)] = True
+    target, valid = lmm.answer_targets(answers, steps + 1)  # (B, width)
+    width = target.shape[1]
     with record(lmm.heads, locations, passes=steps + 1) as rec:
         for _ in lmm.teacher_forced(lmm.prepare(prompts), target, valid):
             pass
-    values = torch.zeros(steps, len(ids), len(locations), lmm.heads.head_dim)
+    values = torch.zeros(steps, len(answers), len(locations), lmm.heads.head_dim)
     for t, x in enumerate(rec.passes[1:]):  # pass 0 is the prompt
         values[t] = x
-    ok = torch.zeros(steps, len(ids), dtype=torch.bool)
+    ok = torch.zeros(steps, len(answers), dtype=torch.bool)
     ok[: width - 1] = valid[:, 1:width].T.cpu()  # token t exists to be predicted at pass t
     return values, ok
 

@@ -83,9 +83,8 @@ def refine(
         held, pool = list(held_out), list(train)
     locations = vectors.location_list()
     held_queries = _queries(lmm, held, task, objective)
-    scale = _head_scale(
-        lmm, locations, held_queries.inputs
-    )  # (K, 1): a step of 1 in u moves a head by its typical size
+    # (K, 1): a step of 1 in u moves a head by its typical size
+    scale = _head_scale(lmm, locations, held_queries.inputs)
     base = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)  # (K, D)
     u = torch.zeros_like(base, requires_grad=True)  # (K, D) the correction, in units of each head's scale
     optimiser = torch.optim.Adam([u], lr=lr)
@@ -114,13 +113,7 @@ def _queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: Refine
     inputs = lmm.prepare([task.prompt([], q) for q in queries])
     if objective == "first_token":
         return _Queries(inputs, first_token_ids(lmm, queries, task).to(lmm.device))
-    ids = [row[:ANSWER_TOKENS] for row in lmm.answer_ids([task.answer_line(q) for q in queries])]
-    target = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long, device=lmm.device)  # (B, T)
-    valid = torch.zeros_like(target, dtype=torch.bool)  # (B, T)
-    for r, row in enumerate(ids):
-        target[r, : len(row)] = torch.tensor(row)
-        valid[r, : len(row)] = True
-    return _Queries(inputs, target, valid)
+    return _Queries(inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
 
 
 def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> torch.Tensor:

@@ -220,6 +220,20 @@ class LMM:
             raise StvError(f"answer {empty[0]!r} tokenizes to nothing")
         return ids
 
+    def answer_targets(
+        self, answers: Sequence[str], max_tokens: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each answer's tokens (at most ``max_tokens``), right-padded for :meth:`teacher_forced`:
+        ``target`` (B, T) and ``valid`` (B, T), true where a row has a token."""
+        ids = [row[:max_tokens] for row in self.answer_ids(answers)]
+        pad = self.tokenizer.pad_token_id or 0
+        target = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long, device=self.device)  # (B, T)
+        valid = torch.zeros_like(target, dtype=torch.bool)  # (B, T)
+        for r, row in enumerate(ids):
+            target[r, : len(row)] = torch.tensor(row)
+            valid[r, : len(row)] = True
+        return target, valid
+
     @torch.inference_mode()
     def score(
         self, prompts: Sequence[Prompt], answers: Sequence[str], mode: Render = "raw", first_token_only: bool = False
@@ -232,18 +246,9 @@ class LMM:
         """
         if len(prompts) != len(answers):
             raise StvError(f"{len(prompts)} prompts but {len(answers)} answers")
-        ids = self.answer_ids(answers)
-        if first_token_only:
-            ids = [i[:1] for i in ids]
+        target, valid = self.answer_targets(answers, 1 if first_token_only else None)
         inputs = self.prepare(prompts, mode)
-        batch, width = len(ids), max(len(i) for i in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        target = torch.full((batch, width), pad, dtype=torch.long, device=self.device)
-        valid = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
-        for r, i in enumerate(ids):
-            target[r, : len(i)] = torch.tensor(i)
-            valid[r, : len(i)] = True
-        total = torch.zeros(batch, device=self.device)
+        total = torch.zeros(len(answers), device=self.device)
         for step, logits in enumerate(self.teacher_forced(inputs, target, valid)):
             logp = torch.log_softmax(logits.float(), -1).gather(1, target[:, step : step + 1]).squeeze(1)
             total += logp * valid[:, step]

@@ -73,6 +73,9 @@ def test_presets_and_overrides():
     # compare24-25 trained the correction on the first token; the *_answer variants on the whole answer
     assert (plus.refine_objective, variant_config("refine_only", base).refine_objective) == ("first_token",) * 2
     assert variant_config("stv+_refine_answer", base) == replace(plus, refine_objective="answer")
+    every_answer = replace(plus, refine_heads="every", refine_objective="answer")
+    assert variant_config("stv+_every_answer", base) == every_answer
+    assert variant_config("stv+_both_answer", base) == replace(every_answer, refine_start="both")
     assert variant_config("refine_only_answer", base) == replace(
         variant_config("refine_only", base), refine_objective="answer"
     )

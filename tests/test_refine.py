@@ -11,7 +11,7 @@ import torch
 from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
-from stv.methods.fit import fit
+from stv.methods.fit import _refined, fit
 from stv.methods.refine import _judge, _queries, refine
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
@@ -142,3 +142,40 @@ def test_refine_settings_are_checked():
         STVConfig.plus(refine=-1).check()
     with pytest.raises(StvError, match="refine_heads"):
         STVConfig.plus(refine=5, refine_heads="some").check()
+    with pytest.raises(StvError, match="refine_start"):
+        STVConfig.plus(refine=5, refine_start="middle").check()
+
+
+def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
+    """``refine_start="both"``: the searched vectors and "write nothing" are each refined and
+    judged on the same held-out queries; a search result that says the answer is kept over a
+    zero start that cannot learn in time, and one that steers away from it loses to zero."""
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(80, "yes")
+    task = task_for(train)
+    every = lmm.heads.all_locations()
+    nothing = every_head_left_alone(lmm)
+    good, log = refine(lmm, nothing, train, task, 20, 0.5, np.random.default_rng(0), progress=False)
+    assert log.after > log.before + 0.5  # the constant answer is learnable from zero
+    assert good.shifts is not None
+    cfg = replace(STVConfig.plus(), refine=2, refine_lr=1e-6, refine_heads="every", refine_start="both")
+    for searched, start in ((good, "search"), (replace(good, shifts=-4 * good.shifts), "zero")):
+        searched.config = TaskVectorsConfig(policy="prompt_last").with_(arms={"centroid": 3, "keep": 1})
+        kept = _refined(lmm, searched, train, task, cfg, every, np.random.default_rng(1), progress=False)
+        assert kept.config.extra["refine"]["start"] == start
+        if start == "zero":  # nothing of the search is written, and the arms say so
+            assert torch.isnan(kept.vectors).all() and kept.config.extra["arms"] == {"centroid": 0, "keep": len(every)}
+            assert kept.shifts is None or kept.shifts.abs().max() < 1e-3
+        else:
+            torch.testing.assert_close(kept.shifts, good.shifts, atol=1e-3, rtol=0)
+
+
+def test_refine_start_zero_drops_the_search(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_start="zero")
+    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    assert vectors.location_list() == [tuple(loc) for loc in state.locations]
+    assert torch.isnan(vectors.vectors).all() and vectors.config.extra["refine"]["start"] == "zero"

@@ -90,6 +90,12 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_refine_every": lambda base: STVConfig.plus(**_sizes(base), refine=REFINE_STEPS, refine_heads="every"),
     # the correction trained on every token of the answer line (teacher-forced), not the first only
     "stv+_refine_answer": lambda base: STVConfig.plus(**_sizes(base), refine_objective="answer"),
+    # whole-answer refinement at every head from the search's choice, and (both) from it and from
+    # zero, the better on the same held-out queries kept (the search's result competes too)
+    "stv+_every_answer": lambda base: STVConfig.plus(**_sizes(base), refine_heads="every", refine_objective="answer"),
+    "stv+_both_answer": lambda base: STVConfig.plus(
+        **_sizes(base), refine_heads="every", refine_objective="answer", refine_start="both"
+    ),
     "refine_only": lambda base: _refine_only(base),
     "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these

@@ -25,6 +25,8 @@ REFINE_STEPS = 60  # stv+'s gradient steps of refinement (benchmarks/compare24-s
 REFINE_HEADS: tuple[RefineHeads, ...] = get_args(RefineHeads)
 RefineObjective = Literal["first_token", "answer"]  # which tokens refinement's cross-entropy covers
 REFINE_OBJECTIVES: tuple[RefineObjective, ...] = get_args(RefineObjective)
+RefineStart = Literal["search", "zero", "both"]  # what refinement's correction is added to
+REFINE_STARTS: tuple[RefineStart, ...] = get_args(RefineStart)
 
 
 # help of each STVConfig field as a command-line flag (what it does, its unit)
@@ -57,6 +59,7 @@ FIELD_HELP: dict[str, str] = {
     "refine": "gradient steps of a correction added at the heads after the search, on the answer's cross-entropy (--refine-objective); judged on held-out training queries, kept only if better (steps; 0: none)",
     "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
+    "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped) or both (each, judged on the same held-out queries against the search's result; the best is kept)",
     "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
     "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
@@ -121,6 +124,7 @@ class STVConfig:
     refine_lr: float = 0.05
     refine_heads: RefineHeads = "written"
     refine_objective: RefineObjective = "first_token"
+    refine_start: RefineStart = "search"
     policy: Policy = "every_step"
     schedule_items: int = (
         0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
@@ -251,11 +255,13 @@ class STVConfig:
             or self.refine_lr <= 0
             or self.refine_heads not in REFINE_HEADS
             or self.refine_objective not in REFINE_OBJECTIVES
+            or self.refine_start not in REFINE_STARTS
         ):
             problems.append(
                 f"refine={self.refine} must be >= 0, refine_lr={self.refine_lr} > 0, "
-                f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)} and "
-                f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)}"
+                f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}, "
+                f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)} and "
+                f"refine_start={self.refine_start!r} one of {', '.join(REFINE_STARTS)}"
             )
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")

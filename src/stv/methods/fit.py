@@ -21,7 +21,7 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import search_continuation, with_continuation
-from .refine import refine
+from .refine import refine, split_held_out
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
@@ -243,19 +243,7 @@ def _after_search(
     continuation vectors (means, or searched) and the schedule choice."""
     if config.refine:
         t = time.perf_counter()
-        everywhere = config.refine_heads == "every"
-        artifact, log = refine(
-            lmm,
-            _at_every_location(artifact, locations) if everywhere else artifact,
-            train,
-            task,
-            config.refine,
-            config.refine_lr,
-            rng,
-            progress=progress,
-            objective=config.refine_objective,
-        )
-        artifact.config = artifact.config.with_(refine=asdict(log))
+        artifact = _refined(lmm, artifact, train, task, config, locations, rng, progress)
         timings["refine"] = time.perf_counter() - t
     if config.continuation:
         t = time.perf_counter()
@@ -272,6 +260,58 @@ def _after_search(
         artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
         timings["schedule"] = time.perf_counter() - t
     return artifact
+
+
+def _refined(
+    lmm: LMM,
+    artifact: TaskVectors,
+    train: Sequence[Example],
+    task: Task,
+    config: STVConfig,
+    locations: Sequence[Location],
+    rng: np.random.Generator,
+    progress: bool,
+) -> TaskVectors:
+    """``artifact`` with refinement's correction added to the searched vectors, to every head's
+    own output (``refine_start`` zero), or to each, the better on the same held-out queries
+    (both: the search's result, unrefined, competes too: each start's judge begins with it)."""
+    searched = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
+    starts = {
+        "search": [searched],
+        "zero": [_at_every_location(_writing_nothing(artifact), locations)],
+        "both": [searched, _at_every_location(_writing_nothing(artifact), locations)],
+    }[config.refine_start]
+    starts = [start for start in starts if len(start.locations)] or starts[:1]  # an empty one is zero's "before"
+    held = None  # "search" alone draws its held-out queries as it always did
+    if config.refine_start != "search":
+        held, train = split_held_out(train, rng)
+    results = []
+    for start in starts:
+        refined, log = refine(
+            lmm,
+            start,
+            train,
+            task,
+            config.refine,
+            config.refine_lr,
+            rng,
+            progress=progress,
+            held_out=held,
+            objective=config.refine_objective,
+        )
+        results.append((refined, log, start is searched))
+    refined, log, from_search = max(results, key=lambda r: r[1].after)  # ties: the first, the search's
+    changes: dict = {"refine": {**asdict(log), "start": "search" if from_search else "zero"}}
+    if not from_search:  # every head keeps its own output (plus the correction): no arm of the search
+        changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
+    refined.config = refined.config.with_(**changes)
+    return refined
+
+
+def _writing_nothing(artifact: TaskVectors) -> TaskVectors:
+    """``artifact`` with no location written (the search's choice dropped)."""
+    no_rows = torch.zeros(0, artifact.head_dim)  # (0, D)
+    return dc_replace(artifact, locations=torch.zeros(0, 2, dtype=torch.long), vectors=no_rows, shifts=None)
 
 
 def _at_every_location(artifact: TaskVectors, locations: Sequence[Location]) -> TaskVectors:

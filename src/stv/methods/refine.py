@@ -75,12 +75,7 @@ def refine(
     or up to 64 of ``train`` set aside, never trained on), scored by ``objective``."""
     if steps <= 0 or not len(vectors.locations):
         return vectors, RefineLog(0.0, 0.0, 0, 0)
-    if held_out is None:
-        order = rng.permutation(len(train))
-        held = [train[i] for i in order[: min(HELD_OUT, len(train) // 2)]]
-        pool = [train[i] for i in order[len(held) :]]
-    else:
-        held, pool = list(held_out), list(train)
+    held, pool = split_held_out(train, rng) if held_out is None else (list(held_out), list(train))
     locations = vectors.location_list()
     held_queries = _queries(lmm, held, task, objective)
     # (K, 1): a step of 1 in u moves a head by its typical size
@@ -106,6 +101,13 @@ def refine(
         return vectors, RefineLog(before, best_score, 0, steps)
     shifts = base + best_u * scale  # (K, D)
     return replace(vectors, shifts=shifts), RefineLog(before, best_score, best_step, steps)
+
+
+def split_held_out(train: Sequence[Example], rng: np.random.Generator) -> tuple[list[Example], list[Example]]:
+    """(held out, the rest): up to 64 training queries, at most half, that judge a correction."""
+    order = rng.permutation(len(train))
+    held = [train[i] for i in order[: min(HELD_OUT, len(train) // 2)]]
+    return held, [train[i] for i in order[len(held) :]]
 
 
 def _queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:

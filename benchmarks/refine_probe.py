@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.compare import fit_variant, fv_task
+from stv.compare import _mtv_fits, fit_variant, fv_task
 from stv.evaluate import generation_accuracy
-from stv.methods.fit import STVConfig, scan_pairs
+from stv.methods.fit import STVConfig, _at_every_location, scan_pairs
 from stv.methods.refine import refine
 from stv.methods.scan import sensitivity_scan
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -32,7 +32,9 @@ LRS = (0.02, 0.05, 0.1)
 STEPS, BATCH = 60, 16
 
 
-def probe(lmm, task_name: str, seed: int, zero_only: bool = False, variants: list[str] | None = None) -> None:
+def probe(
+    lmm, task_name: str, seed: int, zero_only: bool = False, variants: list[str] | None = None, mtv: bool = False
+) -> None:
     train, test, task = fv_task(task_name, 30)
 
     def show(label: str, vectors, seconds: float = 0.0, log=None) -> None:
@@ -41,6 +43,20 @@ def probe(lmm, task_name: str, seed: int, zero_only: bool = False, variants: lis
         held = f" held-out {log.before:.3f}->{log.after:.3f} kept step {log.kept_step}" if log else ""
         print(f"{task_name} seed {seed} {label}: {first:.1f} / {exact:.1f} ({seconds:.0f} s){held}", flush=True)
 
+    if mtv:
+        pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
+        scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
+        fits = _mtv_fits(lmm, train, task, scan, BASE, seed, [])  # compare's MTV rows
+        for method, vectors, policy, seconds in fits:
+            show(f"{method} ({policy})", replace(vectors, config=vectors.config.with_(policy=policy)), seconds)
+        start = fits[1][1]
+        start = replace(start, config=start.config.with_(policy="prompt_last"))
+        everywhere = _at_every_location(start, lmm.heads.all_locations())
+        t = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        learned, log = refine(lmm, everywhere, train, task, STEPS, 0.05, rng, BATCH, progress=False, objective="answer")
+        show("mtv_prompt_last + answer refinement at every head", learned, time.perf_counter() - t, log)
+        return
     if variants:
         pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
         scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
@@ -80,4 +96,4 @@ if __name__ == "__main__":
     for name in sys.argv[2].split(","):
         for s in map(int, sys.argv[3].split(",")):
             chosen = sys.argv[sys.argv.index("--variants") + 1].split(",") if "--variants" in sys.argv else None
-            probe(model, name, s, zero_only="--zero-only" in sys.argv, variants=chosen)
+            probe(model, name, s, zero_only="--zero-only" in sys.argv, variants=chosen, mtv="--mtv" in sys.argv)

@@ -97,29 +97,38 @@ def bank_rewards(
 def score_rows(logits: torch.Tensor, target: torch.Tensor, objective: Objective) -> torch.Tensor:
     """Per row (Q*S,): the target token's log-prob, its margin over the best other token's
     (> 0 exactly when it is the top token), or a hit (1/0) plus the scaled log-prob."""
-    target = target.to(logits.device)[:, None]  # (Q*S, 1)
-    logp = torch.log_softmax(logits.float(), -1)  # (Q*S, V)
-    mine = logp.gather(1, target).squeeze(1)  # (Q*S,)
+    mine, best_other = _target_and_best_other(logits, target)  # (Q*S,) each
     if objective == "log_prob":
         return mine.cpu()
-    best_other = logp.scatter(1, target, float("-inf")).max(-1).values  # (Q*S,)
     if objective == "margin":
         return (mine - best_other).cpu()
-    return ((mine > best_other).float() + TIE_SCALE * mine.clamp(min=-LOGP_FLOOR)).cpu()
+    return _hits(mine > best_other, mine)
 
 
 def answer_scores(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """ "hits" over whole teacher-forced answers, per row (B,): 1 where every valid token is the
     top token at its step (greedy decoding would say exactly this), plus the scaled log-prob of
     the answer. ``logits`` (B, T, V); ``target``, ``valid`` (B, T)."""
-    logp = torch.log_softmax(logits.float(), -1)  # (B, T, V)
-    target = target.to(logits.device)[..., None]  # (B, T, 1)
-    mine = logp.gather(2, target).squeeze(2)  # (B, T)
-    best_other = logp.scatter(2, target, float("-inf")).max(-1).values  # (B, T)
+    mine, best_other = _target_and_best_other(logits, target)  # (B, T) each
     valid = valid.to(logits.device)
-    hit = ((mine > best_other) | ~valid).all(1).float()  # (B,)
-    total = (mine.clamp(min=-LOGP_FLOOR) * valid).sum(1)  # (B,)
-    return (hit + TIE_SCALE * total).cpu()
+    return _hits(((mine > best_other) | ~valid).all(1), torch.where(valid, mine, 0.0))
+
+
+def _target_and_best_other(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target token's log-prob and the best other token's, over any leading shape:
+    ``logits`` (..., V), ``target`` (...)."""
+    logp = torch.log_softmax(logits.float(), -1)  # (..., V)
+    index = target.to(logits.device)[..., None]  # (..., 1)
+    mine = logp.gather(-1, index).squeeze(-1)  # (...)
+    return mine, logp.scatter(-1, index, float("-inf")).max(-1).values
+
+
+def _hits(hit: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """The "hits" score per row: 1/0 plus the log-prob (summed over a row's tokens when it has
+    several; masked ones 0), each token's clamped to -LOGP_FLOOR, scaled to break ties only."""
+    logp = logp.clamp(min=-LOGP_FLOOR)
+    total = logp.sum(-1) if logp.dim() > 1 else logp  # (rows,)
+    return (hit.float() + TIE_SCALE * total).cpu()
 
 
 def _prefix_and_targets(lmm: LMM, queries: Sequence[Example], task: Task, after: "TaskVectors | None"):

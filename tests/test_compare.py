@@ -3,7 +3,9 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
 from stv.cli import main
 from stv.compare import VARIANTS, compare_table, fit_variant, run_compare, variant_config
@@ -70,12 +72,18 @@ def test_presets_and_overrides():
     assert (plus.refine, variant_config("stv+_v6", base)) == (60, replace(plus, refine=0))
     for name in ("stv+_v5", "stv+_no_centroids", "stv+_shift", "stv+_shift_only", "stv+_prior_draws", "stv+_long"):
         assert variant_config(name, base).refine == 0, name
-    # compare24-25 trained the correction on the first token; the *_answer variants on the whole answer
-    assert (plus.refine_objective, variant_config("refine_only", base).refine_objective) == ("first_token",) * 2
-    assert variant_config("stv+_refine_answer", base) == replace(plus, refine_objective="answer")
-    every_answer = replace(plus, refine_heads="every", refine_objective="answer")
+    # ... and compare24-26's after v8 moved refinement to the whole answer, every head and two starts
+    v7 = variant_config("stv+_v7", base)
+    assert (v7.refine_heads, v7.refine_objective, v7.refine_start) == ("written", "first_token", "search")
+    assert v7 == replace(plus, refine_heads="written", refine_objective="first_token", refine_start="search")
+    assert variant_config("stv+_refine", base) == v7
+    assert variant_config("stv+_refine_every", base) == replace(v7, refine_heads="every")
+    assert variant_config("stv+_refine_answer", base) == replace(v7, refine_objective="answer")
+    every_answer = replace(v7, refine_heads="every", refine_objective="answer")
     assert variant_config("stv+_every_answer", base) == every_answer
-    assert variant_config("stv+_both_answer", base) == replace(every_answer, refine_start="both")
+    assert variant_config("stv+_both_answer", base) == replace(every_answer, refine_start="both") == plus
+    only = variant_config("refine_only", base)
+    assert (only.refine_heads, only.refine_objective, only.refine_start) == ("every", "first_token", "search")
     assert variant_config("refine_only_answer", base) == replace(
         variant_config("refine_only", base), refine_objective="answer"
     )
@@ -216,3 +224,26 @@ def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
     result = run_compare(lmm_of("llama"), ["capitalize"], [0], [], base, **sizes, mtv_steps=6)
     assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last"]
     assert steps == [6] and result["settings"]["mtv_steps"] == 6
+
+
+def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
+    """stv+ v8 was measured as stv+_both_answer and v7 as stv+: under their names now (stv+,
+    stv+_v7) each fit repeats those draws exactly, and another name draws otherwise."""
+    from stv.data import load_dataset
+    from stv.methods.fit import scan_pairs
+    from stv.methods.scan import sensitivity_scan
+    from stv.tasks import task_for
+
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    scan = sensitivity_scan(lmm, scan_pairs(train, task, 4, 2, np.random.default_rng(0)), 4, progress=False)
+
+    def probabilities(name: str) -> torch.Tensor:
+        vectors, _ = fit_variant(lmm, train, task, scan, name, base, 0)
+        assert vectors.probabilities is not None
+        return vectors.probabilities
+
+    assert torch.equal(probabilities("stv+"), probabilities("stv+_both_answer"))
+    assert not torch.equal(probabilities("stv+"), probabilities("stv+_every_answer"))  # the same search, other draws

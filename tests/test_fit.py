@@ -90,7 +90,7 @@ def test_mean_and_keep_arms_extend_the_bank(lmm_of):
     assert arms.bank.shape == (3, 4, lmm.heads.head_dim)  # 2 centroids + mean + keep (NaN)
     means = state.scan.activations_at(state.locations).mean(0)
     assert torch.allclose(arms.bank[:, 2], means) and bool(torch.isnan(arms.bank[:, 3]).all())
-    plus = replace(plus, continuation_search=0, schedule_items=0)  # the prompt's vectors only
+    plus = replace(plus, continuation_search=0, schedule_items=0, refine=0)  # the search's vectors only
     vectors, _ = fit_at(lmm, train, plus, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
     counts = vectors.config.extra["arms"]  # what each head got, recorded in the artifact
     assert sum(counts.values()) == 3 and counts["centroid"] + counts["mean"] == len(vectors.location_list())
@@ -104,7 +104,7 @@ def test_no_centroids_leaves_mtvs_arms_only(lmm_of):
     train = load_dataset("fv:capitalize", split="train")[:30]
     task = task_for(train)
     cfg = STVConfig.plus(top_k=3, clusters=0, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
-    cfg = replace(cfg, continuation_search=0, schedule_items=0)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=0)
     vectors, state = fit(lmm, train, cfg, task=task, progress=False)
     assert state.bank.shape == (3, 2, lmm.heads.head_dim)  # the mean and keep, no centroid
     means = state.scan.activations_at(state.locations).mean(0)

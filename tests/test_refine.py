@@ -122,7 +122,7 @@ def test_fit_refines_at_the_written_heads_or_at_every_location(lmm_of, where):
     train = load_dataset("fv:capitalize", split="train")[:40]
     task = task_for(train)
     cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
-    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_heads=where)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_heads=where, refine_start="search")
     vectors, state = fit(lmm, train, cfg, task=task, progress=False)
     unrefined, _ = fit(lmm, train, replace(cfg, refine=0), task=task, progress=False)
     assert "refine" in vectors.config.extra and "refine" in state.timings

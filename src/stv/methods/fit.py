@@ -301,7 +301,8 @@ def _refined(
         )
         results.append((refined, log, start is searched))
     refined, log, from_search = max(results, key=lambda r: r[1].after)  # ties: the first, the search's
-    changes: dict = {"refine": {**asdict(log), "start": "search" if from_search else "zero"}}
+    judged = {"search" if r[2] else "zero": r[1].after for r in results}  # each start's best held-out score
+    changes: dict = {"refine": {**asdict(log), "start": "search" if from_search else "zero", "judged": judged}}
     if not from_search:  # every head keeps its own output (plus the correction): no arm of the search
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
     refined.config = refined.config.with_(**changes)

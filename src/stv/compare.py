@@ -130,20 +130,13 @@ def _sizes(base: STVConfig) -> dict:
 def _v7(base: STVConfig, **overrides) -> STVConfig:
     """stv+ v7: refinement at the written heads, on the first token, from the search's choice."""
     v7 = {"refine_heads": "written", "refine_objective": "first_token", "refine_start": "search"}
-    return STVConfig.plus(**_sizes(base), **{**v7, **overrides})
+    return STVConfig.plus(**{**_sizes(base), **v7, **overrides})
 
 
 def _refine_only(base: STVConfig, **overrides) -> STVConfig:
     """The correction learned from zero at every head: no head search, no bank choice."""
-    return STVConfig.plus(
-        **{**_sizes(base), "steps": 0},
-        restarts=1,
-        final_samples=0,
-        final_recheck=0,
-        continuation_search=base.steps,
-        **{"refine": REFINE_STEPS, "refine_heads": "every", "refine_objective": "first_token", "refine_start": "search"}
-        | overrides,
-    )
+    no_search = {"steps": 0, "restarts": 1, "final_samples": 0, "final_recheck": 0, "continuation_search": base.steps}
+    return _v7(base, **{**no_search, "refine": REFINE_STEPS, "refine_heads": "every", **overrides})
 
 
 def _v3(base: STVConfig, **overrides) -> STVConfig:

@@ -275,19 +275,18 @@ def _refined(
     """``artifact`` with refinement's correction added to the searched vectors, to every head's
     own output (``refine_start`` zero), or to each, the better on the same held-out queries
     (both: the search's result, unrefined, competes too: each start's judge begins with it)."""
-    searched = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
-    starts = {
-        "search": [searched],
-        "zero": [_at_every_location(_writing_nothing(artifact), locations)],
-        "both": [searched, _at_every_location(_writing_nothing(artifact), locations)],
-    }[config.refine_start]
-    starts = [start for start in starts if len(start.locations)] or starts[:1]  # an empty one is zero's "before"
+    starts: dict[str, TaskVectors] = {}
+    if config.refine_start != "zero":
+        starts["search"] = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
+    if config.refine_start != "search":
+        starts["zero"] = _at_every_location(_writing_nothing(artifact), locations)
+    if len(starts) > 1 and not len(starts["search"].locations) and len(starts["zero"].locations):
+        del starts["search"]  # nothing written: the same as zero's "before"
     held = None  # "search" alone draws its held-out queries as it always did
     if config.refine_start != "search":
         held, train = split_held_out(train, rng)
-    results = []
-    for start in starts:
-        refined, log = refine(
+    results = {
+        name: refine(
             lmm,
             start,
             train,
@@ -299,11 +298,13 @@ def _refined(
             held_out=held,
             objective=config.refine_objective,
         )
-        results.append((refined, log, start is searched))
-    refined, log, from_search = max(results, key=lambda r: r[1].after)  # ties: the first, the search's
-    judged = {"search" if r[2] else "zero": r[1].after for r in results}  # each start's best held-out score
-    changes: dict = {"refine": {**asdict(log), "start": "search" if from_search else "zero", "judged": judged}}
-    if not from_search:  # every head keeps its own output (plus the correction): no arm of the search
+        for name, start in starts.items()
+    }
+    best = max(results, key=lambda name: results[name][1].after)  # ties: the first, the search's
+    refined, log = results[best]
+    judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
+    changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
+    if best == "zero":  # every head keeps its own output (plus the correction): no arm of the search
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
     refined.config = refined.config.with_(**changes)
     return refined

@@ -179,3 +179,31 @@ def test_refine_start_zero_drops_the_search(lmm_of):
     vectors, state = fit(lmm, train, cfg, task=task, progress=False)
     assert vectors.location_list() == [tuple(loc) for loc in state.locations]
     assert torch.isnan(vectors.vectors).all() and vectors.config.extra["refine"]["start"] == "zero"
+
+
+@pytest.mark.parametrize("apart", [True, False])
+def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatch, apart):
+    """With ``judge_apart`` the queries refinement is judged on reach neither REINFORCE's
+    rewards nor the final selection; without it, they are drawn from the same training set."""
+    import stv.methods.fit as fit_module
+
+    seen: dict[str, set[str]] = {"search": set(), "judge": set()}
+
+    def spy(name, real, position):
+        def wrapped(*args, **kwargs):
+            queries = kwargs["held_out"] if name == "judge" else args[position]
+            seen[name].update(q.id for q in queries)
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(fit_module, "bank_rewards", spy("search", fit_module.bank_rewards, 1))
+    monkeypatch.setattr(fit_module, "select_best", spy("search", fit_module.select_best, 1))
+    monkeypatch.setattr(fit_module, "refine", spy("judge", fit_module.refine, 2))
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
+    cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=2, final_recheck=8, judge_apart=apart)
+    vectors, _ = fit(lmm, train, cfg, task=task_for(train), progress=False)
+    assert len(seen["judge"]) == 20 and vectors.config.extra["refine"]["start"] in ("search", "zero")
+    assert seen["search"] == ({q.id for q in train} - seen["judge"] if apart else {q.id for q in train})

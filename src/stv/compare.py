@@ -98,6 +98,10 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # name stv+ v8 was measured under (thirteenth round; since v8 the same settings as "stv+")
     "stv+_every_answer": lambda base: _v7(base, refine_heads="every", refine_objective="answer"),
     "stv+_both_answer": lambda base: _v7(base, refine_heads="every", refine_objective="answer", refine_start="both"),
+    # v8 with the judge's 64 held-out queries kept from the search and its final selection too
+    # (fourteenth round: v8's misses were seeds where the searched start won on queries the
+    # search had been chosen on, then lost on the test)
+    "stv+_apart": lambda base: STVConfig.plus(**_sizes(base), judge_apart=True),
     "refine_only": lambda base: _refine_only(base),
     "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these

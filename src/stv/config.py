@@ -60,6 +60,7 @@ FIELD_HELP: dict[str, str] = {
     "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
     "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped) or both (each, judged on the same held-out queries against the search's result; the best is kept)",
+    "judge_apart": "with refine: hold the 64 training queries that judge refinement out of the search and its final selection too, so the search's result is not judged on queries it was chosen on",
     "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
     "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
@@ -125,6 +126,7 @@ class STVConfig:
     refine_heads: RefineHeads = "written"
     refine_objective: RefineObjective = "first_token"
     refine_start: RefineStart = "search"
+    judge_apart: bool = False  # with refine: the judge's queries kept from the search too (not in the paper)
     policy: Policy = "every_step"
     schedule_items: int = (
         0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)

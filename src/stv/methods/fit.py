@@ -187,6 +187,8 @@ def fit_at(
     """Bank + REINFORCE at given locations (STV's top-K, or random heads for the ablation)."""
     locations = list(locations)
     timings = {}
+    judge = split_held_out(train, rng) if config.refine and config.judge_apart else None  # (held out, the rest)
+    pool = train if judge is None else judge[1]  # what the search and its final selection draw from
     t = time.perf_counter()
     activations = scan.activations_at(locations)  # (T, K, D)
     bank, shifts = ArmLayout.extend(
@@ -198,14 +200,14 @@ def fit_at(
     timings["bank"] = time.perf_counter() - t
     t = time.perf_counter()
     searches = [
-        _search(lmm, train, task, locations, bank, shifts, config, rng, restart, progress)
+        _search(lmm, pool, task, locations, bank, shifts, config, rng, restart, progress)
         for restart in range(config.restarts)
     ]
     timings["reinforce"] = time.perf_counter() - t
     search, choice = searches[0], searches[0].choice
     if config.final_samples or config.restarts > 1:
         t = time.perf_counter()
-        search, choice = select_final(lmm, train, task, locations, bank, searches, config, rng, shifts)
+        search, choice = select_final(lmm, pool, task, locations, bank, searches, config, rng, shifts)
         timings["select"] = time.perf_counter() - t
     rows = torch.arange(len(locations))
     vectors = bank[rows, choice]  # (K, D) NaN: the head's own output
@@ -224,7 +226,7 @@ def fit_at(
         probabilities=search.probabilities,
         shifts=None if added is None else added[kept],
     )
-    artifact = _after_search(lmm, artifact, train, task, config, locations, rng, timings, progress)
+    artifact = _after_search(lmm, artifact, train, task, config, locations, rng, timings, progress, judge)
     return artifact, FitLog(scan, locations, bank, search, timings)
 
 
@@ -238,12 +240,14 @@ def _after_search(
     rng: np.random.Generator,
     timings: dict[str, float],
     progress: bool,
+    judge: tuple[list[Example], list[Example]] | None = None,
 ) -> TaskVectors:
-    """The stages after the search, each timed into ``timings``: gradient refinement,
+    """The stages after the search, each timed into ``timings``: gradient refinement (judged
+    on ``judge``'s held-out queries, trained on the rest, when the search was kept from them),
     continuation vectors (means, or searched) and the schedule choice."""
     if config.refine:
         t = time.perf_counter()
-        artifact = _refined(lmm, artifact, train, task, config, locations, rng, progress)
+        artifact = _refined(lmm, artifact, train, task, config, locations, rng, progress, judge)
         timings["refine"] = time.perf_counter() - t
     if config.continuation:
         t = time.perf_counter()
@@ -271,6 +275,7 @@ def _refined(
     locations: Sequence[Location],
     rng: np.random.Generator,
     progress: bool,
+    judge: tuple[list[Example], list[Example]] | None = None,
 ) -> TaskVectors:
     """``artifact`` with refinement's correction added to the searched vectors, to every head's
     own output (``refine_start`` zero), or to each, the better on the same held-out queries
@@ -283,7 +288,9 @@ def _refined(
     if len(starts) > 1 and not len(starts["search"].locations) and len(starts["zero"].locations):
         del starts["search"]  # nothing written: the same as zero's "before"
     held = None  # "search" alone draws its held-out queries as it always did
-    if config.refine_start != "search":
+    if judge is not None:  # drawn before the search (judge_apart)
+        held, train = judge
+    elif config.refine_start != "search":
         held, train = split_held_out(train, rng)
     results = {
         name: refine(

@@ -4,17 +4,33 @@ refinement kept (start, held-out scores). Cheaper than a whole demo when only th
 are in question.
 
     python benchmarks/lab_variants_probe.py stv+,stv+_both_answer parity_AB,big_AB 0,1,2
+
+A variant may carry settings after a colon, which change it but not its random draws:
+``stv+:refine=180:refine_lr=0.1`` (the search as stv+'s, refinement longer and faster).
 """
 
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 
+import numpy as np
 import torch
 
 from stv.compare import fit_variant
+from stv.config import STVConfig
 from stv.demo import DemoConfig, _data, _load
 from stv.evaluate import first_token_accuracy
-from stv.methods.fit import fit
+from stv.methods.fit import scan_pairs
+from stv.methods.scan import sensitivity_scan
+
+TYPES = {f.name: type(f.default) for f in fields(STVConfig)}
+
+
+def parse(spec: str) -> tuple[str, dict]:
+    """ "name:field=value:..." -> (name, {field: value}), values typed as STVConfig's defaults."""
+    name, *settings = spec.split(":")
+    pairs = (setting.split("=", 1) for setting in settings)
+    return name, {k: (v == "True") if TYPES[k] is bool else TYPES[k](v) for k, v in pairs}
+
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
@@ -25,12 +41,13 @@ if __name__ == "__main__":
     for task in tasks:
         train, test, template = _data(config, task)
         for seed in map(int, seeds):
-            stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
-            _, state = fit(lmm, train, stv_cfg, task=template, progress=False)  # the demo's scan
-            for name in variants:
+            pairs = scan_pairs(train, template, config.stv.pairs, config.stv.shots, np.random.default_rng(seed))
+            scan = sensitivity_scan(lmm, pairs, config.stv.batch_size, progress=False)  # the demo's (fit's) scan
+            for spec in variants:
+                name, overrides = parse(spec)
                 vectors, seconds = fit_variant(
-                    lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed
+                    lmm, train, template, scan, name, replace(config.stv, seed=seed), seed, **overrides
                 )
                 accuracy = first_token_accuracy(lmm, test, template, train, 0, vectors, seed=seed)
                 refined = vectors.config.extra.get("refine", {})
-                print(f"{task} seed {seed} {name}: {accuracy:.1f} ({seconds:.0f} s) refine {refined}", flush=True)
+                print(f"{task} seed {seed} {spec}: {accuracy:.1f} ({seconds:.0f} s) refine {refined}", flush=True)

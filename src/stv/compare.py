@@ -173,9 +173,10 @@ def variant_config(name: str, base: STVConfig) -> STVConfig:
     return VARIANTS[name](base)
 
 
-def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
-    """(TaskVectors, seconds) of one variant fitted on a shared scan."""
-    cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
+def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int, **overrides):
+    """(TaskVectors, seconds) of one variant fitted on a shared scan; ``overrides`` change its
+    settings but not its random draws (a probe of one stage sees the same stages before it)."""
+    cfg = replace(variant_config(name, replace(base, seed=seed)), **overrides).resolved(lmm)  # top_k 0: its default
     start = time.perf_counter()
     stream = MEASURED_AS.get(name, name)
     rng = np.random.default_rng(seed + 1_000 + sum(map(ord, stream)))

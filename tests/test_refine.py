@@ -207,3 +207,46 @@ def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatc
     vectors, _ = fit(lmm, train, cfg, task=task_for(train), progress=False)
     assert len(seen["judge"]) == 20 and vectors.config.extra["refine"]["start"] in ("search", "zero")
     assert seen["search"] == ({q.id for q in train} - seen["judge"] if apart else {q.id for q in train})
+
+
+def test_steering_writes_the_searched_value_on_the_prompts_it_was_centred_on(lmm_of):
+    """The steer start moves each written head by (value - its mean own output): on the very
+    prompt the mean was taken over it writes what replacement writes, on another it does not."""
+    from stv.methods.fit import _steered
+
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(8)
+    task = task_for(train)
+    locations = [(0, 0), (1, 1), (1, 0)]
+    values = torch.randn(len(locations), lmm.heads.head_dim)  # (K, D)
+    values[2] = float("nan")  # a head the search leaves alone stays alone
+    config = TaskVectorsConfig(policy="prompt_last", model=lmm.name, weights=lmm.weights_fingerprint())
+    replaced = TaskVectors(torch.tensor(locations), values, config=config)
+    steered = _steered(lmm, replaced, task, [train[0]] * 3)
+    assert torch.isnan(steered.vectors).all() and steered.shifts is not None and not steered.shifts[2].any()
+
+    def logits(vectors: TaskVectors, example: Example) -> torch.Tensor:
+        with vectors.apply(lmm):
+            return lmm.forward([task.prompt([], example)])
+
+    torch.testing.assert_close(logits(steered, train[0]), logits(replaced, train[0]), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits(steered, train[1]), logits(replaced, train[1]), atol=1e-4)
+
+
+def test_all_starts_add_steering_and_leave_the_other_starts_as_both_draws_them(lmm_of):
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:40]
+    task = task_for(train)
+    every = lmm.heads.all_locations()
+    searched = TaskVectors(
+        torch.tensor(every[:2]), torch.randn(2, lmm.heads.head_dim), config=TaskVectorsConfig(policy="prompt_last")
+    )
+    base = replace(STVConfig.plus(), refine=2, refine_heads="every")
+    judged = {
+        start: _refined(
+            lmm, searched, train, task, replace(base, refine_start=start), every, np.random.default_rng(3), False
+        ).config.extra["refine"]["judged"]
+        for start in ("both", "all")
+    }
+    assert set(judged["all"]) == {"search", "zero", "steer"}
+    assert {k: judged["all"][k] for k in ("search", "zero")} == judged["both"]

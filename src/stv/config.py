@@ -25,7 +25,7 @@ REFINE_STEPS = 60  # stv+'s gradient steps of refinement (benchmarks/compare24-s
 REFINE_HEADS: tuple[RefineHeads, ...] = get_args(RefineHeads)
 RefineObjective = Literal["first_token", "answer"]  # which tokens refinement's cross-entropy covers
 REFINE_OBJECTIVES: tuple[RefineObjective, ...] = get_args(RefineObjective)
-RefineStart = Literal["search", "zero", "both"]  # what refinement's correction is added to
+RefineStart = Literal["search", "zero", "both", "steer", "all"]  # what refinement's correction is added to
 REFINE_STARTS: tuple[RefineStart, ...] = get_args(RefineStart)
 
 
@@ -59,7 +59,7 @@ FIELD_HELP: dict[str, str] = {
     "refine": "gradient steps of a correction added at the heads after the search, on the answer's cross-entropy (--refine-objective); judged on held-out training queries, kept only if better (steps; 0: none)",
     "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
-    "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped) or both (each, judged on the same held-out queries against the search's result; the best is kept)",
+    "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped), steer (the searched vectors as steering: each written head keeps its own output, moved by the vector minus its mean output on zero-shot prompts), both (search and zero) or all (search, zero and steer); several starts are judged on the same held-out queries against the search's result and the best is kept",
     "judge_apart": "with refine: hold the 64 training queries that judge refinement out of the search and its final selection too, so the search's result is not judged on queries it was chosen on",
     "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import STVConfig
+from ..config import RefineStart, STVConfig
 from ..data.example import Example
 from ..errors import StvError
 from ..fingerprint import data_fingerprint
@@ -21,7 +21,7 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import search_continuation, with_continuation
-from .refine import refine, split_held_out
+from .refine import head_outputs, refine, split_held_out
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
@@ -88,6 +88,15 @@ def fit(
     return artifact, state
 
 
+# the starts refinement tries under each refine_start, in the order they are refined (and win ties)
+STARTS: dict[RefineStart, tuple[str, ...]] = {
+    "search": ("search",),
+    "zero": ("zero",),
+    "steer": ("steer",),
+    "both": ("search", "zero"),
+    "all": ("search", "zero", "steer"),
+}
+STEER_QUERIES = 64  # zero-shot training prompts whose mean head outputs turn a replacement into steering
 RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride
 
 
@@ -278,12 +287,15 @@ def _refined(
     judge: tuple[list[Example], list[Example]] | None = None,
 ) -> TaskVectors:
     """``artifact`` with refinement's correction added to the searched vectors, to every head's
-    own output (``refine_start`` zero), or to each, the better on the same held-out queries
-    (both: the search's result, unrefined, competes too: each start's judge begins with it)."""
+    own output (``refine_start`` zero), to the searched vectors turned into steering (steer),
+    or to several of them, the best on the same held-out queries (both, all: the search's
+    result, unrefined, competes too: each start's judge begins with it)."""
+    names = STARTS[config.refine_start]
+    searched = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
     starts: dict[str, TaskVectors] = {}
-    if config.refine_start != "zero":
-        starts["search"] = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
-    if config.refine_start != "search":
+    if "search" in names:
+        starts["search"] = searched
+    if "zero" in names:
         starts["zero"] = _at_every_location(_writing_nothing(artifact), locations)
     if len(starts) > 1 and not len(starts["search"].locations) and len(starts["zero"].locations):
         del starts["search"]  # nothing written: the same as zero's "before"
@@ -292,6 +304,9 @@ def _refined(
         held, train = judge
     elif config.refine_start != "search":
         held, train = split_held_out(train, rng)
+    writes = bool(len(searched.locations)) and not torch.isnan(searched.vectors).all()
+    if "steer" in names and (writes or "zero" not in starts):  # writing nothing, steering is the zero start
+        starts["steer"] = _steered(lmm, searched, task, train[:STEER_QUERIES])  # last: the others' draws unchanged
     results = {
         name: refine(
             lmm,
@@ -307,7 +322,7 @@ def _refined(
         )
         for name, start in starts.items()
     }
-    best = max(results, key=lambda name: results[name][1].after)  # ties: the first, the search's
+    best = max(results, key=lambda name: results[name][1].after)  # ties: the first (search, zero, steer)
     refined, log = results[best]
     judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
     changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
@@ -315,6 +330,21 @@ def _refined(
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
     refined.config = refined.config.with_(**changes)
     return refined
+
+
+def _steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example]) -> TaskVectors:
+    """``artifact`` with its written heads turned from replacement into steering: own output +
+    (value - the head's mean own output on ``queries``' zero-shot prompts, the heads before it
+    written as the search chose, so on those prompts steering writes what replacing wrote). On average the head
+    writes what the search chose, and it still carries what it says about this query (the lab:
+    a replaced head can lose one digit class for good, which no added correction brings back).
+    """
+    written = ~torch.isnan(artifact.vectors).any(-1)  # (K,)
+    inputs = lmm.prepare([task.prompt([], q) for q in queries])
+    own = head_outputs(lmm, artifact.location_list(), inputs, written=artifact).mean(0)  # (K, D) under the writes
+    base = artifact.shifts if artifact.shifts is not None else torch.zeros_like(artifact.vectors)  # (K, D)
+    shifts = torch.where(written[:, None], torch.nan_to_num(artifact.vectors) - own + base, base)  # (K, D)
+    return dc_replace(artifact, vectors=torch.full_like(artifact.vectors, float("nan")), shifts=shifts)
 
 
 def _writing_nothing(artifact: TaskVectors) -> TaskVectors:

@@ -14,6 +14,7 @@ did worse on queries it did not train on.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -118,12 +119,24 @@ def _queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: Refine
     return _Queries(inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
 
 
-def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> torch.Tensor:
-    """Each head's root-mean-square output at the last token of zero-shot prompts: (K, 1)."""
-    with record(lmm.heads, locations) as rec, torch.inference_mode():
+def head_outputs(
+    lmm: LMM, locations: list[tuple[int, int]], inputs: dict, written: TaskVectors | None = None
+) -> torch.Tensor:
+    """Each head's own output at the last token of the prompts in ``inputs``: (B, K, D); with
+    ``written`` inserted there, what each head computes given what the heads before it wrote."""
+    writes = contextlib.nullcontext()
+    if written is not None:
+        where = written.location_list()
+        writes = replace_heads(lmm.model, lmm.heads, where, written.vectors, "prompt_last", shifts=written.shifts)
+    with record(lmm.heads, locations) as rec, writes, torch.inference_mode():  # recorded before written over
         lmm.model(**inputs, use_cache=False, logits_to_keep=1)
     assert rec.values is not None  # the pass above reached every layer
-    return rec.values.pow(2).mean((0, 2)).sqrt()[:, None]  # (K, 1)
+    return rec.values
+
+
+def _head_scale(lmm: LMM, locations: list[tuple[int, int]], inputs: dict) -> torch.Tensor:
+    """Each head's root-mean-square output at the last token of zero-shot prompts: (K, 1)."""
+    return head_outputs(lmm, locations, inputs).pow(2).mean((0, 2)).sqrt()[:, None]  # (K, 1)
 
 
 def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Queries) -> torch.Tensor:

@@ -10,27 +10,16 @@ A variant may carry settings after a colon, which change it but not its random d
 """
 
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from stv.compare import fit_variant
-from stv.config import STVConfig
+from stv.compare import fit_variant, variant_spec
 from stv.demo import DemoConfig, _data, _load
 from stv.evaluate import first_token_accuracy
 from stv.methods.fit import scan_pairs
 from stv.methods.scan import sensitivity_scan
-
-TYPES = {f.name: type(f.default) for f in fields(STVConfig)}
-
-
-def parse(spec: str) -> tuple[str, dict]:
-    """ "name:field=value:..." -> (name, {field: value}), values typed as STVConfig's defaults."""
-    name, *settings = spec.split(":")
-    pairs = (setting.split("=", 1) for setting in settings)
-    return name, {k: (v == "True") if TYPES[k] is bool else TYPES[k](v) for k, v in pairs}
-
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
@@ -44,7 +33,7 @@ if __name__ == "__main__":
             pairs = scan_pairs(train, template, config.stv.pairs, config.stv.shots, np.random.default_rng(seed))
             scan = sensitivity_scan(lmm, pairs, config.stv.batch_size, progress=False)  # the demo's (fit's) scan
             for spec in variants:
-                name, overrides = parse(spec)
+                name, overrides = variant_spec(spec)
                 vectors, seconds = fit_variant(
                     lmm, train, template, scan, name, replace(config.stv, seed=seed), seed, **overrides
                 )

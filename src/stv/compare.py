@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Callable, Sequence, cast
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -171,6 +171,20 @@ def variant_config(name: str, base: STVConfig) -> STVConfig:
     if name not in VARIANTS:
         raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
     return VARIANTS[name](base)
+
+
+def variant_spec(spec: str) -> tuple[str, dict]:
+    """ "name:field=value:..." -> (name, {field: value}), each value typed as STVConfig's default
+    (``stv+:refine_start=all``: stv+'s settings and draws, one setting changed)."""
+    name, *settings = spec.split(":")
+    types: dict[str, Any] = {f.name: type(f.default) for f in fields(STVConfig)}
+    overrides = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in types or not value:
+            raise StvError(f"variant {spec!r}: {setting!r} is not field=value of an STVConfig field")
+        overrides[key] = value == "True" if types[key] is bool else types[key](value)
+    return name, overrides
 
 
 def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int, **overrides):

@@ -124,7 +124,7 @@ def head_outputs(
 ) -> torch.Tensor:
     """Each head's own output at the last token of the prompts in ``inputs``: (B, K, D); with
     ``written`` inserted there, what each head computes given what the heads before it wrote."""
-    writes = contextlib.nullcontext()
+    writes: contextlib.AbstractContextManager = contextlib.nullcontext()
     if written is not None:
         where = written.location_list()
         writes = replace_heads(lmm.model, lmm.heads, where, written.vectors, "prompt_last", shifts=written.shifts)

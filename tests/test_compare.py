@@ -249,3 +249,17 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
     assert torch.equal(probabilities("stv+"), probabilities("stv+", refine=0))  # settings after the search: same draws
     assert not torch.equal(probabilities("stv+"), probabilities("stv+", judge_apart=True))  # the search's pool moved
     assert not torch.equal(probabilities("stv+"), probabilities("stv+_every_answer"))  # the same search, other draws
+
+
+def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_ones():
+    from stv.compare import variant_spec
+    from stv.errors import StvError
+
+    assert variant_spec("stv+") == ("stv+", {})
+    assert variant_spec("stv+:refine_start=all:judge_apart=True:refine=5:refine_lr=0.1") == (
+        "stv+",
+        {"refine_start": "all", "judge_apart": True, "refine": 5, "refine_lr": 0.1},
+    )
+    for bad in ("stv+:nope=1", "stv+:refine", "stv+:refine=x", "stv+:judge_apart=yes"):
+        with pytest.raises(StvError, match="variant"):
+            variant_spec(bad)

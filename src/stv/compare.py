@@ -183,7 +183,12 @@ def variant_spec(spec: str) -> tuple[str, dict]:
         key, _, value = setting.partition("=")
         if key not in types or not value:
             raise StvError(f"variant {spec!r}: {setting!r} is not field=value of an STVConfig field")
-        overrides[key] = value == "True" if types[key] is bool else types[key](value)
+        if types[key] is bool and value not in ("True", "False"):
+            raise StvError(f"variant {spec!r}: {key} takes True or False, got {value!r}")
+        try:
+            overrides[key] = value == "True" if types[key] is bool else types[key](value)
+        except ValueError:
+            raise StvError(f"variant {spec!r}: {key} takes a {types[key].__name__}, got {value!r}") from None
     return name, overrides
 
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from stv.compare import fit_variant, variant_spec
+from stv.compare import fit_variant
 from stv.demo import DemoConfig, _data, _load
 from stv.evaluate import first_token_accuracy
 from stv.methods.fit import scan_pairs
@@ -33,10 +33,7 @@ if __name__ == "__main__":
             pairs = scan_pairs(train, template, config.stv.pairs, config.stv.shots, np.random.default_rng(seed))
             scan = sensitivity_scan(lmm, pairs, config.stv.batch_size, progress=False)  # the demo's (fit's) scan
             for spec in variants:
-                name, overrides = variant_spec(spec)
-                vectors, seconds = fit_variant(
-                    lmm, train, template, scan, name, replace(config.stv, seed=seed), seed, **overrides
-                )
+                vectors, seconds = fit_variant(lmm, train, template, scan, spec, replace(config.stv, seed=seed), seed)
                 accuracy = first_token_accuracy(lmm, test, template, train, 0, vectors, seed=seed)
                 refined = vectors.config.extra.get("refine", {})
                 print(f"{task} seed {seed} {spec}: {accuracy:.1f} ({seconds:.0f} s) refine {refined}", flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.compare import _mtv_fits, fit_variant, fv_task, variant_spec
+from stv.compare import _mtv_fits, fit_variant, fv_task
 from stv.evaluate import generation_accuracy
 from stv.methods.fit import STVConfig, _at_every_location, scan_pairs
 from stv.methods.refine import refine
@@ -61,8 +61,7 @@ def probe(
         pairs = scan_pairs(train, task, BASE.pairs, BASE.shots, np.random.default_rng(seed))
         scan = sensitivity_scan(lmm, pairs, BASE.batch_size, progress=False)
         for name in variants:
-            variant, overrides = variant_spec(name)
-            vectors, seconds = fit_variant(lmm, train, task, scan, variant, BASE, seed, **overrides)
+            vectors, seconds = fit_variant(lmm, train, task, scan, name, BASE, seed)
             refined = vectors.config.extra.get("refine", {})
             print(f"{task_name} seed {seed} {name}: policy {vectors.config.policy}, refine {refined}", flush=True)
             show(name, vectors, seconds)

@@ -240,14 +240,15 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
     base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     scan = sensitivity_scan(lmm, scan_pairs(train, task, 4, 2, np.random.default_rng(0)), 4, progress=False)
 
-    def probabilities(name: str, **overrides) -> torch.Tensor:
-        vectors, _ = fit_variant(lmm, train, task, scan, name, base, 0, **overrides)
+    def probabilities(name: str) -> torch.Tensor:
+        vectors, _ = fit_variant(lmm, train, task, scan, name, base, 0)
         assert vectors.probabilities is not None
         return vectors.probabilities
 
     assert torch.equal(probabilities("stv+"), probabilities("stv+_both_answer"))
-    assert torch.equal(probabilities("stv+"), probabilities("stv+", refine=0))  # settings after the search: same draws
-    assert not torch.equal(probabilities("stv+"), probabilities("stv+", judge_apart=True))  # the search's pool moved
+    assert torch.equal(probabilities("stv+_all"), probabilities("stv+:refine_start=all"))  # measured so
+    assert torch.equal(probabilities("stv+"), probabilities("stv+:refine=0"))  # settings after the search: same draws
+    assert not torch.equal(probabilities("stv+"), probabilities("stv+:judge_apart=True"))  # the search's pool moved
     assert not torch.equal(probabilities("stv+"), probabilities("stv+_every_answer"))  # the same search, other draws
 
 
@@ -263,3 +264,8 @@ def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_o
     for bad in ("stv+:nope=1", "stv+:refine", "stv+:refine=x", "stv+:judge_apart=yes"):
         with pytest.raises(StvError, match="variant"):
             variant_spec(bad)
+    assert variant_config("stv+:refine_start=all", STVConfig()) == replace(
+        variant_config("stv+", STVConfig()), refine_start="all"
+    )
+    with pytest.raises(StvError, match="refine_start"):  # a value the config refuses, before any model loads
+        variant_config("stv+:refine_start=middle", STVConfig())

@@ -102,6 +102,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # (fourteenth round: v8's misses were seeds where the searched start won on queries the
     # search had been chosen on, then lost on the test)
     "stv+_apart": lambda base: STVConfig.plus(**_sizes(base), judge_apart=True),
+    # v8 with a third start, the searched vectors as steering (fourteenth round; measured as
+    # "stv+:refine_start=all", so it draws as stv+: its search and the other two starts are v8's)
+    "stv+_all": lambda base: STVConfig.plus(**_sizes(base), refine_start="all"),
     "refine_only": lambda base: _refine_only(base),
     "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
@@ -123,7 +126,7 @@ CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the 
 # A variant's random draws are seeded by its name. When stv+ moves to new settings, the name
 # they were measured under keeps its draws, and the previous stv+ keeps "stv+"'s: every number
 # reported reproduces, draw for draw, under the name the settings have now.
-MEASURED_AS = {"stv+": "stv+_both_answer", "stv+_v7": "stv+"}
+MEASURED_AS = {"stv+": "stv+_both_answer", "stv+_v7": "stv+", "stv+_all": "stv+_both_answer"}
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
 
@@ -167,10 +170,14 @@ def _v1(base: STVConfig, **overrides) -> STVConfig:
 
 
 def variant_config(name: str, base: STVConfig) -> STVConfig:
-    """The STVConfig of variant ``name`` given the run's shared sizes in ``base``."""
-    if name not in VARIANTS:
-        raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(VARIANTS)}")
-    return VARIANTS[name](base)
+    """The STVConfig of variant ``name`` given the run's shared sizes in ``base``; a name may
+    carry settings, ``stv+:refine_start=all`` (:func:`variant_spec`)."""
+    variant, overrides = variant_spec(name)
+    if variant not in VARIANTS:
+        raise StvError(f"unknown STV variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    config = replace(VARIANTS[variant](base), **overrides)
+    config.check()
+    return config
 
 
 def variant_spec(spec: str) -> tuple[str, dict]:
@@ -192,12 +199,13 @@ def variant_spec(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int, **overrides):
-    """(TaskVectors, seconds) of one variant fitted on a shared scan; ``overrides`` change its
-    settings but not its random draws (a probe of one stage sees the same stages before it)."""
-    cfg = replace(variant_config(name, replace(base, seed=seed)), **overrides).resolved(lmm)  # top_k 0: its default
+def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
+    """(TaskVectors, seconds) of one variant fitted on a shared scan. Settings carried by the
+    name change the variant but not its random draws (``stv+:refine=0`` searches as stv+)."""
+    cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
     start = time.perf_counter()
-    stream = MEASURED_AS.get(name, name)
+    variant = variant_spec(name)[0]
+    stream = MEASURED_AS.get(variant, variant)
     rng = np.random.default_rng(seed + 1_000 + sum(map(ord, stream)))
     vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)
     vectors.config.extra["variant"] = name

@@ -22,8 +22,8 @@ import torch
 from stv import load_model
 from stv.compare import _mtv_fits, fit_variant, fv_task
 from stv.evaluate import generation_accuracy
-from stv.methods.fit import STVConfig, _at_every_location, scan_pairs
-from stv.methods.refine import refine
+from stv.methods.fit import STVConfig, scan_pairs
+from stv.methods.refine import at_every_location, refine
 from stv.methods.scan import sensitivity_scan
 from stv.vectors import TaskVectors, TaskVectorsConfig
 
@@ -51,7 +51,7 @@ def probe(
             show(f"{method} ({policy})", replace(vectors, config=vectors.config.with_(policy=policy)), seconds)
         start = fits[1][1]
         start = replace(start, config=start.config.with_(policy="prompt_last"))
-        everywhere = _at_every_location(start, lmm.heads.all_locations())
+        everywhere = at_every_location(start, lmm.heads.all_locations())
         t = time.perf_counter()
         rng = np.random.default_rng(seed)
         learned, log = refine(lmm, everywhere, train, task, STEPS, 0.05, rng, BATCH, progress=False, objective="answer")

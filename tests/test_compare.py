@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from stv.cli import main
-from stv.compare import VARIANTS, compare_table, fit_variant, run_compare, variant_config
+from stv.compare import compare_table, fit_variant, run_compare
 from stv.config import STVConfig
+from stv.variants import VARIANTS, variant_config
 
 from .conftest import TINY_STV_FLAGS
 
@@ -253,8 +254,8 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
 
 
 def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_ones():
-    from stv.compare import variant_spec
     from stv.errors import StvError
+    from stv.variants import variant_spec
 
     assert variant_spec("stv+") == ("stv+", {})
     assert variant_spec("stv+:refine_start=all:judge_apart=True:refine=5:refine_lr=0.1") == (

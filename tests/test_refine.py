@@ -11,8 +11,8 @@ import torch
 from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
-from stv.methods.fit import _refined, fit
-from stv.methods.refine import _judge, _queries, refine
+from stv.methods.fit import fit
+from stv.methods.refine import _judge, _queries, refine, refined, steered
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -161,7 +161,7 @@ def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
     cfg = replace(STVConfig.plus(), refine=2, refine_lr=1e-6, refine_heads="every", refine_start="both")
     for searched, start in ((good, "search"), (replace(good, shifts=-4 * good.shifts), "zero")):
         searched.config = TaskVectorsConfig(policy="prompt_last").with_(arms={"centroid": 3, "keep": 1})
-        kept = _refined(lmm, searched, train, task, cfg, every, np.random.default_rng(1), progress=False)
+        kept = refined(lmm, searched, train, task, cfg, every, np.random.default_rng(1), progress=False)
         assert kept.config.extra["refine"]["start"] == start
         if start == "zero":  # nothing of the search is written, and the arms say so
             assert torch.isnan(kept.vectors).all() and kept.config.extra["arms"] == {"centroid": 0, "keep": len(every)}
@@ -186,6 +186,7 @@ def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatc
     """With ``judge_apart`` the queries refinement is judged on reach neither REINFORCE's
     rewards nor the final selection; without it, they are drawn from the same training set."""
     import stv.methods.fit as fit_module
+    import stv.methods.refine as refine_module
 
     seen: dict[str, set[str]] = {"search": set(), "judge": set()}
 
@@ -199,7 +200,7 @@ def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatc
 
     monkeypatch.setattr(fit_module, "bank_rewards", spy("search", fit_module.bank_rewards, 1))
     monkeypatch.setattr(fit_module, "select_best", spy("search", fit_module.select_best, 1))
-    monkeypatch.setattr(fit_module, "refine", spy("judge", fit_module.refine, 2))
+    monkeypatch.setattr(refine_module, "refine", spy("judge", refine_module.refine, 2))
     lmm = lmm_of("llama")
     train = load_dataset("fv:capitalize", split="train")[:40]
     cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
@@ -212,8 +213,6 @@ def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatc
 def test_steering_writes_the_searched_value_on_the_prompts_it_was_centred_on(lmm_of):
     """The steer start moves each written head by (value - its mean own output): on the very
     prompt the mean was taken over it writes what replacement writes, on another it does not."""
-    from stv.methods.fit import _steered
-
     lmm = lmm_of("llama")
     train = constant_answer_examples(8)
     task = task_for(train)
@@ -222,15 +221,15 @@ def test_steering_writes_the_searched_value_on_the_prompts_it_was_centred_on(lmm
     values[2] = float("nan")  # a head the search leaves alone stays alone
     config = TaskVectorsConfig(policy="prompt_last", model=lmm.name, weights=lmm.weights_fingerprint())
     replaced = TaskVectors(torch.tensor(locations), values, config=config)
-    steered = _steered(lmm, replaced, task, [train[0]] * 3)
-    assert torch.isnan(steered.vectors).all() and steered.shifts is not None and not steered.shifts[2].any()
+    as_steering = steered(lmm, replaced, task, [train[0]] * 3)
+    assert torch.isnan(as_steering.vectors).all() and as_steering.shifts is not None and not as_steering.shifts[2].any()
 
     def logits(vectors: TaskVectors, example: Example) -> torch.Tensor:
         with vectors.apply(lmm):
             return lmm.forward([task.prompt([], example)])
 
-    torch.testing.assert_close(logits(steered, train[0]), logits(replaced, train[0]), atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(logits(steered, train[1]), logits(replaced, train[1]), atol=1e-4)
+    torch.testing.assert_close(logits(as_steering, train[0]), logits(replaced, train[0]), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits(as_steering, train[1]), logits(replaced, train[1]), atol=1e-4)
 
 
 def test_all_starts_add_steering_and_leave_the_other_starts_as_both_draws_them(lmm_of):
@@ -243,7 +242,7 @@ def test_all_starts_add_steering_and_leave_the_other_starts_as_both_draws_them(l
     )
     base = replace(STVConfig.plus(), refine=2, refine_heads="every")
     judged = {
-        start: _refined(
+        start: refined(
             lmm, searched, train, task, replace(base, refine_start=start), every, np.random.default_rng(3), False
         ).config.extra["refine"]["judged"]
         for start in ("both", "all")

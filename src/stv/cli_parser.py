@@ -260,7 +260,7 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--variants",
         default="paper,mean_delta,stv+",
-        help="comma-separated, from stv.compare.VARIANTS, each optionally with settings that keep its "
+        help="comma-separated, from stv.variants.VARIANTS, each optionally with settings that keep its "
         "random draws, e.g. stv+:refine_start=all (empty: ICL and MTV rows only)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")

@@ -31,9 +31,10 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_settings, compare_table, fv_task, prepare_compare_folder, run_compare, variant_config
+    from .compare import compare_settings, compare_table, fv_task, prepare_compare_folder, run_compare
     from .config import default_top_k
     from .methods.fit import STVConfig
+    from .variants import variant_config
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from dataclasses import replace as dc_replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..config import RefineStart, STVConfig
+from ..config import STVConfig
 from ..data.example import Example
 from ..errors import StvError
 from ..fingerprint import data_fingerprint
@@ -21,7 +20,7 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import search_continuation, with_continuation
-from .refine import head_outputs, refine, split_held_out
+from .refine import refined, split_held_out
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
@@ -88,15 +87,6 @@ def fit(
     return artifact, state
 
 
-# the starts refinement tries under each refine_start, in the order they are refined (and win ties)
-STARTS: dict[RefineStart, tuple[str, ...]] = {
-    "search": ("search",),
-    "zero": ("zero",),
-    "steer": ("steer",),
-    "both": ("search", "zero"),
-    "all": ("search", "zero", "steer"),
-}
-STEER_QUERIES = 64  # zero-shot training prompts whose mean head outputs turn a replacement into steering
 RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride
 
 
@@ -256,7 +246,7 @@ def _after_search(
     continuation vectors (means, or searched) and the schedule choice."""
     if config.refine:
         t = time.perf_counter()
-        artifact = _refined(lmm, artifact, train, task, config, locations, rng, progress, judge)
+        artifact = refined(lmm, artifact, train, task, config, locations, rng, progress, judge)
         timings["refine"] = time.perf_counter() - t
     if config.continuation:
         t = time.perf_counter()
@@ -273,98 +263,6 @@ def _after_search(
         artifact = choose_schedule(lmm, artifact, train, task, config.schedule_items, rng)
         timings["schedule"] = time.perf_counter() - t
     return artifact
-
-
-def _refined(
-    lmm: LMM,
-    artifact: TaskVectors,
-    train: Sequence[Example],
-    task: Task,
-    config: STVConfig,
-    locations: Sequence[Location],
-    rng: np.random.Generator,
-    progress: bool,
-    judge: tuple[list[Example], list[Example]] | None = None,
-) -> TaskVectors:
-    """``artifact`` with refinement's correction added to the searched vectors, to every head's
-    own output (``refine_start`` zero), to the searched vectors turned into steering (steer),
-    or to several of them, the best on the same held-out queries (both, all: the search's
-    result, unrefined, competes too: each start's judge begins with it)."""
-    names = STARTS[config.refine_start]
-    searched = _at_every_location(artifact, locations) if config.refine_heads == "every" else artifact
-    starts: dict[str, TaskVectors] = {}
-    if "search" in names:
-        starts["search"] = searched
-    if "zero" in names:
-        starts["zero"] = _at_every_location(_writing_nothing(artifact), locations)
-    if len(starts) > 1 and not len(starts["search"].locations) and len(starts["zero"].locations):
-        del starts["search"]  # nothing written: the same as zero's "before"
-    held = None  # "search" alone draws its held-out queries as it always did
-    if judge is not None:  # drawn before the search (judge_apart)
-        held, train = judge
-    elif config.refine_start != "search":
-        held, train = split_held_out(train, rng)
-    writes = bool(len(searched.locations)) and not torch.isnan(searched.vectors).all()
-    if "steer" in names and (writes or "zero" not in starts):  # writing nothing, steering is the zero start
-        starts["steer"] = _steered(lmm, searched, task, train[:STEER_QUERIES])  # last: the others' draws unchanged
-    results = {
-        name: refine(
-            lmm,
-            start,
-            train,
-            task,
-            config.refine,
-            config.refine_lr,
-            rng,
-            progress=progress,
-            held_out=held,
-            objective=config.refine_objective,
-        )
-        for name, start in starts.items()
-    }
-    best = max(results, key=lambda name: results[name][1].after)  # ties: the first (search, zero, steer)
-    refined, log = results[best]
-    judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
-    changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
-    if best == "zero":  # every head keeps its own output (plus the correction): no arm of the search
-        changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
-    refined.config = refined.config.with_(**changes)
-    return refined
-
-
-def _steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example]) -> TaskVectors:
-    """``artifact`` with its written heads turned from replacement into steering: own output +
-    (value - the head's mean own output on ``queries``' zero-shot prompts, the heads before it
-    written as the search chose, so on those prompts steering writes what replacing wrote). On average the head
-    writes what the search chose, and it still carries what it says about this query (the lab:
-    a replaced head can lose one digit class for good, which no added correction brings back).
-    """
-    written = ~torch.isnan(artifact.vectors).any(-1)  # (K,)
-    inputs = lmm.prepare([task.prompt([], q) for q in queries])
-    own = head_outputs(lmm, artifact.location_list(), inputs, written=artifact).mean(0)  # (K, D) under the writes
-    base = artifact.shifts if artifact.shifts is not None else torch.zeros_like(artifact.vectors)  # (K, D)
-    shifts = torch.where(written[:, None], torch.nan_to_num(artifact.vectors) - own + base, base)  # (K, D)
-    return dc_replace(artifact, vectors=torch.full_like(artifact.vectors, float("nan")), shifts=shifts)
-
-
-def _writing_nothing(artifact: TaskVectors) -> TaskVectors:
-    """``artifact`` with no location written (the search's choice dropped)."""
-    no_rows = torch.zeros(0, artifact.head_dim)  # (0, D)
-    return dc_replace(artifact, locations=torch.zeros(0, 2, dtype=torch.long), vectors=no_rows, shifts=None)
-
-
-def _at_every_location(artifact: TaskVectors, locations: Sequence[Location]) -> TaskVectors:
-    """``artifact`` over all ``locations``: those it does not write keep their own output (NaN
-    vector, zero shift), so a correction can be learned there too."""
-    where = {loc: i for i, loc in enumerate(artifact.location_list())}
-    vectors = torch.full((len(locations), artifact.head_dim), float("nan"))  # (K, D)
-    shifts = torch.zeros(len(locations), artifact.head_dim)  # (K, D)
-    for row, loc in enumerate(locations):
-        if loc in where:
-            vectors[row] = artifact.vectors[where[loc]]
-            if artifact.shifts is not None:
-                shifts[row] = artifact.shifts[where[loc]]
-    return dc_replace(artifact, locations=torch.tensor(locations, dtype=torch.long), vectors=vectors, shifts=shifts)
 
 
 def arm_counts(choice: torch.Tensor, arms: int, config: STVConfig) -> dict[str, int]:

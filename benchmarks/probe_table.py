@@ -1,7 +1,7 @@
 """Mean and std over seeds of the probes' result lines ("TASK seed S NAME: first / exact (..."
 from refine_probe.py, "TASK seed S NAME: accuracy (..." from lab_variants_probe.py).
 
-    python benchmarks/probe_table.py benchmarks/v8-probe-*.txt
+    python benchmarks/probe_table.py --grid 30 benchmarks/v8-probe-gemma*.txt   # one model per call
 
 Scores are printed rounded to 0.1; with 30 test queries each is a multiple of 10/3, so they are
 put back on that grid (``--grid 30``) before averaging. Std is over seeds (ddof 0, as the README).

@@ -28,7 +28,7 @@ from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
-from .variants import CONTINUATION_STEPS, MEASURED_AS, SCHEDULE_ITEMS, variant_config, variant_spec
+from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config
 
 
 def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
@@ -36,9 +36,7 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
     name change the variant but not its random draws (``stv+:refine=0`` searches as stv+)."""
     cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
     start = time.perf_counter()
-    variant = variant_spec(name)[0]
-    stream = MEASURED_AS.get(variant, variant)
-    rng = np.random.default_rng(seed + 1_000 + sum(map(ord, stream)))
+    rng = np.random.default_rng(seed + 1_000 + sum(map(ord, draws_of(name))))
     vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)
     vectors.config.extra["variant"] = name
     return vectors, time.perf_counter() - start

@@ -162,6 +162,13 @@ def variant_config(name: str, base: STVConfig) -> STVConfig:
     return config
 
 
+def draws_of(name: str) -> str:
+    """The name whose random draws variant ``name`` takes: its own, less any settings it carries
+    (``stv+:refine=0`` searches as stv+), or the name it was measured as (``MEASURED_AS``)."""
+    variant = variant_spec(name)[0]
+    return MEASURED_AS.get(variant, variant)
+
+
 def variant_spec(spec: str) -> tuple[str, dict]:
     """ "name:field=value:..." -> (name, {field: value}), each value typed as STVConfig's default
     (``stv+:refine_start=all``: stv+'s settings and draws, one setting changed)."""

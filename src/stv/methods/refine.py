@@ -9,7 +9,8 @@ ends it, teacher-forced as ``generate`` would write them), added after the write
 correction). The weights stay frozen; only (K, D) numbers move. Queries held out of the
 training draws judge the correction every few steps, and the best one (or none: the
 correction starts at zero and competes too) is kept, so refinement never ships something that
-did worse on queries it did not train on.
+did worse on queries it did not train on. ``refined`` runs it from one or more starts (the
+searched vectors, zero, the searched vectors as steering) and keeps the best held-out one.
 """
 
 from __future__ import annotations
@@ -243,10 +244,10 @@ def refined(
 def steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example]) -> TaskVectors:
     """``artifact`` with its written heads turned from replacement into steering: own output +
     (value - the head's mean own output on ``queries``' zero-shot prompts, the heads before it
-    written as the search chose, so on those prompts steering writes what replacing wrote). On average the head
-    writes what the search chose, and it still carries what it says about this query (the lab:
-    a replaced head can lose one digit class for good, which no added correction brings back).
-    """
+    written as the search chose, so on those prompts steering writes what replacing wrote). On
+    average the head writes what the search chose, and it still carries what it says about this
+    query (the lab: a replaced head can lose one digit class for good, which no added correction
+    brings back)."""
     written = ~torch.isnan(artifact.vectors).any(-1)  # (K,)
     inputs = lmm.prepare([task.prompt([], q) for q in queries])
     own = head_outputs(lmm, artifact.location_list(), inputs, written=artifact).mean(0)  # (K, D) under the writes

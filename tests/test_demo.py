@@ -1,8 +1,13 @@
-"""The quick demo end to end on the shipped lab model: files, keys and the headline effect."""
+"""The quick demo end to end on the shipped lab model: files, keys, the headline effect, and
+resuming a folder unit by unit."""
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from stv.demo import METHODS, DemoConfig, run_demo
+from stv.errors import SettingsMismatchError
 
 
 def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
@@ -17,9 +22,49 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     for name in ("report.md", "accuracy.png", "sensitivity_parity_word.png", "reinforce_parity_AB.png"):
         assert (tmp_path / name).is_file(), name
     assert f"Reproduce with `stv demo --quick --out {tmp_path}`" in (tmp_path / "report.md").read_text()
+    assert results["units"] == [2, 2] and not results["partial"]
+    assert (tmp_path / "vectors" / "parity_AB.seed0" / "task_vectors.safetensors").is_file()
     heads = 16  # the lab model: 4 layers x 4 heads
     assert summary["top_k"] == {"stv": 8, "stv_relative": 8, "stv_mean_delta": 8, "stv+": heads}  # each its own K
     m = summary["methods"]
     # zero-shot cannot know the answer vocabulary; STV's vectors carry it, as 16-shot ICL does
     assert m["zero_shot"]["parity_word"][0] < 10
     assert m["stv"]["parity_word"][0] > 80 and m["icl_16"]["parity_word"][0] > 90
+
+    # a rerun reads the finished units back instead of computing them again
+    unit = tmp_path / "units" / "parity_word.seed0.json"
+    stored = json.loads(unit.read_text())
+    stored["scores"]["mtv"] = [12.34]  # a value no run computes: 100 test queries give whole numbers
+    unit.write_text(json.dumps(stored))
+    again = run_demo(tmp_path, DemoConfig.quick(), progress=False)
+    assert again["methods"]["mtv"]["parity_word"] == [12.34]
+    assert again["methods"]["stv"] == summary["methods"]["stv"]
+    # other settings are refused before anything is computed, and the folder is left as it was
+    with pytest.raises(SettingsMismatchError, match="test_per_task"):
+        run_demo(tmp_path, replace(DemoConfig.quick(), test_per_task=50), progress=False)
+    assert json.loads(unit.read_text())["scores"]["mtv"] == [12.34]
+
+
+def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
+    tiny = DemoConfig.quick()
+    tiny = replace(
+        tiny,
+        tasks=("parity_word",),
+        test_per_task=20,
+        icl_shots=(1,),
+        variants=(),
+        stv=replace(tiny.stv, pairs=10, steps=5, samples=4),
+        mtv=replace(tiny.mtv, prompts=10, steps=5, samples=4),
+    )
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "stale.seed0.json").write_text("{}")  # what --recompute must clear
+    run_demo(tmp_path, replace(tiny, seeds=(1,)), progress=False, recompute=True)
+    assert not (tmp_path / "units" / "stale.seed0.json").exists()
+    run_demo(tmp_path, replace(tiny, seeds=(0,)), progress=False)  # another process, the same folder
+    seed0 = json.loads((tmp_path / "units" / "parity_word.seed0.json").read_text())
+    seed1 = json.loads((tmp_path / "units" / "parity_word.seed1.json").read_text())
+    merged = run_demo(tmp_path, replace(tiny, seeds=(0, 1)), progress=False)  # computes nothing
+    for method in tiny.methods():
+        assert merged["methods"][method]["parity_word"] == [seed0["scores"][method][0], seed1["scores"][method][0]]
+    assert merged["unit_seconds"] == round(seed0["wall_s"] + seed1["wall_s"], 1)
+    assert "partial" not in (tmp_path / "report.md").read_text()

@@ -123,6 +123,12 @@ def build_parser() -> StvParser:
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
     p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="clear --out first (without it a rerun with the same settings resumes after the "
+        "last finished (task, seed), and a folder holding other settings is refused)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a shorter version (2 tasks, 1 seed; measured: lab 22 s; lab-smollm2 167 s with an earlier stv+)",

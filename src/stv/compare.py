@@ -9,7 +9,6 @@ accuracy, exact match of the generated answer and the fit time of each variant, 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,9 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Objective
-from .errors import SettingsMismatchError
 from .evaluate import generation_accuracy
-from .fingerprint import check_settings, clear, data_fingerprint
+from .fingerprint import data_fingerprint, prepare_folder, stored_unit, unit_path
 from .io import atomic_write_json, atomic_write_text
 from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
@@ -86,13 +84,14 @@ def run_compare(
     for done, (task, seed) in enumerate(units, 1):
         train, test, template = task_data[task]
         data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
-        rows = _stored_unit(out, task, seed, data) if out is not None else None
+        stored = stored_unit(out, task, seed, data) if out is not None else None
+        rows = stored["rows"] if stored is not None else None
         if rows is None:
             mtv_base = replace(base, steps=mtv_steps or base.steps)
             args = (variants, base, mtv_base, mtv_extras, recheck, icl_shots, max_new_tokens, bar)
             rows = _compare_unit(lmm, task, seed, task_data[task], *args)
             if out is not None:
-                atomic_write_json(_unit_path(out, task, seed), {"task": task, "seed": seed, "data": data, "rows": rows})
+                atomic_write_json(unit_path(out, task, seed), {"task": task, "seed": seed, "data": data, "rows": rows})
         else:
             bar.update(per_unit)
         result["rows"] += rows
@@ -162,32 +161,7 @@ def compare_settings(
 def prepare_compare_folder(out: str | Path, settings: dict, recompute: bool) -> None:
     """Record ``settings`` in ``out`` (cleared first with ``recompute``), or refuse other ones
     (settings without a model: checked only, before the model loads)."""
-    if "model" not in settings:
-        if not recompute and Path(out).is_dir():
-            check_settings(out, settings, "compare results", part=True)
-        return
-    if recompute:
-        clear(out, ["units", "compare.json", "compare.md"])
-    Path(out).mkdir(parents=True, exist_ok=True)
-    check_settings(out, settings, "compare results")
-
-
-def _unit_path(out: str | Path, task: str, seed: int) -> Path:
-    return Path(out) / "units" / f"{task}.seed{seed}.json"
-
-
-def _stored_unit(out: str | Path, task: str, seed: int, data: dict) -> list[dict] | None:
-    """The rows an earlier run kept for (task, seed), or None; refused if its data differ."""
-    path = _unit_path(out, task, seed)
-    if not path.is_file():
-        return None
-    unit = json.loads(path.read_text())
-    if unit["data"] != data:
-        raise SettingsMismatchError(
-            f"{path} was computed on other fv:{task} data ({unit['data']} now {data}); "
-            "pass --out NEW for a new folder, or --recompute to replace it"
-        )
-    return unit["rows"]
+    prepare_folder(out, settings, recompute, "compare results", ["units", "compare.json", "compare.md"])
 
 
 def _mtv_fits(

@@ -22,6 +22,7 @@ from . import report
 from .compare import fit_variant, fv_task
 from .config import Policy
 from .evaluate import first_token_accuracy, generation_accuracy
+from .fingerprint import data_fingerprint, prepare_folder, stored_unit, unit_path
 from .fitting import save_fit
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -179,49 +180,89 @@ def _load(config: DemoConfig, checkpoint=None):
     return load_model(config.model)
 
 
+DEMO_OUTPUTS = ("units", "vectors", "results.json", "report.md", "*.png")  # what --recompute clears
+
+
+def demo_settings(lmm, config: DemoConfig) -> dict:
+    """What every (task, seed) unit of a demo folder depends on besides its task and seed
+    (``lmm`` None: all but the model, what can be checked before it loads)."""
+    from .version import stv_version
+
+    model = {} if lmm is None else {"model": str(lmm.name), "weights": lmm.weights_fingerprint()}
+    kept = {k: v for k, v in asdict(config).items() if k not in ("tasks", "seeds")}  # units are independent
+    return {"kind": "demo", **model, "config": kept, "stv_version": stv_version()}
+
+
 def run_demo(
-    out: str | Path = "runs/demo", config: DemoConfig | None = None, checkpoint=None, progress: bool = True
+    out: str | Path = "runs/demo",
+    config: DemoConfig | None = None,
+    checkpoint=None,
+    progress: bool = True,
+    recompute: bool = False,
 ) -> dict:
-    """Every method on every task and seed; writes results.json, report.md and plots into ``out``."""
+    """Every method on every task and seed; writes results.json, report.md and plots into ``out``.
+
+    Each finished (task, seed) is kept in ``out/units/`` and the results are rewritten
+    (labelled partial until the last unit): a killed run loses one unit at most, a rerun
+    with the same settings picks up the units there (another seed list too, so seeds can run
+    in separate processes), and a folder holding other settings is refused (``recompute``:
+    cleared first)."""
     config = config or DemoConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out, demo_settings(None, config), recompute, "demo results", DEMO_OUTPUTS)
     torch.manual_seed(0)
     lmm = _load(config, checkpoint)
-    metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
+    prepare_folder(out, demo_settings(lmm, config), recompute, "demo results", DEMO_OUTPUTS)
     methods = config.methods()
-    results: dict[str, dict[str, dict[str, list[float]]]] = {
-        m: {name: {t: [] for t in config.tasks} for name in methods} for m in metrics
-    }
-    timings: dict[str, list[float]] = {}
-    top_k: dict[str, int] = {}  # heads each STV method searched (K), as fitted
-    artifacts = {}
     start = time.perf_counter()
     estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
     if progress:
         print(
             f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods; "
-            f"about {estimate / 60:.0f} min on 2 CPU cores",
+            f"about {estimate / 60:.0f} min on 2 CPU cores (less for units already in {out})",
             file=sys.stderr,
         )
     bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
+    units: dict[tuple[str, int], dict] = {}
     for task in config.tasks:
         train, test, template = _data(config, task)
+        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
         for seed in config.seeds:
-
-            def record(method: str, shots: int = 0, vectors=None) -> None:
-                scores = _measure(lmm, config, test, template, train, shots, vectors, seed)
-                for metric, value in zip(metrics, scores):
-                    results[metric][method][task].append(round(value, 2))
-                bar.set_postfix(task=task, seed=seed, method=method)
-                bar.update(1)
-
-            state, stv_vectors, stv_cfg = _run_seed(lmm, config, train, template, seed, record, timings, top_k)
-            if seed == config.seeds[0]:
-                artifacts[task] = state
-                save_fit(out / "vectors" / task, stv_vectors, stv_cfg, state=state)
+            unit = stored_unit(out, task, seed, data)
+            if unit is None:
+                unit = _run_unit(
+                    lmm, config, (train, test, template), seed, out / "vectors" / f"{task}.seed{seed}", bar
+                )
+                unit = {"task": task, "seed": seed, "data": data, **unit}
+                atomic_write_json(unit_path(out, task, seed), unit)
+            else:
+                bar.update(len(methods))
+            units[(task, seed)] = unit
+            summary = _summary(config, lmm, units, time.perf_counter() - start)
+            atomic_write_json(out / "results.json", summary)
+            _write_report(out, summary, units, config)
     bar.close()
-    summary = {
+    return summary
+
+
+def _summary(config: DemoConfig, lmm, units: dict[tuple[str, int], dict], wall: float) -> dict:
+    """results.json's content from the units finished so far (in task, seed order)."""
+    metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
+    methods = config.methods()
+    tasks = [t for t in config.tasks if any(task == t for task, _ in units)]  # a partial run: those begun
+    # metric -> method -> task -> one value per seed
+    results: dict[str, dict[str, dict[str, list[float]]]] = {
+        m: {name: {t: [] for t in tasks} for name in methods} for m in metrics
+    }
+    timings: dict[str, list[float]] = {}
+    for (task, _), unit in units.items():
+        for method in methods:
+            for metric, value in zip(metrics, unit["scores"][method]):
+                results[metric][method][task].append(value)
+        for stage, seconds in unit["timings"].items():
+            timings.setdefault(stage, []).append(seconds)
+    total = len(config.tasks) * len(config.seeds)
+    return {
         "results": results,
         "methods": results["first_token"],
         "model": "lab" if config.subject == "lab" else str(lmm.name),  # not the checkout's path
@@ -231,49 +272,60 @@ def run_demo(
         },
         "config": asdict(config),
         "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
-        "top_k": top_k,
-        "wall_seconds": round(time.perf_counter() - start, 1),
+        "top_k": next(iter(units.values()))["top_k"],
+        "units": [len(units), total],
+        "partial": len(units) < total,
+        "unit_seconds": round(sum(u["wall_s"] for u in units.values()), 1),  # computing them, whenever
+        "wall_seconds": round(wall, 1),  # this run's, resumed units cost none
     }
-    atomic_write_json(out / "results.json", summary)
-    _write_report(out, summary, artifacts, config)
-    return summary
 
 
-def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors, seed: int) -> tuple[float, ...]:
+def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors, seed: int) -> list[float]:
     if not config.max_new_tokens:
-        return (first_token_accuracy(lmm, test, template, train, shots, vectors, seed=seed),)
-    return generation_accuracy(
-        lmm,
-        test,
-        template,
-        train,
-        shots,
-        vectors,
-        seed=seed,
-        max_new_tokens=config.max_new_tokens,
-        policy=config.em_policy,
+        return [first_token_accuracy(lmm, test, template, train, shots, vectors, seed=seed)]
+    return list(
+        generation_accuracy(
+            lmm,
+            test,
+            template,
+            train,
+            shots,
+            vectors,
+            seed=seed,
+            max_new_tokens=config.max_new_tokens,
+            policy=config.em_policy,
+        )
     )
 
 
-def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timings: dict, top_k: dict):
-    """Every method for one (task, seed); ``record(method, shots, vectors)`` scores each.
-    Returns the paper STV's fit log, vectors and settings (K resolved for the model)."""
+def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, bar) -> dict:
+    """Every method on one (task, seed): {"scores": {method: [first token, (exact match)]},
+    "timings", "top_k", "plot" (the paper STV's scan and search), "wall_s"}; the paper STV's
+    vectors are saved in ``vectors_folder``."""
+    train, test, template = data
+    started = time.perf_counter()
+    scores: dict[str, list[float]] = {}
+    timings: dict[str, float] = {}
+    top_k: dict[str, int] = {}
+
+    def record(method: str, shots: int = 0, vectors=None) -> None:
+        scores[method] = [round(v, 2) for v in _measure(lmm, config, test, template, train, shots, vectors, seed)]
+        bar.set_postfix(seed=seed, method=method)
+        bar.update(1)
+
     record("zero_shot")
     for k in config.icl_shots:
         record(f"icl_{k}", shots=k)
     stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
     vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
-    for stage, seconds in state.timings.items():
-        timings.setdefault(f"stv_{stage}", []).append(seconds)
+    timings.update({f"stv_{stage}": seconds for stage, seconds in state.timings.items()})
     top_k["stv"] = stv_cfg.top_k
-    means = None
-    if config.mtv_means_from_scan:
-        means = state.scan.mean_activations()
+    save_fit(vectors_folder, vectors, stv_cfg)
+    means = state.scan.mean_activations() if config.mtv_means_from_scan else None
     mtv_vectors, mtv_log = fit_mtv(
         lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
     )
-    for stage, seconds in mtv_log.timings.items():
-        timings.setdefault(f"mtv_{stage}", []).append(seconds)
+    timings.update({f"mtv_{stage}": seconds for stage, seconds in mtv_log.timings.items()})
     record("mtv", vectors=mtv_vectors)
     record("stv", vectors=vectors)
     record("stv_mean_topk", vectors=mean_at_top_k(state, vectors.config))
@@ -282,13 +334,20 @@ def _run_seed(lmm, config: DemoConfig, train, template, seed: int, record, timin
     for name in config.variants:
         # the unresolved settings: a variant with top_k 0 takes its own preset's K
         fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
-        timings.setdefault(f"{variant_method(name)}_fit", []).append(seconds)
+        timings[f"{variant_method(name)}_fit"] = seconds
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
         record(variant_method(name), vectors=fitted)
-    return state, vectors, stv_cfg
+    assert state.search is not None  # the paper's STV runs REINFORCE
+    plot = {
+        "sensitivity": state.scan.scores(config.stv.sensitivity).tolist(),  # (layers, heads)
+        "locations": [list(location) for location in state.locations],
+        "reward_curve": list(state.search.reward_curve),
+        "max_prob_curve": list(state.search.max_prob_curve),
+    }
+    return {"scores": scores, "timings": timings, "top_k": top_k, "plot": plot, "wall_s": time.perf_counter() - started}
 
 
-def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig) -> None:
+def _write_report(out: Path, summary: dict, units: dict[tuple[str, int], dict], config: DemoConfig) -> None:
     tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
     icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
@@ -299,19 +358,19 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
             reference=icl,
         )
     ranking = config.stv.sensitivity
-    for task, state in artifacts.items():
+    plotted = [t for t in config.tasks if any(task == t for task, _ in units)]
+    for task in plotted:
+        seed = min(s for t, s in units if t == task)
+        plot = units[(task, seed)]["plot"]
         report.sensitivity_heatmap(
-            state.scan.scores(ranking),
+            plot["sensitivity"],
             out / f"sensitivity_{task}.png",
-            marked=state.locations,
-            title=f"{task}: head sensitivity ({ranking}), paper's STV heads",
+            marked=[tuple(location) for location in plot["locations"]],
+            title=f"{task}: head sensitivity ({ranking}), paper's STV heads (seed {seed})",
             label=f"{ranking} score",
         )
         report.reinforce_curves(
-            state.search.reward_curve,
-            state.search.max_prob_curve,
-            out / f"reinforce_{task}.png",
-            title=f"{task}: STV REINFORCE",
+            plot["reward_curve"], plot["max_prob_curve"], out / f"reinforce_{task}.png", title=f"{task}: STV REINFORCE"
         )
     seeds = list(config.seeds)
     command = " ".join(
@@ -322,9 +381,11 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
         + [f"--out {out}"]
     )
     spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"one seed ({seeds[0]})"
+    done, total = summary["units"]
     lines = [
         f"# stv demo: {summary['model']}",
         "",
+        *([f"**partial: {done} of {total} (task, seed) units**", ""] if done < total else []),
         f"{spread}; n = {config.test_per_task} held-out queries per task (the same queries for every "
         f"method and seed). Reproduce with `{command}`.",
         "",
@@ -337,10 +398,10 @@ def _write_report(out: Path, summary: dict, artifacts: dict, config: DemoConfig)
         "Heads searched (K): " + ", ".join(f"{k} {v}" for k, v in summary["top_k"].items()) + ".",
         "",
         "Stage times (s, mean per fit): " + ", ".join(f"{k} {v}" for k, v in summary["timings_seconds"].items()),
-        f"Total wall time: {summary['wall_seconds']} s.",
+        f"Time computing the units: {summary['unit_seconds']} s (this run: {summary['wall_seconds']} s).",
         "",
         "![accuracy](accuracy.png)",
         "",
     ]
-    lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} REINFORCE](reinforce_{t}.png)" for t in artifacts]
+    lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} REINFORCE](reinforce_{t}.png)" for t in plotted]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -78,3 +78,39 @@ def clear(folder: str | Path, names: Iterable[str]) -> None:
     for name in names:
         for path in folder.glob(name):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def prepare_folder(out: str | Path, settings: dict, recompute: bool, what: str, outputs: Sequence[str]) -> None:
+    """Record ``settings`` in ``out`` (``outputs`` cleared first with ``recompute``), or refuse
+    other ones. Settings without a "model" key are what is known before the model loads:
+    checked only, so a mismatch fails before minutes of loading."""
+    if "model" not in settings:
+        if not recompute and Path(out).is_dir():
+            check_settings(out, settings, what, part=True)
+        return
+    if recompute:
+        clear(out, outputs)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings, what)
+
+
+def unit_path(out: str | Path, task: str, seed: int) -> Path:
+    """Where a resumable run keeps the results of one (task, seed)."""
+    return Path(out) / "units" / f"{task}.seed{seed}.json"
+
+
+def stored_unit(out: str | Path, task: str, seed: int, data: dict) -> dict | None:
+    """What an earlier run kept for (task, seed), or None; refused if its data differ."""
+    path = unit_path(out, task, seed)
+    if not path.is_file():
+        return None
+    try:
+        unit = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StvError(f"{path} is not valid JSON (line {err.lineno}); delete it or pass --recompute") from None
+    if unit.get("data") != data:
+        raise SettingsMismatchError(
+            f"{path} was computed on other {task} data ({unit.get('data')} now {data}); "
+            "pass --out NEW for a new folder, or --recompute to replace it"
+        )
+    return unit

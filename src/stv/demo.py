@@ -227,6 +227,7 @@ def run_demo(
     for task in config.tasks:
         train, test, template = _data(config, task)
         data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        bar.set_description(f"demo {task}")
         for seed in config.seeds:
             unit = stored_unit(out, task, seed, data)
             if unit is None:

@@ -12,7 +12,7 @@ from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
 from stv.methods.fit import fit
-from stv.methods.refine import _judge, _queries, refine, refined, steered
+from stv.methods.refine import _best_start, _judge, _queries, refine, refined, steered
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -144,6 +144,19 @@ def test_refine_settings_are_checked():
         STVConfig.plus(refine=5, refine_heads="some").check()
     with pytest.raises(StvError, match="refine_start"):
         STVConfig.plus(refine=5, refine_start="middle").check()
+    with pytest.raises(StvError, match="refine_margin"):
+        STVConfig.plus(refine=5, refine_margin=-1).check()
+
+
+def test_a_margin_keeps_the_earlier_start_unless_a_later_one_answers_enough_more():
+    n = 64  # held-out queries; a score is hits / n plus a tie-break far below 1 / n
+    judged = {"search": 30 / n - 0.003, "zero": 30 / n - 0.001, "steer": 32 / n - 0.004}
+    assert _best_start(judged, 0, n) == "steer"  # the highest score
+    assert _best_start({k: judged[k] for k in ("search", "zero")}, 0, n) == "zero"  # a tie-break win
+    assert _best_start({k: judged[k] for k in ("search", "zero")}, 1, n) == "search"  # not a query more
+    assert _best_start(judged, 2, n) == "steer" and _best_start(judged, 3, n) == "search"
+    chain = {"search": 30 / n, "zero": 32 / n, "steer": 33 / n}  # each compared with the best before it
+    assert _best_start(chain, 2, n) == "zero" and _best_start(chain, 1, n) == "steer"
 
 
 def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
@@ -168,6 +181,11 @@ def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
             assert kept.shifts is None or kept.shifts.abs().max() < 1e-3
         else:
             torch.testing.assert_close(kept.shifts, good.shifts, atol=1e-3, rtol=0)
+    # a margin larger than the judge's queries: the search's result stays, however it does
+    searched = replace(good, shifts=-4 * good.shifts)
+    searched.config = TaskVectorsConfig(policy="prompt_last")
+    kept = refined(lmm, searched, train, task, replace(cfg, refine_margin=65), every, np.random.default_rng(1), False)
+    assert kept.config.extra["refine"]["start"] == "search"
 
 
 def test_refine_start_zero_drops_the_search(lmm_of):

@@ -231,7 +231,9 @@ def refined(
         )
         for name, start in starts.items()
     }
-    best = max(results, key=lambda name: results[name][1].after)  # ties: the first (search, zero, steer)
+    best = _best_start(
+        {name: result[1].after for name, result in results.items()}, config.refine_margin, len(held or ())
+    )
     refined, log = results[best]
     judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
     changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
@@ -239,6 +241,22 @@ def refined(
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
     refined.config = refined.config.with_(**changes)
     return refined
+
+
+def _best_start(judged: dict[str, float], margin: int, queries: int) -> str:
+    """The start kept: the highest held-out score (ties: the first in ``judged``'s order), or
+    with ``margin`` > 0 the first start unless a later one answers at least ``margin`` more of
+    the ``queries`` held-out queries than the best before it (a "hits" score is hits / queries
+    plus a log-prob tie-break far below 1 / queries, so rounding recovers the count)."""
+    if margin <= 0 or queries <= 0:
+        return max(judged, key=judged.__getitem__)
+    names = list(judged)
+    hits = {name: round(score * queries) for name, score in judged.items()}
+    best = names[0]
+    for name in names[1:]:
+        if hits[name] >= hits[best] + margin:
+            best = name
+    return best
 
 
 def steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example]) -> TaskVectors:

@@ -144,19 +144,20 @@ def test_refine_settings_are_checked():
         STVConfig.plus(refine=5, refine_heads="some").check()
     with pytest.raises(StvError, match="refine_start"):
         STVConfig.plus(refine=5, refine_start="middle").check()
-    with pytest.raises(StvError, match="refine_margin"):
-        STVConfig.plus(refine=5, refine_margin=-1).check()
+    with pytest.raises(StvError, match="steer_margin"):
+        STVConfig.plus(refine=5, steer_margin=-1).check()
 
 
-def test_a_margin_keeps_the_earlier_start_unless_a_later_one_answers_enough_more():
+def test_a_steer_margin_keeps_the_other_starts_unless_steering_answers_enough_more():
     n = 64  # held-out queries; a score is hits / n plus a tie-break far below 1 / n
     judged = {"search": 30 / n - 0.003, "zero": 30 / n - 0.001, "steer": 32 / n - 0.004}
     assert _best_start(judged, 0, n) == "steer"  # the highest score
-    assert _best_start({k: judged[k] for k in ("search", "zero")}, 0, n) == "zero"  # a tie-break win
-    assert _best_start({k: judged[k] for k in ("search", "zero")}, 1, n) == "search"  # not a query more
-    assert _best_start(judged, 2, n) == "steer" and _best_start(judged, 3, n) == "search"
-    chain = {"search": 30 / n, "zero": 32 / n, "steer": 33 / n}  # each compared with the best before it
-    assert _best_start(chain, 2, n) == "zero" and _best_start(chain, 1, n) == "steer"
+    assert _best_start(judged, 2, n) == "steer"  # two queries more than zero's
+    assert _best_start(judged, 3, n) == "zero"  # else the best of the others, tie-break included
+    tie = {"search": 31 / n - 0.002, "zero": 31 / n - 0.003, "steer": 31 / n - 0.001}
+    assert _best_start(tie, 0, n) == "steer" and _best_start(tie, 1, n) == "search"
+    no_steer = {"search": 30 / n, "zero": 33 / n}  # the margin is about steering only
+    assert _best_start(no_steer, 5, n) == "zero"
 
 
 def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
@@ -181,11 +182,6 @@ def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
             assert kept.shifts is None or kept.shifts.abs().max() < 1e-3
         else:
             torch.testing.assert_close(kept.shifts, good.shifts, atol=1e-3, rtol=0)
-    # a margin larger than the judge's queries: the search's result stays, however it does
-    searched = replace(good, shifts=-4 * good.shifts)
-    searched.config = TaskVectorsConfig(policy="prompt_last")
-    kept = refined(lmm, searched, train, task, replace(cfg, refine_margin=65), every, np.random.default_rng(1), False)
-    assert kept.config.extra["refine"]["start"] == "search"
 
 
 def test_refine_start_zero_drops_the_search(lmm_of):
@@ -267,3 +263,7 @@ def test_all_starts_add_steering_and_leave_the_other_starts_as_both_draws_them(l
     }
     assert set(judged["all"]) == {"search", "zero", "steer"}
     assert {k: judged["all"][k] for k in ("search", "zero")} == judged["both"]
+    # a steer margin changes which start is kept (tested above), never what the starts draw
+    strict = replace(base, refine_start="all", steer_margin=65)
+    kept = refined(lmm, searched, train, task, strict, every, np.random.default_rng(3), False).config.extra["refine"]
+    assert kept["judged"] == judged["all"] and kept["start"] != "steer"

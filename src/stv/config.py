@@ -60,7 +60,7 @@ FIELD_HELP: dict[str, str] = {
     "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
     "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped), steer (the searched vectors as steering: each written head keeps its own output, moved by the vector minus its mean output on zero-shot prompts), both (search and zero) or all (search, zero and steer); several starts are judged on the same held-out queries against the search's result and the best is kept",
-    "refine_margin": "with several refine starts: a later start (search, zero, steer order) replaces the best so far only with at least this many more held-out queries answered (count; 0: the highest score, log-prob tie-breaks included)",
+    "steer_margin": "with refine_start all: the steer start replaces the best of the others only when it answers at least this many more held-out queries (count; 0: any higher score, log-prob tie-breaks included)",
     "judge_apart": "with refine: hold the 64 training queries that judge refinement out of the search and its final selection too, so the search's result is not judged on queries it was chosen on",
     "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
@@ -127,7 +127,7 @@ class STVConfig:
     refine_heads: RefineHeads = "written"
     refine_objective: RefineObjective = "first_token"
     refine_start: RefineStart = "search"
-    refine_margin: int = 0  # several starts: a later one must answer this many more held-out queries
+    steer_margin: int = 0  # refine_start all: steering must answer this many more held-out queries to be kept
     judge_apart: bool = False  # with refine: the judge's queries kept from the search too (not in the paper)
     policy: Policy = "every_step"
     schedule_items: int = (
@@ -263,14 +263,14 @@ class STVConfig:
                 problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")
         if (
             self.refine < 0
-            or self.refine_margin < 0
+            or self.steer_margin < 0
             or self.refine_lr <= 0
             or self.refine_heads not in REFINE_HEADS
             or self.refine_objective not in REFINE_OBJECTIVES
             or self.refine_start not in REFINE_STARTS
         ):
             problems.append(
-                f"refine={self.refine} and refine_margin={self.refine_margin} must be >= 0, refine_lr={self.refine_lr} > 0, "
+                f"refine={self.refine} and steer_margin={self.steer_margin} must be >= 0, refine_lr={self.refine_lr} > 0, "
                 f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}, "
                 f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)} and "
                 f"refine_start={self.refine_start!r} one of {', '.join(REFINE_STARTS)}"

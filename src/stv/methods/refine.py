@@ -232,7 +232,7 @@ def refined(
         for name, start in starts.items()
     }
     best = _best_start(
-        {name: result[1].after for name, result in results.items()}, config.refine_margin, len(held or ())
+        {name: result[1].after for name, result in results.items()}, config.steer_margin, len(held or ())
     )
     refined, log = results[best]
     judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
@@ -243,20 +243,20 @@ def refined(
     return refined
 
 
-def _best_start(judged: dict[str, float], margin: int, queries: int) -> str:
-    """The start kept: the highest held-out score (ties: the first in ``judged``'s order), or
-    with ``margin`` > 0 the first start unless a later one answers at least ``margin`` more of
-    the ``queries`` held-out queries than the best before it (a "hits" score is hits / queries
-    plus a log-prob tie-break far below 1 / queries, so rounding recovers the count)."""
-    if margin <= 0 or queries <= 0:
-        return max(judged, key=judged.__getitem__)
-    names = list(judged)
-    hits = {name: round(score * queries) for name, score in judged.items()}
-    best = names[0]
-    for name in names[1:]:
-        if hits[name] >= hits[best] + margin:
-            best = name
-    return best
+def _best_start(judged: dict[str, float], steer_margin: int, queries: int) -> str:
+    """The start kept: the highest held-out score (ties: the first in ``judged``'s order, so
+    search, zero, steer). With ``steer_margin`` > 0 steering is kept only when it answers at
+    least that many more of the ``queries`` held-out queries than the best of the others (a
+    "hits" score is hits / queries plus a log-prob tie-break far below 1 / queries, so rounding
+    recovers the count): the other starts are v8's, and steering won on the real models by
+    0-2 queries with test changes of -10 to +6.7 points (the fourteenth round)."""
+    best = max(judged, key=judged.__getitem__)
+    if best != "steer" or steer_margin <= 0:
+        return best
+    others = {name: score for name, score in judged.items() if name != "steer"}
+    runner_up = max(others, key=others.__getitem__)
+    gained = round(judged["steer"] * queries) - round(others[runner_up] * queries)
+    return "steer" if gained >= steer_margin else runner_up
 
 
 def steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example]) -> TaskVectors:

@@ -183,12 +183,18 @@ def _load(config: DemoConfig, checkpoint=None):
 DEMO_OUTPUTS = ("units", "vectors", "results.json", "report.md", "*.png")  # what --recompute clears
 
 
+def _model_name(config: DemoConfig, lmm) -> str:
+    """The model's name in results and settings: "lab" for the bundled lab model, whose name is
+    its checkpoint's path in this checkout (a folder moved or cloned elsewhere is the same model)."""
+    return "lab" if config.subject == "lab" else str(lmm.name)
+
+
 def demo_settings(lmm, config: DemoConfig) -> dict:
     """What every (task, seed) unit of a demo folder depends on besides its task and seed
     (``lmm`` None: all but the model, what can be checked before it loads)."""
     from .version import stv_version
 
-    model = {} if lmm is None else {"model": str(lmm.name), "weights": lmm.weights_fingerprint()}
+    model = {} if lmm is None else {"model": _model_name(config, lmm), "weights": lmm.weights_fingerprint()}
     kept = {k: v for k, v in asdict(config).items() if k not in ("tasks", "seeds")}  # units are independent
     return {"kind": "demo", **model, "config": kept, "stv_version": stv_version()}
 
@@ -266,7 +272,7 @@ def _summary(config: DemoConfig, lmm, units: dict[tuple[str, int], dict], wall: 
     return {
         "results": results,
         "methods": results["first_token"],
-        "model": "lab" if config.subject == "lab" else str(lmm.name),  # not the checkout's path
+        "model": _model_name(config, lmm),
         "metric": {
             "first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
             "exact_match": "exact match of the generated first line, % (held-out queries)",

@@ -23,6 +23,7 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert f"Reproduce with `stv demo --quick --out {tmp_path}`" in (tmp_path / "report.md").read_text()
     assert results["units"] == [2, 2] and not results["partial"]
+    assert json.loads((tmp_path / "settings.json").read_text())["model"] == "lab"  # not this checkout's path
     assert (tmp_path / "vectors" / "parity_AB.seed0" / "task_vectors.safetensors").is_file()
     heads = 16  # the lab model: 4 layers x 4 heads
     assert summary["top_k"] == {"stv": 8, "stv_relative": 8, "stv_mean_delta": 8, "stv+": heads}  # each its own K

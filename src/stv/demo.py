@@ -31,16 +31,13 @@ from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
-# Seconds per (task, seed) on 2 CPU cores (2026-11-22), for the estimate printed before a run.
-# The lab: 351 s for 12 with stv+ v3 (three REINFORCE runs), one other run on the second core.
-# The real model: 7,943 s for 15 task-seeds with the current stv+ and one or two other runs
-# on the cores (benchmarks/demo-smollm2-v6). lab-smollm2: the earlier stv+ (3,164 s for 12
-# with three other runs) plus the extra time the current stv+ fit took in benchmarks/compare10
-# (about +86 s per task-seed), an estimate, not a measurement. stv+ v7 adds refinement: the
-# real model's 60 steps took 190-207 s with two other runs on the cores (benchmarks/refine-probe-
-# smollm2.txt), about 100 s alone, added here as an estimate. The lab with v7: 424 s for 12
-# (benchmarks/demo-lab-v7, the test suite on the other core).
-MEASURED_SECONDS = {"lab": 35.0, "real": 630.0, "numbers": 450.0}
+# Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run, all with
+# stv+ v8 and other runs sharing the cores (2026-11-23): the lab 907 s for 12 with two others
+# (benchmarks/demo-lab-v8); the real model 14,860 s for 15, three seeds as three processes
+# with up to two more (benchmarks/demo-smollm2-v8). lab-smollm2 is an estimate, not a
+# measurement: 3,164 s for 12 with the earlier stv+ and three other runs, plus the 456 s more
+# that a v8 fit took than a v6 fit in the real-model demos (735 vs 279 s).
+MEASURED_SECONDS = {"lab": 76.0, "real": 990.0, "numbers": 720.0}
 
 
 def variant_method(name: str) -> str:

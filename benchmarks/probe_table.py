@@ -71,18 +71,18 @@ def with_steer_margin(table, paths: list[str], margin: int, baseline: str = "stv
             table[(derived, task)][seed] = (scores if _best_start(judged, margin, held_out) == "steer" else v8)[:1]
 
 
-def _option(args: list[str], flag: str, default):
-    """(value of ``flag`` in ``args`` or ``default``, ``args`` without it)."""
+def _option(args: list[str], flag: str, convert=int, default=None):
+    """(``convert`` of the value after ``flag`` in ``args``, or ``default``; ``args`` without them)."""
     if flag not in args:
         return default, args
     at = args.index(flag)
-    return type(default)(args[at + 1]) if default is not None else int(args[at + 1]), args[:at] + args[at + 2 :]
+    return convert(args[at + 1]), args[:at] + args[at + 2 :]
 
 
 if __name__ == "__main__":
-    grid, args = _option(sys.argv[1:], "--grid", None)
-    margin, args = _option(args, "--steer-margin", None)
-    baseline, args = _option(args, "--baseline", "stv+")
+    grid, args = _option(sys.argv[1:], "--grid")
+    margin, args = _option(args, "--steer-margin")
+    baseline, args = _option(args, "--baseline", str, "stv+")
     table = rows(args, grid)
     if margin is not None:
         with_steer_margin(table, args, margin, baseline)

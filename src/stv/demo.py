@@ -237,15 +237,24 @@ def run_demo(
                 unit = _run_unit(
                     lmm, config, (train, test, template), seed, out / "vectors" / f"{task}.seed{seed}", bar
                 )
-                unit = {"task": task, "seed": seed, "data": data, **unit}
-                atomic_write_json(unit_path(out, task, seed), unit)
+                units[(task, seed)] = {"task": task, "seed": seed, "data": data, **unit}
+                atomic_write_json(unit_path(out, task, seed), units[(task, seed)])
+                _write_results(out, config, lmm, units, time.perf_counter() - start, redraw=[task])
             else:
+                units[(task, seed)] = unit
                 bar.update(len(methods))
-            units[(task, seed)] = unit
-            summary = _summary(config, lmm, units, time.perf_counter() - start)
-            atomic_write_json(out / "results.json", summary)
-            _write_report(out, summary, units, config)
     bar.close()
+    return _write_results(out, config, lmm, units, time.perf_counter() - start)
+
+
+def _write_results(
+    out: Path, config: DemoConfig, lmm, units: dict, wall: float, redraw: list[str] | None = None
+) -> dict:
+    """results.json, report.md and plots from the units so far; the per-task plots of ``redraw``
+    only (None: every task's), since a new unit changes only its own task's."""
+    summary = _summary(config, lmm, units, wall)
+    atomic_write_json(out / "results.json", summary)
+    _write_report(out, summary, units, config, redraw)
     return summary
 
 
@@ -351,7 +360,9 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
     return {"scores": scores, "timings": timings, "top_k": top_k, "plot": plot, "wall_s": time.perf_counter() - started}
 
 
-def _write_report(out: Path, summary: dict, units: dict[tuple[str, int], dict], config: DemoConfig) -> None:
+def _write_report(
+    out: Path, summary: dict, units: dict[tuple[str, int], dict], config: DemoConfig, redraw: list[str] | None = None
+) -> None:
     tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
     icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
@@ -363,7 +374,7 @@ def _write_report(out: Path, summary: dict, units: dict[tuple[str, int], dict], 
         )
     ranking = config.stv.sensitivity
     plotted = [t for t in config.tasks if any(task == t for task, _ in units)]
-    for task in plotted:
+    for task in plotted if redraw is None else [t for t in plotted if t in redraw]:
         seed = min(s for t, s in units if t == task)
         plot = units[(task, seed)]["plot"]
         report.sensitivity_heatmap(

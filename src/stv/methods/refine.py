@@ -231,11 +231,9 @@ def refined(
         )
         for name, start in starts.items()
     }
-    best = _best_start(
-        {name: result[1].after for name, result in results.items()}, config.steer_margin, len(held or ())
-    )
-    refined, log = results[best]
     judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
+    best = _best_start(judged, config.steer_margin, len(held or ()))
+    refined, log = results[best]
     changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
     if best == "zero":  # every head keeps its own output (plus the correction): no arm of the search
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}

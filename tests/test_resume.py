@@ -106,3 +106,25 @@ def test_killed_recompute_never_leaves_a_trusted_scan(tmp_path, capsys, monkeypa
     assert log["scan_reused"] is False
     again = json.loads((scan_dir / "scan.json").read_text())["sensitivity"]
     assert np.allclose(again, reference, atol=1e-4)
+
+
+def test_a_model_folder_moved_elsewhere_resumes_and_a_renamed_one_is_named(tmp_path, capsys):
+    """Settings name a local checkpoint by its folder's name, not its path: the same weights
+    in another place resume; the bundled lab checkpoint is "lab" wherever this checkout is."""
+    import shutil
+
+    from stv.lab import LAB_CHECKPOINT
+
+    for place in ("a", "b"):
+        shutil.copytree(LAB_CHECKPOINT, tmp_path / place / "mylab")
+    out = ["--out", str(tmp_path / "ev"), "--limit", "4"]
+    assert main([*EVAL, *out, "--model", str(tmp_path / "a" / "mylab")]) == 0
+    first = _last_json(capsys)["accuracy"]
+    assert main([*EVAL, *out, "--model", str(tmp_path / "b" / "mylab")]) == 0
+    assert _last_json(capsys)["accuracy"] == first
+    assert json.loads((tmp_path / "ev" / "settings.json").read_text())["model"] == "mylab"
+    shutil.move(tmp_path / "b" / "mylab", tmp_path / "b" / "renamed")
+    assert main([*EVAL, *out, "--model", str(tmp_path / "b" / "renamed")]) == 2
+    assert "model: " in capsys.readouterr().err
+    assert main([*EVAL, "--out", str(tmp_path / "lab"), "--limit", "4"]) == 0
+    assert json.loads((tmp_path / "lab" / "settings.json").read_text())["model"] == "lab"

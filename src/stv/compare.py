@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import Objective
 from .evaluate import generation_accuracy
-from .fingerprint import data_fingerprint, prepare_folder, stored_unit, unit_path
+from .fingerprint import data_fingerprint, model_identity, prepare_folder, stored_unit, unit_path
 from .io import atomic_write_json, atomic_write_text
 from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
@@ -144,7 +144,7 @@ def compare_settings(
     None: all but the model, what can be checked before it loads)."""
     from .version import stv_version
 
-    model = {} if lmm is None else {"model": str(lmm.name), "weights": lmm.weights_fingerprint()}
+    model = {} if lmm is None else model_identity(lmm)
     return {
         "kind": "compare",
         **model,

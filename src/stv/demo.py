@@ -22,7 +22,7 @@ from . import report
 from .compare import fit_variant, fv_task
 from .config import Policy
 from .evaluate import first_token_accuracy, generation_accuracy
-from .fingerprint import data_fingerprint, prepare_folder, stored_unit, unit_path
+from .fingerprint import data_fingerprint, model_identity, model_label, prepare_folder, stored_unit, unit_path
 from .fitting import save_fit
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -180,18 +180,12 @@ def _load(config: DemoConfig, checkpoint=None):
 DEMO_OUTPUTS = ("units", "vectors", "results.json", "report.md", "*.png")  # what --recompute clears
 
 
-def _model_name(config: DemoConfig, lmm) -> str:
-    """The model's name in results and settings: "lab" for the bundled lab model, whose name is
-    its checkpoint's path in this checkout (a folder moved or cloned elsewhere is the same model)."""
-    return "lab" if config.subject == "lab" else str(lmm.name)
-
-
 def demo_settings(lmm, config: DemoConfig) -> dict:
     """What every (task, seed) unit of a demo folder depends on besides its task and seed
     (``lmm`` None: all but the model, what can be checked before it loads)."""
     from .version import stv_version
 
-    model = {} if lmm is None else {"model": _model_name(config, lmm), "weights": lmm.weights_fingerprint()}
+    model = {} if lmm is None else model_identity(lmm)
     kept = {k: v for k, v in asdict(config).items() if k not in ("tasks", "seeds")}  # units are independent
     return {"kind": "demo", **model, "config": kept, "stv_version": stv_version()}
 
@@ -278,7 +272,7 @@ def _summary(config: DemoConfig, lmm, units: dict[tuple[str, int], dict], wall: 
     return {
         "results": results,
         "methods": results["first_token"],
-        "model": _model_name(config, lmm),
+        "model": model_label(str(lmm.name)),
         "metric": {
             "first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
             "exact_match": "exact match of the generated first line, % (held-out queries)",

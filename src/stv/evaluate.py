@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import Policy
 from .data.example import Example
-from .fingerprint import check_settings, clear, data_fingerprint
+from .fingerprint import check_settings, clear, data_fingerprint, model_identity
 from .io import atomic_write_json, atomic_write_text
 from .methods.reward import first_token_ids
 from .models import LMM
@@ -140,8 +140,7 @@ def eval_settings(
 
     return {
         "kind": "eval",
-        "model": lmm.name,
-        "weights": lmm.weights_fingerprint(),
+        **model_identity(lmm),
         "dataset": examples[0].metadata.get("dataset") if examples else None,
         "pool": data_fingerprint(pool) if shots > 0 else None,
         "shots": shots,

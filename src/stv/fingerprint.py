@@ -26,6 +26,23 @@ def data_fingerprint(examples: Sequence) -> str:
     return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in examples).encode()).hexdigest()[:16]
 
 
+def model_label(name: str) -> str:
+    """How settings name a model: "lab" for the bundled lab checkpoint, a local folder by its
+    own name (the same checkpoint moved or cloned elsewhere is the same model; the weights
+    fingerprint beside it tells checkpoints apart), anything else (hub id, named model) as is."""
+    path = Path(name)
+    if not path.exists():
+        return name
+    from .lab import LAB_CHECKPOINT
+
+    return "lab" if path.resolve() == LAB_CHECKPOINT.resolve() else path.resolve().name
+
+
+def model_identity(lmm) -> dict:
+    """``{"model", "weights"}`` of a loaded model, as every settings.json records it."""
+    return {"model": model_label(str(lmm.name)), "weights": lmm.weights_fingerprint()}
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 60 else text[:57] + "..."

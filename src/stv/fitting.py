@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import report
-from .fingerprint import check_settings, clear, data_fingerprint
+from .fingerprint import check_settings, clear, data_fingerprint, model_identity
 from .io import atomic_write_json
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
 from .version import stv_version
@@ -38,8 +38,7 @@ def fit_settings(lmm, train, task, method: str, config, dataset: str | None = No
     return {
         "kind": "fit",
         "method": method,
-        "model": lmm.name,
-        "weights": lmm.weights_fingerprint(),
+        **model_identity(lmm),
         "dataset": dataset or (train[0].metadata.get("dataset") if train else None),
         "data": data_fingerprint(train),
         "task": asdict(task),

@@ -69,3 +69,22 @@ def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
         assert merged["methods"][method]["parity_word"] == [seed0["scores"][method][0], seed1["scores"][method][0]]
     assert merged["unit_seconds"] == round(seed0["wall_s"] + seed1["wall_s"], 1)
     assert "partial" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_path, monkeypatch):
+    """Settings hold each variant's whole STVConfig, not only its name: when ``stv+`` changes
+    (v8 -> v9), a folder of v8 units is refused before anything loads, not resumed."""
+    from stv import variants
+    from stv.config import STVConfig
+    from stv.demo import DEMO_OUTPUTS, demo_settings
+    from stv.fingerprint import prepare_folder
+
+    config = DemoConfig.quick()
+    loaded = {**demo_settings(None, config), "model": "lab", "weights": "params-sha256:0"}  # as a run records them
+    prepare_folder(tmp_path, loaded, False, "demo results", DEMO_OUTPUTS)
+    prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)  # same: resumes
+    monkeypatch.setitem(
+        variants.VARIANTS, "stv+", lambda base: STVConfig.plus(**variants._sizes(base), refine_start="all")
+    )
+    with pytest.raises(SettingsMismatchError, match=r"variants\.stv\+\.refine_start"):
+        prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)

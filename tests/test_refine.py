@@ -12,7 +12,7 @@ from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
 from stv.methods.fit import fit
-from stv.methods.refine import _best_start, _judge, _queries, refine, refined, steered
+from stv.methods.refine import _best_start, _judge, _Queries, _queries, refine, refined, steered, unreplaced
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -146,6 +146,9 @@ def test_refine_settings_are_checked():
         STVConfig.plus(refine=5, refine_start="middle").check()
     with pytest.raises(StvError, match="steer_margin"):
         STVConfig.plus(refine=5, steer_margin=-1).check()
+    with pytest.raises(StvError, match="unreplace"):
+        STVConfig.plus(refine_start="search", unreplace=True).check()
+    STVConfig.plus(unreplace=True).check()  # stv+ judges its starts on held-out queries
 
 
 def test_a_steer_margin_keeps_the_other_starts_unless_steering_answers_enough_more():
@@ -255,15 +258,44 @@ def test_all_starts_add_steering_and_leave_the_other_starts_as_both_draws_them(l
         torch.tensor(every[:2]), torch.randn(2, lmm.heads.head_dim), config=TaskVectorsConfig(policy="prompt_last")
     )
     base = replace(STVConfig.plus(), refine=2, refine_heads="every")
-    judged = {
-        start: refined(
-            lmm, searched, train, task, replace(base, refine_start=start), every, np.random.default_rng(3), False
+    judged, after = {}, {}
+    for start in ("both", "all"):
+        rng = np.random.default_rng(3)
+        judged[start] = refined(
+            lmm, searched, train, task, replace(base, refine_start=start), every, rng, False
         ).config.extra["refine"]["judged"]
-        for start in ("both", "all")
-    }
+        after[start] = rng.integers(1 << 30, size=4).tolist()  # what the fit draws next
     assert set(judged["all"]) == {"search", "zero", "steer"}
     assert {k: judged["all"][k] for k in ("search", "zero")} == judged["both"]
+    assert after["all"] == after["both"]  # steering draws from its own generator
     # a steer margin changes which start is kept (tested above), never what the starts draw
     strict = replace(base, refine_start="all", steer_margin=65)
     kept = refined(lmm, searched, train, task, strict, every, np.random.default_rng(3), False).config.extra["refine"]
     assert kept["judged"] == judged["all"] and kept["start"] != "steer"
+
+
+def test_unreplace_turns_a_replaced_head_into_steering_only_where_held_out_queries_gain(lmm_of):
+    """Held-out targets that steering answers and replacement does not: the replaced head is
+    turned (its vector dropped, steering's shift written); targets replacement answers: the
+    artifact comes back as it was."""
+    lmm = lmm_of("llama")
+    train = load_dataset("fv:capitalize", split="train")[:24]
+    task = task_for(train)
+    every = lmm.heads.all_locations()
+    values = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (K, D): every head left alone ...
+    values[-1] = 0.0  # ... but the last, zeroed: what it said about the query is erased
+    replaced = TaskVectors(torch.tensor(every), values, config=TaskVectorsConfig(policy="prompt_last"))
+    steering = steered(lmm, replaced, task, train[:8])
+    prompts = [task.prompt([], q) for q in train[8:]]
+
+    def top_tokens(vectors: TaskVectors) -> torch.Tensor:
+        with vectors.apply(lmm):
+            return lmm.forward(prompts).argmax(-1)  # (B,)
+
+    assert not torch.equal(top_tokens(steering), top_tokens(replaced))  # the two writes answer differently
+    inputs = lmm.prepare(prompts)
+    turned, count = unreplaced(lmm, replaced, task, train[:8], _Queries(inputs, top_tokens(steering)))
+    assert count == 1 and torch.isnan(turned.vectors).all() and turned.shifts is not None
+    torch.testing.assert_close(turned.shifts, steering.shifts)  # own output - its mean: the query survives
+    kept, count = unreplaced(lmm, replaced, task, train[:8], _Queries(inputs, top_tokens(replaced)))
+    assert count == 0 and kept is replaced

@@ -26,7 +26,7 @@ from .methods.fit import STVConfig, fit_at, scan_pairs
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
-from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config
+from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
 
 
 def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
@@ -148,7 +148,7 @@ def compare_settings(
     return {
         "kind": "compare",
         **model,
-        "variants": list(variants),
+        "variants": variant_settings(variants, base),
         "base": asdict(base),
         "test_per_task": test_per_task,
         "icl_shots": icl_shots,

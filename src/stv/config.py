@@ -61,6 +61,7 @@ FIELD_HELP: dict[str, str] = {
     "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
     "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped), steer (the searched vectors as steering: each written head keeps its own output, moved by the vector minus its mean output on zero-shot prompts), both (search and zero) or all (search, zero and steer); several starts are judged on the same held-out queries against the search's result and the best is kept",
     "steer_margin": "with refine_start all: the steer start replaces the best of the others only when it answers at least this many more held-out queries (count; 0: any higher score, log-prob tie-breaks included)",
+    "unreplace": "with refine and held-out judging (refine_start other than search, or judge_apart): after refinement each head that replaces its output is turned, one at a time, into steering (own output + its written value - its mean own output) where that answers at least one more held-out query",
     "judge_apart": "with refine: hold the 64 training queries that judge refinement out of the search and its final selection too, so the search's result is not judged on queries it was chosen on",
     "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
     "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
@@ -129,6 +130,9 @@ class STVConfig:
     refine_start: RefineStart = "search"
     steer_margin: int = 0  # refine_start all: steering must answer this many more held-out queries to be kept
     judge_apart: bool = False  # with refine: the judge's queries kept from the search too (not in the paper)
+    unreplace: bool = (
+        False  # with refine: replaced heads turned into steering where held-out queries gain (not in the paper)
+    )
     policy: Policy = "every_step"
     schedule_items: int = (
         0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
@@ -274,6 +278,11 @@ class STVConfig:
                 f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}, "
                 f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)} and "
                 f"refine_start={self.refine_start!r} one of {', '.join(REFINE_STARTS)}"
+            )
+        if self.unreplace and not (self.refine and (self.refine_start != "search" or self.judge_apart)):
+            problems.append(
+                "unreplace needs refinement judged on held-out queries: --refine > 0 and --refine-start other than "
+                "search (or --judge-apart)"
             )
         if self.sensitivity not in SENSITIVITIES:
             problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")

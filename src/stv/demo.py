@@ -29,6 +29,7 @@ from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
 from .methods.fit import STVConfig, fit
 from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for
+from .variants import variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run, all with
@@ -187,7 +188,8 @@ def demo_settings(lmm, config: DemoConfig) -> dict:
 
     model = {} if lmm is None else model_identity(lmm)
     kept = {k: v for k, v in asdict(config).items() if k not in ("tasks", "seeds")}  # units are independent
-    return {"kind": "demo", **model, "config": kept, "stv_version": stv_version()}
+    variants = variant_settings(config.variants, config.stv)
+    return {"kind": "demo", **model, "config": kept, "variants": variants, "stv_version": stv_version()}
 
 
 def run_demo(

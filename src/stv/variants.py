@@ -5,8 +5,8 @@ run's shared sizes). A name may carry settings, ``stv+:refine_start=all``. No to
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-from typing import Any, Callable
+from dataclasses import asdict, fields, replace
+from typing import Any, Callable, Sequence
 
 from .config import REFINE_STEPS, STVConfig
 from .errors import StvError
@@ -160,6 +160,12 @@ def variant_config(name: str, base: STVConfig) -> STVConfig:
     config = replace(VARIANTS[variant](base), **overrides)
     config.check()
     return config
+
+
+def variant_settings(names: Sequence[str], base: STVConfig) -> dict[str, dict]:
+    """Each variant's whole STVConfig given ``base``, as a settings.json records it: a folder
+    fitted under one definition of a variant (``stv+`` v8) is refused by another (v9)."""
+    return {name: asdict(variant_config(name, base)) for name in names}
 
 
 def draws_of(name: str) -> str:

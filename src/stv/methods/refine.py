@@ -216,6 +216,9 @@ def refined(
     writes = bool(len(searched.locations)) and not torch.isnan(searched.vectors).all()
     if "steer" in names and (writes or "zero" not in starts):  # writing nothing, steering is the zero start
         starts["steer"] = steered(lmm, searched, task, train[:STEER_QUERIES])  # last: the others' draws unchanged
+    # steering draws from a generator of its own: the other starts, and every draw after
+    # refinement, are exactly v8's ("both"), whichever start is kept
+    draws = {name: rng.spawn(1)[0] if name == "steer" else rng for name in starts}
     results = {
         name: refine(
             lmm,
@@ -224,7 +227,7 @@ def refined(
             task,
             config.refine,
             config.refine_lr,
-            rng,
+            draws[name],
             progress=progress,
             held_out=held,
             objective=config.refine_objective,
@@ -235,6 +238,11 @@ def refined(
     best = _best_start(judged, config.steer_margin, len(held or ()))
     refined, log = results[best]
     changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
+    if config.unreplace:
+        assert held is not None  # config.problems() asks for held-out judging
+        held_queries = _queries(lmm, held, task, config.refine_objective)
+        refined, turned = unreplaced(lmm, refined, task, train[:STEER_QUERIES], held_queries)
+        changes["refine"]["unreplaced"] = turned
     if best == "zero":  # every head keeps its own output (plus the correction): no arm of the search
         changes["arms"] = {**{arm: 0 for arm in refined.config.extra.get("arms", {})}, "keep": len(locations)}
     refined.config = refined.config.with_(**changes)
@@ -270,6 +278,38 @@ def steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Examp
     base = artifact.shifts if artifact.shifts is not None else torch.zeros_like(artifact.vectors)  # (K, D)
     shifts = torch.where(written[:, None], torch.nan_to_num(artifact.vectors) - own + base, base)  # (K, D)
     return replace(artifact, vectors=torch.full_like(artifact.vectors, float("nan")), shifts=shifts)
+
+
+def unreplaced(
+    lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Example], held: _Queries
+) -> tuple[TaskVectors, int]:
+    """``artifact`` with some replaced heads turned into steering (as :func:`steered` turns
+    them, means on ``queries``), and how many: one head at a time in layer order, kept where
+    ``held`` answers at least one more query. A replacement erases what the head said about
+    the query; on the lab it can cost a whole digit class that no added correction brings
+    back (README, fourteenth round), while steering every head loses tasks that need a fixed
+    answer written: this keeps replacement head by head where it is not needed."""
+    rows = (~torch.isnan(artifact.vectors).any(-1)).nonzero().flatten().tolist()
+    if not rows:
+        return artifact, 0
+    as_steering = steered(lmm, artifact, task, queries).shifts  # (K, D)
+    assert as_steering is not None
+
+    def answered(vectors: TaskVectors) -> int:
+        shifts = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)
+        return round(_judge(lmm, vectors, shifts, held) * len(held.target))  # hits; the tie-break is < 1 / queries
+
+    current, best, turned = artifact, answered(artifact), 0
+    for row in rows:
+        vectors, shifts = current.vectors.clone(), current.shifts.clone() if current.shifts is not None else None
+        vectors[row] = float("nan")
+        shifts = torch.zeros_like(vectors) if shifts is None else shifts
+        shifts[row] = as_steering[row]
+        candidate = replace(current, vectors=vectors, shifts=shifts)
+        score = answered(candidate)
+        if score > best:
+            current, best, turned = candidate, score, turned + 1
+    return current, turned
 
 
 def _writing_nothing(artifact: TaskVectors) -> TaskVectors:

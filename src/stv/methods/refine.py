@@ -83,7 +83,7 @@ def refine(
     held_queries = _queries(lmm, held, task, objective)
     # (K, 1): a step of 1 in u moves a head by its typical size
     scale = _head_scale(lmm, locations, held_queries.inputs)
-    base = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)  # (K, D)
+    base = shifts_of(vectors)  # (K, D)
     u = torch.zeros_like(base, requires_grad=True)  # (K, D) the correction, in units of each head's scale
     optimiser = torch.optim.Adam([u], lr=lr)
     best_score = _judge(lmm, vectors, base, held_queries)
@@ -275,7 +275,7 @@ def steered(lmm: LMM, artifact: TaskVectors, task: Task, queries: Sequence[Examp
     written = ~torch.isnan(artifact.vectors).any(-1)  # (K,)
     inputs = lmm.prepare([task.prompt([], q) for q in queries])
     own = head_outputs(lmm, artifact.location_list(), inputs, written=artifact).mean(0)  # (K, D) under the writes
-    base = artifact.shifts if artifact.shifts is not None else torch.zeros_like(artifact.vectors)  # (K, D)
+    base = shifts_of(artifact)  # (K, D)
     shifts = torch.where(written[:, None], torch.nan_to_num(artifact.vectors) - own + base, base)  # (K, D)
     return replace(artifact, vectors=torch.full_like(artifact.vectors, float("nan")), shifts=shifts)
 
@@ -296,20 +296,24 @@ def unreplaced(
     assert as_steering is not None
 
     def answered(vectors: TaskVectors) -> int:
-        shifts = vectors.shifts if vectors.shifts is not None else torch.zeros_like(vectors.vectors)
-        return round(_judge(lmm, vectors, shifts, held) * len(held.target))  # hits; the tie-break is < 1 / queries
+        return round(
+            _judge(lmm, vectors, shifts_of(vectors), held) * len(held.target)
+        )  # the tie-break is < 1 / queries
 
     current, best, turned = artifact, answered(artifact), 0
     for row in rows:
-        vectors, shifts = current.vectors.clone(), current.shifts.clone() if current.shifts is not None else None
-        vectors[row] = float("nan")
-        shifts = torch.zeros_like(vectors) if shifts is None else shifts
-        shifts[row] = as_steering[row]
+        vectors, shifts = current.vectors.clone(), shifts_of(current).clone()  # (K, D) each
+        vectors[row], shifts[row] = float("nan"), as_steering[row]
         candidate = replace(current, vectors=vectors, shifts=shifts)
         score = answered(candidate)
         if score > best:
             current, best, turned = candidate, score, turned + 1
     return current, turned
+
+
+def shifts_of(artifact: TaskVectors) -> torch.Tensor:
+    """What ``artifact`` adds after its writes, zeros where it adds nothing: (K, D)."""
+    return artifact.shifts if artifact.shifts is not None else torch.zeros_like(artifact.vectors)
 
 
 def _writing_nothing(artifact: TaskVectors) -> TaskVectors:

@@ -27,6 +27,9 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     assert (tmp_path / "vectors" / "parity_AB.seed0" / "task_vectors.safetensors").is_file()
     heads = 16  # the lab model: 4 layers x 4 heads
     assert summary["top_k"] == {"stv": 8, "stv_relative": 8, "stv_mean_delta": 8, "stv+": heads}  # each its own K
+    fits = json.loads((tmp_path / "units" / "parity_AB.seed0.json").read_text())["fits"]
+    assert set(fits) == {"stv_relative", "stv_mean_delta", "stv+"}  # what each variant's fit chose
+    assert fits["stv+"]["refine"]["start"] in fits["stv+"]["refine"]["judged"] and "arms" in fits["stv+"]
     m = summary["methods"]
     # zero-shot cannot know the answer vocabulary; STV's vectors carry it, as 16-shot ICL does
     assert m["zero_shot"]["parity_word"][0] < 10

@@ -32,6 +32,7 @@ from .tasks import task_for
 from .variants import variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
+FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a variant's fit chose, kept per unit
 # Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run, all with
 # stv+ v8 and other runs sharing the cores (2026-11-23): the lab 907 s for 12 with two others
 # (benchmarks/demo-lab-v8); the real model 14,860 s for 15, three seeds as three processes
@@ -309,13 +310,15 @@ def _measure(lmm, config: DemoConfig, test, template, train, shots: int, vectors
 
 def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, bar) -> dict:
     """Every method on one (task, seed): {"scores": {method: [first token, (exact match)]},
-    "timings", "top_k", "plot" (the paper STV's scan and search), "wall_s"}; the paper STV's
+    "timings", "top_k", "fits" (each variant's schedule, arms and refinement: which start won,
+    its held-out scores), "plot" (the paper STV's scan and search), "wall_s"}; the paper STV's
     vectors are saved in ``vectors_folder``."""
     train, test, template = data
     started = time.perf_counter()
     scores: dict[str, list[float]] = {}
     timings: dict[str, float] = {}
     top_k: dict[str, int] = {}
+    fits: dict[str, dict] = {}
 
     def record(method: str, shots: int = 0, vectors=None) -> None:
         scores[method] = [round(v, 2) for v in _measure(lmm, config, test, template, train, shots, vectors, seed)]
@@ -345,6 +348,8 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
         timings[f"{variant_method(name)}_fit"] = seconds
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
+        chosen = {key: fitted.config.extra[key] for key in FIT_LOG if key in fitted.config.extra}
+        fits[variant_method(name)] = {"policy": fitted.config.policy, **chosen}
         record(variant_method(name), vectors=fitted)
     assert state.search is not None  # the paper's STV runs REINFORCE
     plot = {
@@ -353,7 +358,14 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         "reward_curve": list(state.search.reward_curve),
         "max_prob_curve": list(state.search.max_prob_curve),
     }
-    return {"scores": scores, "timings": timings, "top_k": top_k, "plot": plot, "wall_s": time.perf_counter() - started}
+    return {
+        "scores": scores,
+        "timings": timings,
+        "top_k": top_k,
+        "fits": fits,
+        "plot": plot,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def _write_report(

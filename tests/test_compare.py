@@ -1,7 +1,7 @@
 """STV variants on shared scans (`stv compare`), the presets, and the extra bank arms."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -248,6 +248,9 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
 
     assert torch.equal(probabilities("stv+"), probabilities("stv+_both_answer"))
     assert torch.equal(probabilities("stv+_all"), probabilities("stv+:refine_start=all"))  # measured so
+    measured = "stv+:refine_start=all:steer_margin=2:refine=180"  # stv+_all_long, the sixteenth round's rows
+    assert asdict(variant_config("stv+_all_long", base)) == asdict(variant_config(measured, base))
+    assert torch.equal(probabilities("stv+_all_long:refine=2"), probabilities("stv+"))  # refine=2: cheaper, same draws
     assert torch.equal(probabilities("stv+"), probabilities("stv+:refine=0"))  # settings after the search: same draws
     assert not torch.equal(probabilities("stv+"), probabilities("stv+:judge_apart=True"))  # the search's pool moved
     assert not torch.equal(probabilities("stv+"), probabilities("stv+_every_answer"))  # the same search, other draws

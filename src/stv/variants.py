@@ -87,6 +87,12 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     # v8 with a third start, the searched vectors as steering (fourteenth round; measured as
     # "stv+:refine_start=all", so it draws as stv+: its search and the other two starts are v8's)
     "stv+_all": lambda base: STVConfig.plus(**_sizes(base), refine_start="all"),
+    # the v9 candidate (sixteenth round): stv+_all, steering kept only when it answers 2 more
+    # held-out queries, and three times the refinement steps (the lab's low seeds had not
+    # converged); measured as "stv+:refine_start=all:steer_margin=2:refine=180", stv+'s draws
+    "stv+_all_long": lambda base: STVConfig.plus(
+        **_sizes(base), refine_start="all", steer_margin=2, refine=3 * REFINE_STEPS
+    ),
     "refine_only": lambda base: _refine_only(base),
     "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
@@ -108,7 +114,12 @@ CONTINUATION_STEPS = 4  # generated tokens that get continuation vectors in the 
 # A variant's random draws are seeded by its name. When stv+ moves to new settings, the name
 # they were measured under keeps its draws, and the previous stv+ keeps "stv+"'s: every number
 # reported reproduces, draw for draw, under the name the settings have now.
-MEASURED_AS = {"stv+": "stv+_both_answer", "stv+_v7": "stv+", "stv+_all": "stv+_both_answer"}
+MEASURED_AS = {
+    "stv+": "stv+_both_answer",
+    "stv+_v7": "stv+",
+    "stv+_all": "stv+_both_answer",
+    "stv+_all_long": "stv+_both_answer",
+}
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
 

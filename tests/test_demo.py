@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from stv.demo import METHODS, DemoConfig, run_demo
-from stv.errors import SettingsMismatchError
+from stv.errors import SettingsMismatchError, StvError
 
 
 def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
@@ -64,9 +64,14 @@ def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
     (tmp_path / "units" / "stale.seed0.json").write_text("{}")  # what --recompute must clear
     run_demo(tmp_path, replace(tiny, seeds=(1,)), progress=False, recompute=True)
     assert not (tmp_path / "units" / "stale.seed0.json").exists()
+    with pytest.raises(StvError, match="no finished"):  # report-only with none of its seeds: nothing written
+        run_demo(tmp_path, replace(tiny, seeds=(0,)), progress=False, report_only=True)
     run_demo(tmp_path, replace(tiny, seeds=(0,)), progress=False)  # another process, the same folder
     seed0 = json.loads((tmp_path / "units" / "parity_word.seed0.json").read_text())
     seed1 = json.loads((tmp_path / "units" / "parity_word.seed1.json").read_text())
+    three = run_demo(tmp_path, replace(tiny, seeds=(0, 1, 2)), progress=False, report_only=True)  # no model
+    assert three["units"] == [2, 3] and three["partial"] and three["model"] == "lab"
+    assert "partial: 2 of 3" in (tmp_path / "report.md").read_text()
     merged = run_demo(tmp_path, replace(tiny, seeds=(0, 1)), progress=False)  # computes nothing
     for method in tiny.methods():
         assert merged["methods"][method]["parity_word"] == [seed0["scores"][method][0], seed1["scores"][method][0]]

@@ -133,6 +133,12 @@ def build_parser() -> StvParser:
         action="store_true",
         help="a shorter version (2 tasks, 1 seed; measured: lab 36 s with stv+ v8; lab-smollm2 167 s with an earlier stv+)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing and load no model: rewrite results.json, report.md and plots from the "
+        "units already in --out (e.g. after seeds ran as separate processes), labelled partial if some are missing",
+    )
     p.set_defaults(command="demo")
 
     p = command(

@@ -22,7 +22,9 @@ def _cmd_demo(args) -> int:
     if args.seed is not None:
         config.seeds = (args.seed,)
     out = args.out or ("runs/demo" if not args.model else f"runs/demo-{Path(args.model).name}")
-    summary = run_demo(out, config, recompute=args.recompute)
+    if args.report_only and args.recompute:
+        raise StvError("--report-only rewrites the report from --out's units and --recompute deletes them; pass one")
+    summary = run_demo(out, config, recompute=args.recompute, report_only=args.report_only)
     for metric, per_method in summary["results"].items():
         print(f"\n{summary['metric'][metric]}\n{results_table(per_method)}")
     args.out = out

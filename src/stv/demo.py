@@ -9,6 +9,7 @@ mean ± std, results.json, report.md and plots.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,8 +22,17 @@ from tqdm.auto import tqdm
 from . import report
 from .compare import fit_variant, fv_task
 from .config import Policy
+from .errors import StvError
 from .evaluate import first_token_accuracy, generation_accuracy
-from .fingerprint import data_fingerprint, model_identity, model_label, prepare_folder, stored_unit, unit_path
+from .fingerprint import (
+    SETTINGS_NAME,
+    data_fingerprint,
+    model_identity,
+    model_label,
+    prepare_folder,
+    stored_unit,
+    unit_path,
+)
 from .fitting import save_fit
 from .io import atomic_write_json, atomic_write_text
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -199,6 +209,7 @@ def run_demo(
     checkpoint=None,
     progress: bool = True,
     recompute: bool = False,
+    report_only: bool = False,
 ) -> dict:
     """Every method on every task and seed; writes results.json, report.md and plots into ``out``.
 
@@ -206,13 +217,17 @@ def run_demo(
     (labelled partial until the last unit): a killed run loses one unit at most, a rerun
     with the same settings picks up the units there (another seed list too, so seeds can run
     in separate processes), and a folder holding other settings is refused (``recompute``:
-    cleared first)."""
+    cleared first). ``report_only``: no model, nothing computed; the results and report are
+    rewritten from the units already in ``out``."""
     config = config or DemoConfig()
     out = Path(out)
     prepare_folder(out, demo_settings(None, config), recompute, "demo results", DEMO_OUTPUTS)
+    if report_only:
+        return _report_only(out, config)
     torch.manual_seed(0)
     lmm = _load(config, checkpoint)
     prepare_folder(out, demo_settings(lmm, config), recompute, "demo results", DEMO_OUTPUTS)
+    model = model_label(str(lmm.name))
     methods = config.methods()
     start = time.perf_counter()
     estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
@@ -236,26 +251,45 @@ def run_demo(
                 )
                 units[(task, seed)] = {"task": task, "seed": seed, "data": data, **unit}
                 atomic_write_json(unit_path(out, task, seed), units[(task, seed)])
-                _write_results(out, config, lmm, units, time.perf_counter() - start, redraw=[task])
+                _write_results(out, config, model, units, time.perf_counter() - start, redraw=[task])
             else:
                 units[(task, seed)] = unit
                 bar.update(len(methods))
     bar.close()
-    return _write_results(out, config, lmm, units, time.perf_counter() - start)
+    return _write_results(out, config, model, units, time.perf_counter() - start)
+
+
+def _report_only(out: Path, config: DemoConfig) -> dict:
+    """results.json, report.md and plots from the units in ``out`` (checked against the
+    current data), in task and seed order; an error if it holds none."""
+    settings = out / SETTINGS_NAME
+    if not settings.is_file():
+        raise StvError(f"{out} holds no demo results ({SETTINGS_NAME} missing); run `stv demo --out {out}` first")
+    units = {}
+    for task in config.tasks:
+        train, test, _ = _data(config, task)
+        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        for seed in config.seeds:
+            unit = stored_unit(out, task, seed, data)
+            if unit is not None:
+                units[(task, seed)] = unit
+    if not units:
+        raise StvError(f"{out} holds no finished (task, seed) unit of seeds {list(config.seeds)}; nothing to report")
+    return _write_results(out, config, json.loads(settings.read_text())["model"], units, 0.0)
 
 
 def _write_results(
-    out: Path, config: DemoConfig, lmm, units: dict, wall: float, redraw: list[str] | None = None
+    out: Path, config: DemoConfig, model: str, units: dict, wall: float, redraw: list[str] | None = None
 ) -> dict:
     """results.json, report.md and plots from the units so far; the per-task plots of ``redraw``
     only (None: every task's), since a new unit changes only its own task's."""
-    summary = _summary(config, lmm, units, wall)
+    summary = _summary(config, model, units, wall)
     atomic_write_json(out / "results.json", summary)
     _write_report(out, summary, units, config, redraw)
     return summary
 
 
-def _summary(config: DemoConfig, lmm, units: dict[tuple[str, int], dict], wall: float) -> dict:
+def _summary(config: DemoConfig, model: str, units: dict[tuple[str, int], dict], wall: float) -> dict:
     """results.json's content from the units finished so far (in task, seed order)."""
     metrics = ["first_token"] + (["exact_match"] if config.max_new_tokens else [])
     methods = config.methods()
@@ -275,7 +309,7 @@ def _summary(config: DemoConfig, lmm, units: dict[tuple[str, int], dict], wall: 
     return {
         "results": results,
         "methods": results["first_token"],
-        "model": model_label(str(lmm.name)),
+        "model": model,
         "metric": {
             "first_token": "first-token accuracy over the whole vocabulary, % (held-out queries)",
             "exact_match": "exact match of the generated first line, % (held-out queries)",

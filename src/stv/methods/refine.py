@@ -295,10 +295,8 @@ def unreplaced(
     as_steering = steered(lmm, artifact, task, queries).shifts  # (K, D)
     assert as_steering is not None
 
-    def answered(vectors: TaskVectors) -> int:
-        return round(
-            _judge(lmm, vectors, shifts_of(vectors), held) * len(held.target)
-        )  # the tie-break is < 1 / queries
+    def answered(vectors: TaskVectors) -> int:  # held-out hits (the log-prob tie-break is < 1 / queries)
+        return round(_judge(lmm, vectors, shifts_of(vectors), held) * len(held.target))
 
     current, best, turned = artifact, answered(artifact), 0
     for row in rows:

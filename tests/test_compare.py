@@ -118,6 +118,8 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "mtv_shift_hits_recheck"]
     assert [r["method"] for r in result["rows"]] == [*methods, "paper", "stv+", "stv+_shift_only"]
     assert result["rows"][-1]["arms"]["mean"] == 0 == result["rows"][-1]["arms"]["centroid"]
+    refined = result["rows"][-2]["refine"]  # stv+'s refinement: the start kept and each start's held-out score
+    assert refined["start"] in refined["judged"] and set(refined["judged"]) <= {"search", "zero"}
     assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table

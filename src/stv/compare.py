@@ -28,6 +28,15 @@ from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
 from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
 
+FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a fit chose, kept beside its scores
+
+
+def fit_choices(vectors) -> dict:
+    """What a variant's fit chose: its schedule, arms (heads given a centroid / the mean / left
+    alone), refinement (the start kept, each start's held-out score), continuation search."""
+    extra = vectors.config.extra
+    return {"policy": vectors.config.policy, **{key: extra[key] for key in FIT_LOG if key in extra}}
+
 
 def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConfig, seed: int):
     """(TaskVectors, seconds) of one variant fitted on a shared scan. Settings carried by the
@@ -127,7 +136,7 @@ def _compare_unit(
     for name in variants:
         vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
         add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
-        rows[-1]["arms"] = vectors.config.extra.get("arms", {})  # heads given a centroid / the mean / left alone
+        rows[-1].update(fit_choices(vectors))
     return rows
 
 

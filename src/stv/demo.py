@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .compare import fit_variant, fv_task
+from .compare import fit_choices, fit_variant, fv_task
 from .config import Policy
 from .demo_report import write_results
 from .errors import StvError
@@ -41,7 +41,6 @@ from .tasks import task_for
 from .variants import variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
-FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a variant's fit chose, kept per unit
 # Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run, all with
 # stv+ v8 and other runs sharing the cores (2026-11-23): the lab 907 s for 12 with two others
 # (benchmarks/demo-lab-v8); the real model 14,860 s for 15, three seeds as three processes
@@ -335,8 +334,7 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
         timings[f"{variant_method(name)}_fit"] = seconds
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
-        chosen = {key: fitted.config.extra[key] for key in FIT_LOG if key in fitted.config.extra}
-        fits[variant_method(name)] = {"policy": fitted.config.policy, **chosen}
+        fits[variant_method(name)] = fit_choices(fitted)
         record(variant_method(name), vectors=fitted)
     assert state.search is not None  # the paper's STV runs REINFORCE
     plot = {

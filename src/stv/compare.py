@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import Objective
 from .evaluate import generation_accuracy
-from .fingerprint import data_fingerprint, model_identity, prepare_folder, stored_unit, unit_path
+from .fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
 from .io import atomic_write_json, atomic_write_text
 from .methods.continuation import with_continuation
 from .methods.fit import STVConfig, fit_at, scan_pairs
@@ -92,7 +92,7 @@ def run_compare(
     result.update(model=settings["model"], settings=settings)
     for done, (task, seed) in enumerate(units, 1):
         train, test, template = task_data[task]
-        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        data = unit_data(train, test)
         stored = stored_unit(out, task, seed, data) if out is not None else None
         rows = stored["rows"] if stored is not None else None
         if rows is None:

@@ -23,15 +23,7 @@ from .config import Policy
 from .demo_report import write_results
 from .errors import StvError
 from .evaluate import first_token_accuracy, generation_accuracy
-from .fingerprint import (
-    SETTINGS_NAME,
-    data_fingerprint,
-    model_identity,
-    model_label,
-    prepare_folder,
-    stored_unit,
-    unit_path,
-)
+from .fingerprint import SETTINGS_NAME, model_identity, model_label, prepare_folder, stored_unit, unit_data, unit_path
 from .fitting import save_fit
 from .io import atomic_write_json
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
@@ -239,7 +231,7 @@ def run_demo(
     units: dict[tuple[str, int], dict] = {}
     for task in config.tasks:
         train, test, template = _data(config, task)
-        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        data = unit_data(train, test)
         bar.set_description(f"demo {task}")
         for seed in config.seeds:
             unit = stored_unit(out, task, seed, data)
@@ -266,7 +258,7 @@ def _report_only(out: Path, config: DemoConfig) -> dict:
     units = {}
     for task in config.tasks:
         train, test, _ = _data(config, task)
-        data = {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+        data = unit_data(train, test)
         for seed in config.seeds:
             unit = stored_unit(out, task, seed, data)
             if unit is not None:

@@ -26,6 +26,11 @@ def data_fingerprint(examples: Sequence) -> str:
     return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in examples).encode()).hexdigest()[:16]
 
 
+def unit_data(train: Sequence, test: Sequence) -> dict:
+    """What a resumable (task, seed) unit was computed on: its training and test examples."""
+    return {"train": data_fingerprint(train), "test": data_fingerprint(test)}
+
+
 def model_label(name: str) -> str:
     """How settings name a model: "lab" for the bundled lab checkpoint, a local folder by its
     own name (the same checkpoint moved or cloned elsewhere is the same model; the weights

@@ -62,30 +62,11 @@ def load_model(
     _check_device(device)
     source, weights = resolve_source(name_or_path, gguf_file, progress)
     path = str(source)
-    local = Path(path)
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1 or path.endswith(".gguf")):
-        raise ModelLoadError(
-            f"model folder {path} does not exist; pass an existing folder, a hub id such as "
-            "Qwen/Qwen2-VL-2B-Instruct, or a name from `stv models`"
-        )
-    if local.exists() and not (local / "config.json").is_file():
-        raise ModelLoadError(
-            f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
-            "folder written by save_pretrained, a .gguf file, or a name from `stv models`"
-        )
+    local = _checked_folder(path)
     hub: dict = {"revision": revision} if revision else {}
     if not local.exists() and not _hub_reachable():
         hub["local_files_only"] = True  # offline: read the local cache only, no retries
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
-    except (OSError, ValueError, KeyError) as err:
-        if hub.get("local_files_only"):
-            raise ModelLoadError(
-                f"model {path!r} is not a local folder nor in the Hugging Face cache, and the hub "
-                "cannot be reached (offline); download it where there is a network, or pass a "
-                "local folder or a name from `stv models`"
-            ) from None
-        raise ModelLoadError(f"cannot read a model config from {path}: {err}") from err
+    config = _read_config(path, trust_remote_code, hub)
     if trust_remote_code and type(config).__module__.startswith("transformers_modules"):
         cls = transformers.AutoModelForCausalLM
     else:
@@ -119,6 +100,37 @@ def load_model(
         revision=weights or revision,
         family=config.model_type,
     )
+
+
+def _checked_folder(path: str) -> Path:
+    """``path`` as a local path, refused when it names a folder that is missing or holds no model
+    (a hub id, which is not a local path, passes)."""
+    local = Path(path)
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1 or path.endswith(".gguf")):
+        raise ModelLoadError(
+            f"model folder {path} does not exist; pass an existing folder, a hub id such as "
+            "Qwen/Qwen2-VL-2B-Instruct, or a name from `stv models`"
+        )
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a model folder (no config.json, no .gguf file); pass a hub id, a "
+            "folder written by save_pretrained, a .gguf file, or a name from `stv models`"
+        )
+    return local
+
+
+def _read_config(path: str, trust_remote_code: bool, hub: dict):
+    """The model's config, with one clear error when it cannot be read (offline: say so)."""
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
+    except (OSError, ValueError, KeyError) as err:
+        if hub.get("local_files_only"):
+            raise ModelLoadError(
+                f"model {path!r} is not a local folder nor in the Hugging Face cache, and the hub "
+                "cannot be reached (offline); download it where there is a network, or pass a "
+                "local folder or a name from `stv models`"
+            ) from None
+        raise ModelLoadError(f"cannot read a model config from {path}: {err}") from err
 
 
 _DTYPES = {

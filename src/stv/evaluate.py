@@ -193,14 +193,7 @@ def run_eval(
     if dist.is_main:
         check_settings(out, record, "eval predictions")
     dist.barrier()
-    pred_file = out / "predictions.jsonl"
-    part_file = out / f"predictions.rank{dist.rank}.jsonl" if dist.enabled else pred_file
-    done: dict[str, dict] = {}
-    for earlier in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
-        done.update(_read_predictions(earlier))
-    if part_file.is_file():  # drop a line cut by a kill
-        atomic_write_text(part_file, "".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
-    dist.barrier()
+    pred_file, part_file, done = _resumed(out, dist)
     rng = np.random.default_rng(seed)
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
     todo = [e for e in examples if e.id not in done]
@@ -222,15 +215,35 @@ def run_eval(
         for part in dist.gather({k: done[k] for k in (e.id for _, s, t in mine for e in todo[s:t])}):
             done.update(part)
     scores = _scores(task, examples, done, shots, record["policy"])
-    if dist.is_main:  # this subset first, then every earlier prediction: nothing is dropped
-        asked = {e.id for e in examples}
-        rows = [done[e.id] for e in examples] + [r for k, r in done.items() if k not in asked]
-        atomic_write_text(pred_file, "".join(json.dumps(r) + "\n" for r in rows))
+    if dist.is_main:
+        _write_predictions(pred_file, examples, done)
         atomic_write_json(out / scores_name, scores)
-        for rank_file in out.glob("predictions.rank*.jsonl"):
-            rank_file.unlink()
     dist.barrier()
     return scores
+
+
+def _resumed(out: Path, dist) -> tuple[Path, Path, dict[str, dict]]:
+    """(the predictions file, the file this rank appends to, every prediction written so far):
+    a run killed mid-batch resumes after its last whole line."""
+    pred_file = out / "predictions.jsonl"
+    part_file = out / f"predictions.rank{dist.rank}.jsonl" if dist.enabled else pred_file
+    done: dict[str, dict] = {}
+    for earlier in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
+        done.update(_read_predictions(earlier))
+    if part_file.is_file():  # drop a line cut by a kill
+        atomic_write_text(part_file, "".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
+    dist.barrier()
+    return pred_file, part_file, done
+
+
+def _write_predictions(pred_file: Path, examples: Sequence[Example], done: dict[str, dict]) -> None:
+    """One predictions file: this subset first, then every earlier prediction (nothing is
+    dropped); the ranks' partial files go."""
+    asked = {e.id for e in examples}
+    rows = [done[e.id] for e in examples] + [r for k, r in done.items() if k not in asked]
+    atomic_write_text(pred_file, "".join(json.dumps(r) + "\n" for r in rows))
+    for rank_file in pred_file.parent.glob("predictions.rank*.jsonl"):
+        rank_file.unlink()
 
 
 def _scores(task: Task, examples: Sequence[Example], done: dict[str, dict], shots: int, policy) -> dict:

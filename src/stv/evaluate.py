@@ -222,7 +222,7 @@ def run_eval(
     return scores
 
 
-def _resumed(out: Path, dist) -> tuple[Path, Path, dict[str, dict]]:
+def _resumed(out: Path, dist: distributed.Dist) -> tuple[Path, Path, dict[str, dict]]:
     """(the predictions file, the file this rank appends to, every prediction written so far):
     a run killed mid-batch resumes after its last whole line."""
     pred_file = out / "predictions.jsonl"
@@ -231,7 +231,7 @@ def _resumed(out: Path, dist) -> tuple[Path, Path, dict[str, dict]]:
     for earlier in [pred_file, *sorted(out.glob("predictions.rank*.jsonl"))]:
         done.update(_read_predictions(earlier))
     if part_file.is_file():  # drop a line cut by a kill
-        atomic_write_text(part_file, "".join(json.dumps(r) + "\n" for r in _read_predictions(part_file).values()))
+        _write_jsonl(part_file, _read_predictions(part_file).values())
     dist.barrier()
     return pred_file, part_file, done
 
@@ -241,9 +241,14 @@ def _write_predictions(pred_file: Path, examples: Sequence[Example], done: dict[
     dropped); the ranks' partial files go."""
     asked = {e.id for e in examples}
     rows = [done[e.id] for e in examples] + [r for k, r in done.items() if k not in asked]
-    atomic_write_text(pred_file, "".join(json.dumps(r) + "\n" for r in rows))
+    _write_jsonl(pred_file, rows)
     for rank_file in pred_file.parent.glob("predictions.rank*.jsonl"):
         rank_file.unlink()
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    """``rows`` (dicts) as one JSON line each, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _scores(task: Task, examples: Sequence[Example], done: dict[str, dict], shots: int, policy) -> dict:

@@ -6,7 +6,7 @@ import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -246,7 +246,7 @@ def _write_predictions(pred_file: Path, examples: Sequence[Example], done: dict[
         rank_file.unlink()
 
 
-def _write_jsonl(path: Path, rows) -> None:
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """``rows`` (dicts) as one JSON line each, written atomically."""
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -68,21 +68,24 @@ def test_presets_and_overrides():
     assert (plus.prefix_pool, plus.restarts, plus.continuation_search, plus.schedule_items) == (0, 3, 1, 24)
     assert (plus.objective, plus.final_objective, plus.final_keep) == ("hits", "hits", True)
     assert plus.continuation_objective == "log_prob"  # stv+ v4 had hits there: stv+_hits_rl
-    assert variant_config("stv+_hits_rl", base) == replace(plus, continuation_objective="hits", refine=0)
+    # v9 (the current stv+) is v8 with a third, steered start, a margin for it, and 3x the steps
+    v8 = variant_config("stv+_v8", base)
+    assert plus == replace(v8, refine=180, refine_start="all", steer_margin=2) == variant_config("stv+_all_long", base)
+    assert variant_config("stv+_hits_rl", base) == replace(v8, continuation_objective="hits", refine=0)
     # ... and those of compare12-23 theirs after stv+ v7 gained gradient refinement
-    assert (plus.refine, variant_config("stv+_v6", base)) == (60, replace(plus, refine=0))
+    assert (v8.refine, variant_config("stv+_v6", base)) == (60, replace(v8, refine=0))
     for name in ("stv+_v5", "stv+_no_centroids", "stv+_shift", "stv+_shift_only", "stv+_prior_draws", "stv+_long"):
         assert variant_config(name, base).refine == 0, name
     # ... and compare24-26's after v8 moved refinement to the whole answer, every head and two starts
     v7 = variant_config("stv+_v7", base)
     assert (v7.refine_heads, v7.refine_objective, v7.refine_start) == ("written", "first_token", "search")
-    assert v7 == replace(plus, refine_heads="written", refine_objective="first_token", refine_start="search")
+    assert v7 == replace(v8, refine_heads="written", refine_objective="first_token", refine_start="search")
     assert variant_config("stv+_refine", base) == v7
     assert variant_config("stv+_refine_every", base) == replace(v7, refine_heads="every")
     assert variant_config("stv+_refine_answer", base) == replace(v7, refine_objective="answer")
     every_answer = replace(v7, refine_heads="every", refine_objective="answer")
     assert variant_config("stv+_every_answer", base) == every_answer
-    assert variant_config("stv+_both_answer", base) == replace(every_answer, refine_start="both") == plus
+    assert variant_config("stv+_both_answer", base) == replace(every_answer, refine_start="both") == v8
     only = variant_config("refine_only", base)
     assert (only.refine_heads, only.refine_objective, only.refine_start) == ("every", "first_token", "search")
     assert variant_config("refine_only_answer", base) == replace(
@@ -119,7 +122,7 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     assert [r["method"] for r in result["rows"]] == [*methods, "paper", "stv+", "stv+_shift_only"]
     assert result["rows"][-1]["arms"]["mean"] == 0 == result["rows"][-1]["arms"]["centroid"]
     refined = result["rows"][-2]["refine"]  # stv+'s refinement: the start kept and each start's held-out score
-    assert refined["start"] in refined["judged"] and set(refined["judged"]) <= {"search", "zero"}
+    assert refined["start"] in refined["judged"] and set(refined["judged"]) <= {"search", "zero", "steer"}
     assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
     assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table
@@ -230,8 +233,9 @@ def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
 
 
 def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
-    """stv+ v8 was measured as stv+_both_answer and v7 as stv+: under their names now (stv+,
-    stv+_v7) each fit repeats those draws exactly, and another name draws otherwise."""
+    """stv+ v8 was measured as stv+_both_answer, v7 as stv+ and v9 with v8's draws: under their
+    names now (stv+_v8, stv+_v7, stv+) each fit repeats those draws exactly, and another name
+    draws otherwise."""
     from stv.data import load_dataset
     from stv.methods.fit import scan_pairs
     from stv.methods.scan import sensitivity_scan
@@ -250,8 +254,10 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
 
     assert torch.equal(probabilities("stv+"), probabilities("stv+_both_answer"))
     assert torch.equal(probabilities("stv+_all"), probabilities("stv+:refine_start=all"))  # measured so
-    measured = "stv+:refine_start=all:steer_margin=2:refine=180"  # stv+_all_long, the sixteenth round's rows
+    measured = "stv+_v8:refine_start=all:steer_margin=2:refine=180"  # stv+_all_long, rounds 16-18's rows
     assert asdict(variant_config("stv+_all_long", base)) == asdict(variant_config(measured, base))
+    assert asdict(variant_config("stv+", base)) == asdict(variant_config(measured, base))  # v9, measured so
+    assert torch.equal(probabilities("stv+_v8:refine=2"), probabilities("stv+"))  # v8 draws as it did as stv+
     assert torch.equal(probabilities("stv+_all_long:refine=2"), probabilities("stv+"))  # refine=2: cheaper, same draws
     assert torch.equal(probabilities("stv+"), probabilities("stv+:refine=0"))  # settings after the search: same draws
     assert not torch.equal(probabilities("stv+"), probabilities("stv+:judge_apart=True"))  # the search's pool moved

@@ -92,7 +92,7 @@ def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_pa
     prepare_folder(tmp_path, loaded, False, "demo results", DEMO_OUTPUTS)
     prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)  # same: resumes
     monkeypatch.setitem(
-        variants.VARIANTS, "stv+", lambda base: STVConfig.plus(**variants._sizes(base), refine_start="all")
+        variants.VARIANTS, "stv+", lambda base: STVConfig.plus(**variants._sizes(base), refine_start="search")
     )
     with pytest.raises(SettingsMismatchError, match=r"variants\.stv\+\.refine_start"):
         prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields, replace
 from typing import Any, Callable, Sequence
 
-from .config import REFINE_STEPS, STVConfig
+from .config import STVConfig
 from .errors import StvError
 
 # name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
@@ -18,6 +18,9 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
+    # stv+ v8 (thirteenth to eighteenth rounds: 60 steps of refinement from two starts, search and
+    # zero); measured as "stv+_both_answer", so it draws as it did when it was "stv+"
+    "stv+_v8": lambda base: _v8(base),
     # stv+ as defined in benchmarks/compare5-8 (one REINFORCE run over 16 cached prefix groups,
     # no continuation search, no schedule choice), and what was measured on top of it
     "stv+_v2": lambda base: _v2(base),
@@ -42,28 +45,22 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
         base, objective="hits", final_objective="hits", final_keep=True, continuation_objective="hits"
     ),
     # stv+ v5 (benchmarks/compare14: the final selection judged on 32 queries only)
-    "stv+_v5": lambda base: STVConfig.plus(**_sizes(base), final_recheck=0, refine=0),
+    "stv+_v5": lambda base: _v8(base, final_recheck=0, refine=0),
     # stv+ v6 (benchmarks/compare15-23: no gradient refinement)
-    "stv+_v6": lambda base: STVConfig.plus(**_sizes(base), refine=0),
+    "stv+_v6": lambda base: _v8(base, refine=0),
     # stv+ without k-means centroids: each head's arms are MTV's (its mean, or left alone), the
     # search and selection are stv+'s; what the sensitivity-aware bank adds over the mean
-    "stv+_no_centroids": lambda base: STVConfig.plus(**{**_sizes(base), "clusters": 0}, refine=0),
+    "stv+_no_centroids": lambda base: _v8(base, clusters=0, refine=0),
     # stv+ with a steering arm: a head may keep its own output plus the scan's mean delta
     # (added, not replaced); and that arm instead of the centroids and MTV's mean
-    "stv+_shift": lambda base: STVConfig.plus(**_sizes(base), shift_arm=True, refine=0),
-    "stv+_shift_only": lambda base: STVConfig.plus(
-        **{**_sizes(base), "clusters": 0}, mean_arm=False, shift_arm=True, refine=0
-    ),
+    "stv+_shift": lambda base: _v8(base, shift_arm=True, refine=0),
+    "stv+_shift_only": lambda base: _v8(base, clusters=0, mean_arm=False, shift_arm=True, refine=0),
     # stv+ without REINFORCE on the heads: its final selection (and recheck) over draws from the
     # arm prior alone, then the same continuation search; what the search adds over random search
-    "stv+_prior_draws": lambda base: STVConfig.plus(
-        **{**_sizes(base), "steps": 0}, continuation_search=base.steps, refine=0
-    ),
+    "stv+_prior_draws": lambda base: _v8(base, steps=0, continuation_search=base.steps, refine=0),
     # stv+ with its three REINFORCE runs' steps in one run (the same budget; compare17: MTV at
     # 3x steps beat stv+ v6 on the first token)
-    "stv+_long": lambda base: STVConfig.plus(
-        **{**_sizes(base), "steps": 3 * base.steps}, restarts=1, continuation_search=base.steps, refine=0
-    ),
+    "stv+_long": lambda base: _v8(base, steps=3 * base.steps, restarts=1, continuation_search=base.steps, refine=0),
     # stv+ with the correction learned at the heads it writes (the name measured in compare24;
     # v7's "stv+") or at every head, and the same correction learned from zero
     # at every head with no bank and no head search: what the search's choice adds as a
@@ -77,22 +74,21 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "stv+_refine_answer": lambda base: _v7(base, refine_objective="answer"),
     # whole-answer refinement at every head from the search's choice, and (both) from it and from
     # zero, the better on the same held-out queries kept (the search's result competes too): the
-    # name stv+ v8 was measured under (thirteenth round; since v8 the same settings as "stv+")
+    # name stv+ v8 was measured under (thirteenth round; the same settings as "stv+_v8")
     "stv+_every_answer": lambda base: _v7(base, refine_heads="every", refine_objective="answer"),
     "stv+_both_answer": lambda base: _v7(base, refine_heads="every", refine_objective="answer", refine_start="both"),
     # v8 with the judge's 64 held-out queries kept from the search and its final selection too
     # (fourteenth round: v8's misses were seeds where the searched start won on queries the
     # search had been chosen on, then lost on the test)
-    "stv+_apart": lambda base: STVConfig.plus(**_sizes(base), judge_apart=True),
+    "stv+_apart": lambda base: _v8(base, judge_apart=True),
     # v8 with a third start, the searched vectors as steering (fourteenth round; measured as
     # "stv+:refine_start=all", so it draws as stv+: its search and the other two starts are v8's)
-    "stv+_all": lambda base: STVConfig.plus(**_sizes(base), refine_start="all"),
-    # the v9 candidate (sixteenth round): stv+_all, steering kept only when it answers 2 more
-    # held-out queries, and three times the refinement steps (the lab's low seeds had not
-    # converged); measured as "stv+:refine_start=all:steer_margin=2:refine=180", stv+'s draws
-    "stv+_all_long": lambda base: STVConfig.plus(
-        **_sizes(base), refine_start="all", steer_margin=2, refine=3 * REFINE_STEPS
-    ),
+    "stv+_all": lambda base: _v8(base, refine_start="all"),
+    # v9 as it was measured (sixteenth to eighteenth rounds, then made stv+): stv+_all, steering
+    # kept only when it answers 2 more held-out queries, and three times the refinement steps
+    # (the lab's low seeds had not converged); "stv+:refine_start=all:steer_margin=2:refine=180"
+    # when v8 was stv+, so it draws as v8 did
+    "stv+_all_long": lambda base: _v8(base, refine_start="all", steer_margin=2, refine=3 * V8_REFINE["refine"]),
     "refine_only": lambda base: _refine_only(base),
     "refine_only_answer": lambda base: _refine_only(base, refine_objective="answer"),
     # stv+ as first defined (uniform start, argmax at the end), and ablations of it; these
@@ -119,7 +115,10 @@ MEASURED_AS = {
     "stv+_v7": "stv+",
     "stv+_all": "stv+_both_answer",
     "stv+_all_long": "stv+_both_answer",
+    "stv+_v8": "stv+_both_answer",
 }
+# what v8 refined with, where v9 (the current stv+) differs
+V8_REFINE: dict[str, Any] = {"refine": 60, "refine_start": "both", "steer_margin": 0}
 _SIZES = ("top_k", "clusters", "pairs", "shots", "steps", "samples", "lr", "batch_size", "seed")
 
 
@@ -127,16 +126,21 @@ def _sizes(base: STVConfig) -> dict:
     return {k: getattr(base, k) for k in _SIZES}
 
 
+def _v8(base: STVConfig, **overrides) -> STVConfig:
+    """stv+ v8: 60 steps of refinement, from the search's choice and from zero."""
+    return STVConfig.plus(**{**_sizes(base), **V8_REFINE, **overrides})
+
+
 def _v7(base: STVConfig, **overrides) -> STVConfig:
     """stv+ v7: refinement at the written heads, on the first token, from the search's choice."""
     v7 = {"refine_heads": "written", "refine_objective": "first_token", "refine_start": "search"}
-    return STVConfig.plus(**{**_sizes(base), **v7, **overrides})
+    return _v8(base, **{**v7, **overrides})
 
 
 def _refine_only(base: STVConfig, **overrides) -> STVConfig:
     """The correction learned from zero at every head: no head search, no bank choice."""
     no_search = {"steps": 0, "restarts": 1, "final_samples": 0, "final_recheck": 0, "continuation_search": base.steps}
-    return _v7(base, **{**no_search, "refine": REFINE_STEPS, "refine_heads": "every", **overrides})
+    return _v7(base, **{**no_search, "refine": V8_REFINE["refine"], "refine_heads": "every", **overrides})
 
 
 def _v3(base: STVConfig, **overrides) -> STVConfig:
@@ -148,7 +152,7 @@ def _v3(base: STVConfig, **overrides) -> STVConfig:
         "continuation_objective": "log_prob",
         "refine": 0,
     }
-    return STVConfig.plus(**{**_sizes(base), **v3, **overrides})
+    return _v8(base, **{**v3, **overrides})
 
 
 def _v2(base: STVConfig, **overrides) -> STVConfig:

@@ -252,16 +252,23 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
         assert vectors.probabilities is not None
         return vectors.probabilities
 
-    assert torch.equal(probabilities("stv+"), probabilities("stv+_both_answer"))
-    assert torch.equal(probabilities("stv+_all"), probabilities("stv+:refine_start=all"))  # measured so
+    # settings after the search leave its draws alone (checked once at stv+'s full refinement),
+    # so every other fit here refines for 2 steps only: the same draws, a fraction of the time
+    plus = probabilities("stv+")
+    assert torch.equal(plus, probabilities("stv+:refine=0"))
+
+    def searched(name: str) -> torch.Tensor:
+        return probabilities(f"{name}:refine=2")
+
+    assert torch.equal(plus, searched("stv+_both_answer"))
+    assert torch.equal(searched("stv+_all"), searched("stv+:refine_start=all"))  # measured so
     measured = "stv+_v8:refine_start=all:steer_margin=2:refine=180"  # stv+_all_long, rounds 16-18's rows
     assert asdict(variant_config("stv+_all_long", base)) == asdict(variant_config(measured, base))
     assert asdict(variant_config("stv+", base)) == asdict(variant_config(measured, base))  # v9, measured so
-    assert torch.equal(probabilities("stv+_v8:refine=2"), probabilities("stv+"))  # v8 draws as it did as stv+
-    assert torch.equal(probabilities("stv+_all_long:refine=2"), probabilities("stv+"))  # refine=2: cheaper, same draws
-    assert torch.equal(probabilities("stv+"), probabilities("stv+:refine=0"))  # settings after the search: same draws
-    assert not torch.equal(probabilities("stv+"), probabilities("stv+:judge_apart=True"))  # the search's pool moved
-    assert not torch.equal(probabilities("stv+"), probabilities("stv+_every_answer"))  # the same search, other draws
+    assert torch.equal(searched("stv+_v8"), plus)  # v8 draws as it did as stv+
+    assert torch.equal(searched("stv+_all_long"), plus)
+    assert not torch.equal(plus, searched("stv+:judge_apart=True"))  # the search's pool moved
+    assert not torch.equal(plus, searched("stv+_every_answer"))  # the same search, other draws
 
 
 def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_ones():

@@ -12,7 +12,7 @@ from stv.config import STVConfig
 from stv.data import Example, load_dataset
 from stv.errors import StvError
 from stv.methods.fit import fit
-from stv.methods.refine import _best_start, _judge, _Queries, _queries, refine, refined, steered, unreplaced
+from stv.methods.refine import _best_start, _judge, _Queries, answer_queries, refine, refined, steered, unreplaced
 from stv.methods.reward import first_token_ids
 from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
@@ -45,7 +45,7 @@ def test_refinement_learns_an_answer_through_the_hooks_and_leaves_the_weights(lm
     assert log.before < 0.5 and log.after > 0.99 and log.kept_step > 0  # every held-out query says "yes"
     assert refined.shifts is not None and bool(refined.shifts.abs().sum() > 0)
     assert bool(torch.isnan(refined.vectors).all())  # still own output + correction: nothing replaced
-    fresh = _judge(lmm, refined, refined.shifts, _queries(lmm, train[:64], task, "first_token"))
+    fresh = _judge(lmm, refined, refined.shifts, answer_queries(lmm, train[:64], task, "first_token"))
     assert fresh > 0.9  # the artifact as returned scores what the log says, on queries of the same task
     for k, v in lmm.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
@@ -66,7 +66,7 @@ def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_toke
     locations = torch.tensor([(0, 1), (1, 2)])
     nan = torch.full((2, lmm.heads.head_dim), float("nan"))  # (K, D): own output + correction
     vectors = TaskVectors(locations, nan, config=TaskVectorsConfig(policy="prompt_last"))
-    queries = _queries(lmm, train, task, "answer")
+    queries = answer_queries(lmm, train, task, "answer")
     assert queries.valid is not None and queries.target.shape[1] > 2  # the answer line is several tokens
     later_only = replace(queries, valid=queries.valid.clone())
     later_only.valid[:, 0] = False  # the first answer token's loss left out
@@ -85,7 +85,7 @@ def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_toke
     )
     assert log.kept_step > 0 and log.after > log.before  # the whole answer's log-prob rose on held-out queries
     assert whole.shifts is not None
-    judged = _judge(lmm, whole, whole.shifts, _queries(lmm, held, task, "answer"))
+    judged = _judge(lmm, whole, whole.shifts, answer_queries(lmm, held, task, "answer"))
     assert abs(judged - log.after) < 1e-6  # the artifact as returned is what was judged
 
 

@@ -53,9 +53,9 @@ def device_available(device: str | None) -> None:
 
 def not_a_vectors_folder(path: Path) -> None:
     """Eval never writes its predictions into a folder of fitted task vectors."""
-    if (path / "task_vectors.json").is_file():
+    if (path / "task_vectors.json").is_file() or (path / "stv_adapter.json").is_file():
         raise StvError(
-            f"--out {path} holds task vectors; eval writes its predictions into a folder of its own "
+            f"--out {path} holds a fit (task vectors or a LoRA adapter); eval writes its predictions into a folder of its own "
             "(leave --out out for a default one under runs/eval/)"
         )
 

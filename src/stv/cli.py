@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_common import dataset_from_args, distributed_module, model_from_args, quiet_transformers, stv_config_from_args
+from .cli_common import (
+    dataset_from_args,
+    distributed_module,
+    lora_config_from_args,
+    model_from_args,
+    quiet_transformers,
+    stv_config_from_args,
+)
 from .cli_parser import build_parser, expand_config
 from .cli_runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
 from .config import default_top_k
@@ -110,16 +117,19 @@ def _cmd_fit(args) -> int:
     out = writable_folder(args.out)
     cfg = stv_config_from_args(args)
     cfg.check()
+    lora = lora_config_from_args(args, cfg.seed) if args.method == "lora" else None  # checked before the model loads
     train, task = dataset_from_args(args, args.train_split)
     lmm = model_from_args(args)
-    if not args.top_k:  # both presets leave K at 0: chosen from the model
+    if not args.top_k and args.method == "stv":  # both presets leave K at 0: chosen from the model
         cfg = cfg.resolved(lmm)
         heads = lmm.heads.num_layers * lmm.heads.num_heads
         print(f"--top-k not given: using K = {cfg.top_k} of the model's {heads} heads", file=sys.stderr)
     with removed_on_error(out):
-        summary = fit_into(out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute)
+        summary = fit_into(
+            out, lmm, train, task, cfg, args.method, args.dataset, args.train_split, args.recompute, lora=lora
+        )
     if summary is None:
-        print(f"{out} already holds task vectors fitted with these settings; pass --recompute to fit again")
+        print(f"{out} already holds a fit ({args.method}) with these settings; pass --recompute to fit again")
     elif distributed_module().current().is_main:
         print(json.dumps(summary))
     return 0
@@ -128,7 +138,7 @@ def _cmd_fit(args) -> int:
 def _cmd_eval(args) -> int:
     from .checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
     from .evaluate import first_token_accuracy, run_eval
-    from .vectors import TaskVectors
+    from .methods.lora import load_fitted
 
     at_least(args.shots, -1, "--shots")
     at_least(args.limit, 1, "--limit")
@@ -144,7 +154,7 @@ def _cmd_eval(args) -> int:
     examples, task = dataset_from_args(args, args.split)
     pool = dataset_from_args(args, args.train_split)[0] if args.shots > 0 else []
     examples = examples[: args.limit] if args.limit else examples
-    vectors = TaskVectors.from_pretrained(args.vectors) if args.vectors else None
+    vectors = load_fitted(args.vectors) if args.vectors else None  # task vectors or a LoRA adapter
     lmm = model_from_args(args)
     if vectors is not None:
         vectors.allow_other_weights = args.allow_other_weights

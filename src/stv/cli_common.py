@@ -72,6 +72,17 @@ def model_from_args(args):
     )
 
 
+def lora_config_from_args(args, seed: int):
+    """A LoRAConfig from its fixed defaults with the ``--lora-*`` flags that were given, checked
+    before any model loads."""
+    from .methods.lora import LoRAConfig
+
+    given = {name: getattr(args, f"lora_{name}", None) for name in ("r", "steps", "lr")}
+    config = LoRAConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
+    config.check()
+    return config
+
+
 def stv_config_from_args(args):
     """An STVConfig from ``--variant``'s preset with the flags that were given winning."""
     from .methods.fit import STVConfig

@@ -55,12 +55,14 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
     if only is None:
         p.add_argument(
             "--variant",
-            choices=("paper", "stv+"),
+            choices=("paper", "stv+", "fast", "forward"),
             default=DEFAULT_VARIANT,
             help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the "
-            "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours "
-            "(consistent-shift ranking, mean and keep arms, MTV-like start, best-of-draws, prompt-last "
-            "insertion)",
+            "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours, "
+            "the most accurate and the slowest (search, then gradient refinement from three starts); "
+            "fast: no search, a gradient correction at every head from zero (a backward pass, no scan); "
+            "forward: stv+'s search without any backward pass (memory as at inference: choose it where "
+            "gradients cannot be taken)",
         )
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
     plus, paper = STVConfig.plus(), STVConfig.paper()
@@ -155,10 +157,15 @@ def build_parser() -> StvParser:
     p.add_argument("--recompute", action="store_true", help="fit again even if --out holds vectors")
     p.add_argument(
         "--method",
-        choices=("stv", "mtv"),
+        choices=("stv", "mtv", "lora"),
         default="stv",
-        help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search",
+        help="mtv: mean activations (--pairs prompts of --context-shots) + Bernoulli head search; "
+        "lora: LoRA adapters (peft) on the text decoder's q/k/v/o, trained on zero-shot prompts "
+        "(r 8, alpha 16, 100 AdamW steps of 8 at lr 1e-3; --lora-* flags change them, --seed seeds them)",
     )
+    p.add_argument("--lora-r", type=int, help="with --method lora: the adapters' rank (default 8)")
+    p.add_argument("--lora-steps", type=int, help="with --method lora: optimiser steps of 8 queries (default 100)")
+    p.add_argument("--lora-lr", type=float, help="with --method lora: AdamW learning rate (default 1e-3)")
     _add_stv(p)
     p.set_defaults(command="fit")
 
@@ -178,7 +185,7 @@ def build_parser() -> StvParser:
     _add_model(p)
     _add_data(p)
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
-    p.add_argument("--vectors", help="a folder written by `stv fit`")
+    p.add_argument("--vectors", help="a folder written by `stv fit` (task vectors of stv or mtv, or a LoRA adapter)")
     p.add_argument("--shots", type=int, default=0, help="demonstrations from --train-split (-1: MTV's 2-way support)")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples of --split")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstrations' draw (default 0)")
@@ -294,6 +301,12 @@ def build_parser() -> StvParser:
         type=int,
         default=0,
         help="MTV's REINFORCE steps, e.g. 3x --steps for MTV at stv+'s budget (default: --steps)",
+    )
+    p.add_argument(
+        "--mtv-extras",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fit MTV under the variants' objective and schedule choice (mtv_hits, mtv_auto, ...; default on)",
     )
     p.add_argument(
         "--out",

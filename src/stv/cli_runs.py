@@ -58,6 +58,7 @@ def _cmd_compare(args) -> int:
         batch_size=args.batch_size,
     )
     run = {"test_per_task": args.test_per_task, "icl_shots": 10, "max_new_tokens": 8, "mtv_steps": args.mtv_steps}
+    run["mtv_extras"] = args.mtv_extras
     prepare_compare_folder(args.out, compare_settings(None, variants, base, **run), args.recompute)  # before loading
     lmm = model_from_args(args)
     heads = lmm.heads.num_layers * lmm.heads.num_heads

@@ -18,11 +18,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Objective
+from .costs import measured, stored_numbers
 from .evaluate import generation_accuracy
 from .fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
 from .io import atomic_write_json, atomic_write_text
 from .methods.continuation import with_continuation
-from .methods.fit import STVConfig, fit_at, scan_pairs
+from .methods.fit import STVConfig, fit_at, fit_without_search, scan_pairs
+from .methods.lora import LoRAConfig, fit_lora
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
@@ -44,7 +46,12 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
     cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
     start = time.perf_counter()
     rng = np.random.default_rng(seed + 1_000 + sum(map(ord, draws_of(name))))
-    vectors, _ = fit_at(lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False)
+    if cfg.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
+        vectors, _ = fit_at(
+            lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False
+        )
+    else:  # no search: the shared scan is not read
+        vectors, _ = fit_without_search(lmm, train, cfg, template, rng, progress=False)
     vectors.config.extra["variant"] = name
     return vectors, time.perf_counter() - start
 
@@ -62,6 +69,7 @@ def run_compare(
     out: str | Path | None = None,
     recompute: bool = False,
     mtv_steps: int = 0,
+    mtv_extras: bool = True,
 ) -> dict:
     """{"rows": [{task, seed, method, first_token, exact_match, fit_s}], ...} on fv: tasks.
 
@@ -69,23 +77,25 @@ def run_compare(
     ``compare.json``/``compare.md`` are rewritten (labelled partial until the last one): a
     killed run loses one unit at most, and a rerun with the same settings picks up the units
     already there (another task or seed list too: units are independent). ``out`` holding
-    other settings is refused; ``recompute`` clears it first. ``mtv_steps`` > 0: MTV's
+    other settings is refused; ``recompute`` clears it first. ``mtv_extras`` False: MTV alone, not also
+    MTV under each variant's objective and schedule choice. ``mtv_steps`` > 0: MTV's
     searches take that many steps instead of ``base.steps`` (MTV at the variants' budget)."""
     for name in variants:
         variant_config(name, base)  # unknown names fail before any forward pass
     task_data = {task: fv_task(task, test_per_task) for task in tasks}  # and unknown tasks
-    settings = compare_settings(lmm, variants, base, test_per_task, icl_shots, max_new_tokens, mtv_steps)
+    settings = compare_settings(lmm, variants, base, test_per_task, icl_shots, max_new_tokens, mtv_steps, mtv_extras)
     if out is not None:
         prepare_compare_folder(out, settings, recompute)
     configs = [variant_config(name, base) for name in variants]
-    mtv_extras = (
+    extras = (
         ["cont"] * any(c.continuation for c in configs)  # MTV + continuation vectors
         + ["auto"] * any(c.schedule_items for c in configs)  # MTV's schedule chosen on training answers
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
         + sorted({f"shift_{c.objective}" for c in configs if c.shift_arm})  # ... with the shift arm's vectors
     )
+    mtv_extras = extras if mtv_extras else []  # MTV made to match the variants' own extras, or MTV alone
     recheck = max((c.final_recheck for c in configs), default=0)  # MTV's selection as the variants'
-    per_unit = len(variants) + 3 + len(mtv_extras)  # + icl, mtv at both schedules, the extras
+    per_unit = len(variants) + 5 + len(mtv_extras)  # + zero-shot, icl, mtv at both schedules, lora, the extras
     units = [(task, seed) for task in tasks for seed in seeds]
     bar = tqdm(total=len(units) * per_unit, desc="compare", disable=not progress)
     result: dict = {"rows": [], "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
@@ -117,25 +127,45 @@ def _compare_unit(
     train, test, template = data
     rows: list[dict] = []
 
-    def add(method, vectors=None, shots=0, policy=None, fit_s=0.0):
+    def add(method, vectors=None, shots=0, policy=None, fit_s=0.0, cost=None):
+        start = time.perf_counter()
         first, exact = generation_accuracy(
             lmm, test, template, train, shots, vectors, seed=seed, max_new_tokens=max_new_tokens, policy=policy
         )
         row = {"task": task, "seed": seed, "method": method, "first_token": first, "exact_match": exact}
-        rows.append({**row, "fit_s": round(fit_s, 1), "policy": policy or ""})  # policy: as evaluated
+        row.update(fit_s=round(fit_s, 1), eval_s=round(time.perf_counter() - start, 1), policy=policy or "")
+        if vectors is not None:
+            row.update(stored_numbers(vectors))
+        rows.append({**row, **(cost or {})})  # policy: as evaluated
         bar.set_postfix(task=task, seed=seed, method=method)
         bar.update(1)
 
+    add("zero_shot")
     add(f"icl_{icl_shots}", shots=icl_shots)
-    start = time.perf_counter()
-    pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
-    scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
-    scan_s = time.perf_counter() - start
+    with measured(lmm.device) as scan_cost:
+        pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
+        scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
+    scan_s = scan_cost.seconds
+    forward_only = {"peak_mb": round(scan_cost.peak_mb), "backward": False}
     for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, mtv_base, seed, mtv_extras, recheck):
-        add(method, vectors, policy=policy, fit_s=scan_s + seconds)
+        add(method, vectors, policy=policy, fit_s=scan_s + seconds, cost=forward_only)
+    with measured(lmm.device) as cost:
+        adapter, _ = fit_lora(lmm, train, LoRAConfig(seed=seed), task=template, progress=False)
+    add("lora", adapter, fit_s=cost.seconds, cost={"peak_mb": round(cost.peak_mb), "backward": True})
+    heads = lmm.heads.num_layers * lmm.heads.num_heads
     for name in variants:
-        vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
-        add(name, vectors, policy=vectors.config.policy, fit_s=scan_s + seconds)
+        with measured(lmm.device) as cost:
+            vectors, seconds = fit_variant(lmm, train, template, scan, name, base, seed)
+        config = variant_config(name, base)
+        scanned = config.needs_scan(heads)  # a variant that reads no scan is not charged for it
+        peak = max(cost.peak_mb, scan_cost.peak_mb if scanned else 0)
+        add(
+            name,
+            vectors,
+            policy=vectors.config.policy,
+            fit_s=scan_s * scanned + seconds,
+            cost={"peak_mb": round(peak), "backward": config.refine > 0},
+        )
         rows[-1].update(fit_choices(vectors))
     return rows
 
@@ -148,6 +178,7 @@ def compare_settings(
     icl_shots: int,
     max_new_tokens: int,
     mtv_steps: int = 0,
+    mtv_extras: bool = True,
 ) -> dict:
     """What every row of a compare folder depends on, besides its (task, seed) (``lmm``
     None: all but the model, what can be checked before it loads)."""
@@ -163,6 +194,8 @@ def compare_settings(
         "icl_shots": icl_shots,
         "max_new_tokens": max_new_tokens,
         "mtv_steps": mtv_steps or base.steps,
+        **({} if mtv_extras else {"mtv_extras": False}),  # absent: on (folders written before the switch)
+        "lora": asdict(LoRAConfig()),  # its seed is the unit's
         "stv_version": stv_version(),
     }
 
@@ -223,22 +256,48 @@ def fv_task(task: str, test_per_task: int):
     return train, fixed_subset(test, test_per_task), task_for(train)
 
 
+COST_COLUMNS = ("fit s", "peak MB", "backward", "numbers used", "eval s")
+
+
+def cost_cells(rows: Sequence[dict]) -> list[str]:
+    """One method's cost columns (``COST_COLUMNS``) over its rows: means of fit and eval
+    seconds, the largest peak memory, whether a backward pass ran, numbers used at inference."""
+
+    def mean(key: str, digits: int = 0) -> str:
+        values = [r[key] for r in rows if key in r]
+        return f"{np.mean(values):.{digits}f}" if values else "-"
+
+    peaks = [r["peak_mb"] for r in rows if "peak_mb" in r]
+    backward = {r["backward"] for r in rows if "backward" in r}
+    used = [r["used"] for r in rows if "used" in r]
+    return [
+        mean("fit_s"),
+        f"{max(peaks):.0f}" if peaks else "-",
+        ("yes" if True in backward else "no") if backward else "-",
+        f"{np.mean(used) / 1000:.0f} k" if used else "-",
+        mean("eval_s", 1),
+    ]
+
+
 def compare_table(result: dict, metric: str) -> str:
-    """Markdown: method x task, mean ± std over seeds, plus the average and the mean fit time."""
+    """Markdown: method x task, mean ± std over seeds, the average, then the cost columns."""
     rows, tasks = result["rows"], result["tasks"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| method | " + " | ".join(tasks) + " | average | fit s |", "|---" * (len(tasks) + 3) + "|"]
+    head = ["method", *tasks, "average", *COST_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in methods:
         cells, means = [], []
+        mine = [r for r in rows if r["method"] == m]
         for t in tasks:
-            values = [r[metric] for r in rows if r["method"] == m and r["task"] == t]
+            values = [r[metric] for r in mine if r["task"] == t]
             if not values:  # a partial result: no seed of this task finished yet
                 cells.append("-")
                 continue
             means.append(np.mean(values))
             cells.append(f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else ""))
-        fit_s = np.mean([r["fit_s"] for r in rows if r["method"] == m])
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.1f} | {fit_s:.0f} |")
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.1f} | " + " | ".join(cost_cells(mine)) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -144,10 +144,38 @@ class STVConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "STVConfig":
         """``"paper"`` or ``"stv+"``, with ``overrides`` winning over the preset's own settings."""
-        presets = {"paper": cls.paper, "stv+": cls.plus}
+        presets = {"paper": cls.paper, "stv+": cls.plus, "fast": cls.fast, "forward": cls.forward}
         if name not in presets:
             raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
         return presets[name](**overrides)
+
+    @classmethod
+    def fast(cls, **overrides) -> "STVConfig":
+        """No head search: a correction learned by gradient at every head's last-token output
+        from zero (the answer line's cross-entropy, 60 steps of 16 queries, the best held-out
+        step kept), inserted at the prompt's last token. Needs a backward pass; no scan."""
+        return cls.plus(
+            **{
+                "steps": 0,
+                "restarts": 1,
+                "final_samples": 0,
+                "final_recheck": 0,
+                "continuation_search": 0,
+                "schedule_items": 0,
+                "refine": 60,
+                "refine_start": "zero",
+                "steer_margin": 0,
+                "variant": "fast",
+                **overrides,
+            }
+        )
+
+    @classmethod
+    def forward(cls, **overrides) -> "STVConfig":
+        """stv+'s search with forward passes only (no refinement, so no backward pass and
+        memory as at inference): one REINFORCE run, its final selection on 32 queries, the
+        search for the first generated token and the schedule check."""
+        return cls.plus(**{"refine": 0, "restarts": 1, "final_recheck": 0, "variant": "forward", **overrides})
 
     @classmethod
     def paper(cls, **overrides) -> "STVConfig":
@@ -218,6 +246,14 @@ class STVConfig:
                 **overrides,
             }
         )
+
+    def needs_scan(self, heads: int) -> bool:
+        """Whether a fit under these settings reads the sensitivity scan: not when it searches
+        nothing (no REINFORCE step) and refines a correction from zero at every one of the
+        model's ``heads``."""
+        searches = self.steps > 0 or self.continuation or self.continuation_search
+        from_zero = self.refine > 0 and self.refine_start == "zero" and self.refine_heads == "every"
+        return bool(searches) or not from_zero or self.top_k not in (0, heads)
 
     def resolved(self, lmm: "LMM") -> "STVConfig":
         """These settings with ``top_k`` 0 replaced by :func:`default_top_k` for ``lmm``."""

@@ -22,6 +22,9 @@ from .version import stv_version
 FIT_FILES = (
     WEIGHTS_NAME,
     CONFIG_NAME,
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "stv_adapter.json",
     "fit_log.json",
     "sensitivity.png",
     "reinforce.png",
@@ -54,23 +57,33 @@ def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> b
         clear(folder, FIT_FILES)
     folder.mkdir(parents=True, exist_ok=True)
     resumed = check_settings(folder, settings, "task vectors")
-    return resumed and (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
+    artifacts = ((WEIGHTS_NAME, CONFIG_NAME), ("adapter_model.safetensors", "stv_adapter.json"))  # vectors, LoRA
+    return resumed and any(all((folder / name).is_file() for name in names) for names in artifacts)
 
 
-def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, started: float | None = None) -> dict:
-    """Write the artifact, plots and ``fit_log.json``; returns the log.
+def save_fit(
+    folder: str | Path,
+    vectors,
+    config,
+    state: FitLog | None = None,
+    started: float | None = None,
+    costs: dict | None = None,
+    stages: dict[str, float] | None = None,
+) -> dict:
+    """Write the artifact, plots and ``fit_log.json`` (with ``costs``); returns the log.
 
     ``state`` is the fit's :class:`~stv.methods.fit.FitLog` (REINFORCE curves; for STV also
     the heatmap of the ranking used and whether the scan was reused)."""
     folder = Path(folder)
     vectors.save_pretrained(folder)
     search = state.search if state is not None else None
-    timings = state.timings if state is not None else {}
+    timings = state.timings if state is not None else (stages or {})
     log = {
         "method": vectors.config.method,
         "stages_seconds": {k: round(v, 3) for k, v in timings.items()},
         "config": asdict(config),
         "reward_curve": search.reward_curve if search is not None else [],
+        "costs": costs or {},
     }
     if started is not None:
         log["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -91,6 +104,12 @@ def save_fit(folder: str | Path, vectors, config, state: FitLog | None = None, s
     return log
 
 
+def needs_backward(method: str, config) -> bool:
+    """Whether fitting ``method`` under ``config`` takes gradients through the model (LoRA, and
+    stv with refinement); MTV and a search-only stv run forward passes alone."""
+    return method == "lora" or (method == "stv" and getattr(config, "refine", 0) > 0)
+
+
 def fit_into(
     folder: str | Path,
     lmm,
@@ -101,11 +120,16 @@ def fit_into(
     dataset: str | None = None,
     split: str = "train",
     recompute: bool = False,
+    lora=None,
 ) -> dict | None:
-    """Fit STV (``config``) or MTV (the same sizes) into ``folder``; None when the folder
-    already holds a fit with these settings. Only rank 0 writes under data parallelism."""
+    """Fit STV (``config``), MTV (the same sizes) or LoRA (``lora``, a LoRAConfig; its
+    defaults when None) into ``folder``; None when the folder already holds a fit with these
+    settings. The log records the cost: wall time, peak memory, backward pass, numbers
+    stored. Only rank 0 writes under data parallelism."""
     from . import distributed
+    from .costs import measured, stored_numbers
     from .methods.fit import fit
+    from .methods.lora import LoRAConfig, fit_lora
     from .methods.mtv import MTVConfig, fit_mtv
 
     folder = Path(folder)
@@ -122,6 +146,8 @@ def fit_into(
             policy=config.policy,
             seed=config.seed,
         )
+    elif method == "lora":
+        method_cfg = lora or LoRAConfig(seed=config.seed)
     settings = {**fit_settings(lmm, train, task, method, method_cfg, dataset), "split": split}
     dist = distributed.current()
     finished = prepare_fit_folder(folder, settings, recompute) if dist.is_main else False
@@ -129,17 +155,20 @@ def fit_into(
     if finished:
         return None
     start = time.perf_counter()
-    if method == "mtv":
-        vectors, mtv_log = fit_mtv(lmm, train, method_cfg, task=task)
-        if dist.is_main:
-            save_fit(folder, vectors, method_cfg, state=mtv_log, started=start)
-        return {"out": str(folder), "method": "mtv", "heads": len(vectors.locations), **mtv_log.timings}
-    vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
-    log = save_fit(folder, vectors, config, state=state, started=start) if dist.is_main else {"stages_seconds": {}}
-    return {
-        "out": str(folder),
-        "variant": config.variant,
-        "locations": len(vectors.locations),
-        "scan_reused": state.scan.reused,
-        **log["stages_seconds"],
-    }
+    state, timings = None, {}
+    with measured(lmm.device) as cost:
+        if method == "mtv":
+            vectors, state = fit_mtv(lmm, train, method_cfg, task=task)
+        elif method == "lora":
+            vectors, timings = fit_lora(lmm, train, method_cfg, task=task)
+        else:
+            vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
+    costs = {**cost.as_dict(), "backward": needs_backward(method, method_cfg), **stored_numbers(vectors)}
+    log = {"stages_seconds": {}}
+    if dist.is_main:
+        log = save_fit(folder, vectors, method_cfg, state=state, started=start, costs=costs, stages=timings)
+    summary = {"out": str(folder), "method": method, **costs, **log["stages_seconds"]}
+    if method == "stv":
+        reused = state.scan_result.reused if state.scan_result is not None else None  # None: no scan was needed
+        summary.update(variant=config.variant, locations=len(vectors.locations), scan_reused=reused)
+    return summary

@@ -18,6 +18,10 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "mean_delta": lambda base: STVConfig.paper(**_sizes(base), sensitivity="mean_delta"),
     "consistency": lambda base: STVConfig.paper(**_sizes(base), sensitivity="consistency"),
     "stv+": lambda base: STVConfig.plus(**_sizes(base)),
+    # the cheap presets: no search, refinement from zero (no scan); stv+'s search alone (no backward)
+    "fast": lambda base: STVConfig.fast(**{**_sizes(base), "steps": 0}),
+    "fast_120": lambda base: STVConfig.fast(**{**_sizes(base), "steps": 0, "refine": 120}),
+    "forward": lambda base: STVConfig.forward(**_sizes(base)),
     # stv+ v8 (thirteenth to eighteenth rounds: 60 steps of refinement from two starts, search and
     # zero); measured as "stv+_both_answer", so it draws as it did when it was "stv+"
     "stv+_v8": lambda base: _v8(base),

@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from dataclasses import replace as dc_replace
 from pathlib import Path
@@ -19,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .config import Policy
 from .errors import StvError
 from .heads import replace
-from .io import current_umask
+from .io import atomic_write_folder
 from .version import stv_version
 
 WEIGHTS_NAME = "task_vectors.safetensors"
@@ -160,8 +157,6 @@ class TaskVectors:
     # ------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write safetensors + JSON atomically: a reader never sees a half-written artifact."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"locations": self.locations.contiguous(), "vectors": self.vectors.contiguous()}
         if self.bank is not None:
             tensors["bank"] = self.bank.float().contiguous()
@@ -171,25 +166,13 @@ class TaskVectors:
             tensors["continuation"] = self.continuation.float().contiguous()
         if self.shifts is not None:
             tensors["shifts"] = self.shifts.float().contiguous()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
-        try:
-            save_file(tensors, tmp / WEIGHTS_NAME)
-            (tmp / CONFIG_NAME).write_text(
-                json.dumps(
-                    {**self.config.to_dict(), "head_dim": self.head_dim, "num_locations": len(self.locations)}, indent=2
-                )
-            )
-            if directory.exists():
-                for name in (WEIGHTS_NAME, CONFIG_NAME):  # replace file by file, each atomically
-                    os.replace(tmp / name, directory / name)
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        config = {**self.config.to_dict(), "head_dim": self.head_dim, "num_locations": len(self.locations)}
+
+        def write(folder: Path) -> None:
+            save_file(tensors, folder / WEIGHTS_NAME)
+            (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+        return atomic_write_folder(directory, write, (WEIGHTS_NAME, CONFIG_NAME))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TaskVectors":
@@ -236,33 +219,8 @@ class TaskVectors:
     def check_model(self, lmm, allow_other_weights: bool = False) -> None:
         """Refuse a model whose head layout, architecture or weights differ from the ones
         fitted on (``allow_other_weights``: accept another checkpoint of the same layout)."""
-        heads = lmm.heads
-        problems = []
-        fitted = self.config.weights
-        allow_other_weights = allow_other_weights or self.allow_other_weights
-        if fitted and not allow_other_weights and fitted != lmm.weights_fingerprint():
-            raise ArtifactMismatchError(
-                f"these task vectors were fitted on other weights ({self.config.model}, {fitted}) than "
-                f"{lmm.name} ({lmm.weights_fingerprint()}); fit them again, or pass --allow-other-weights "
-                "(allow_other_weights=True) to insert them anyway"
-            )
-        if self.head_dim != heads.head_dim:
-            problems.append(f"head_dim {self.head_dim} vs the model's {heads.head_dim}")
-        for key, have in (
-            ("num_layers", heads.num_layers),
-            ("num_heads", heads.num_heads),
-            ("architecture", type(lmm.model).__name__),
-        ):
-            want = getattr(self.config, key)
-            if want and want != have:  # 0 / "": not recorded
-                problems.append(f"{key} {want!r} vs the model's {have!r}")
-        if problems:
-            raise ArtifactMismatchError(
-                f"these task vectors were fitted on {self.config.model or 'another model'}: "
-                + "; ".join(problems)
-                + ". Fit them again on this model with `stv fit`"
-            )
-        heads.check(self.location_list())
+        check_fitted_on(self.config, lmm, allow_other_weights or self.allow_other_weights, self.head_dim)
+        lmm.heads.check(self.location_list())
 
     @contextlib.contextmanager
     def apply(self, lmm, policy: Policy | None = None, allow_other_weights: bool = False) -> Iterator[None]:
@@ -274,3 +232,33 @@ class TaskVectors:
             lmm.model, lmm.heads, self.location_list(), self.vectors, policy, continuation=later, shifts=self.shifts
         ):
             yield
+
+
+def check_fitted_on(config: TaskVectorsConfig, lmm, allow_other_weights: bool, head_dim: int | None = None) -> None:
+    """Refuse a model whose weights (unless ``allow_other_weights``), head layout or
+    architecture differ from what an artifact's ``config`` says it was fitted on."""
+    heads = lmm.heads
+    fitted = config.weights
+    if fitted and not allow_other_weights and fitted != lmm.weights_fingerprint():
+        raise ArtifactMismatchError(
+            f"this {config.method} artifact was fitted on other weights ({config.model}, {fitted}) than "
+            f"{lmm.name} ({lmm.weights_fingerprint()}); fit it again, or pass --allow-other-weights "
+            "(allow_other_weights=True) to apply it anyway"
+        )
+    problems = []
+    if head_dim is not None and head_dim != heads.head_dim:
+        problems.append(f"head_dim {head_dim} vs the model's {heads.head_dim}")
+    for key, have in (
+        ("num_layers", heads.num_layers),
+        ("num_heads", heads.num_heads),
+        ("architecture", type(lmm.model).__name__),
+    ):
+        want = getattr(config, key)
+        if want and want != have:  # 0 / "": not recorded
+            problems.append(f"{key} {want!r} vs the model's {have!r}")
+    if problems:
+        raise ArtifactMismatchError(
+            f"this {config.method} artifact was fitted on {config.model or 'another model'}: "
+            + "; ".join(problems)
+            + ". Fit it again on this model with `stv fit`"
+        )

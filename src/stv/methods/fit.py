@@ -65,6 +65,8 @@ def fit(
     task = task or task_for(train)
     config.validate(lmm, len(train))
     rng = np.random.default_rng(config.seed)
+    if not config.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
+        return fit_without_search(lmm, train, config, task, rng, progress)
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
     key = json.dumps(
@@ -85,6 +87,25 @@ def fit(
     )
     state.timings = {"scan": scan_seconds, **state.timings}
     return artifact, state
+
+
+def fit_without_search(
+    lmm: LMM, train: Sequence[Example], config: STVConfig, task: Task, rng: np.random.Generator, progress: bool = True
+) -> tuple[TaskVectors, FitLog]:
+    """A fit with no head search: every head keeps its own output and refinement learns a
+    correction there from zero (no scan, no bank: nothing would read them)."""
+    every = lmm.heads.all_locations()
+    nothing = torch.full((len(every), lmm.heads.head_dim), float("nan"))  # (L*H, D): each head's own output
+    start = TaskVectors(
+        torch.tensor(every, dtype=torch.long),
+        nothing,
+        config=TaskVectorsConfig.for_fit(lmm, "stv", config, task, train).with_(
+            arms={"centroid": 0, "mean": 0, "shift": 0, "keep": len(every)}
+        ),
+    )
+    timings: dict[str, float] = {}
+    artifact = _after_search(lmm, start, train, task, config, every, rng, timings, progress)
+    return artifact, FitLog(None, every, torch.zeros(0), None, timings)
 
 
 RESTART_SEED_STRIDE = 7_919  # REINFORCE seed of restart r: seed + r * stride

@@ -80,7 +80,7 @@ def refine(
         return vectors, RefineLog(0.0, 0.0, 0, 0)
     held, pool = split_held_out(train, rng) if held_out is None else (list(held_out), list(train))
     locations = vectors.location_list()
-    held_queries = _queries(lmm, held, task, objective)
+    held_queries = answer_queries(lmm, held, task, objective)
     # (K, 1): a step of 1 in u moves a head by its typical size
     scale = _head_scale(lmm, locations, held_queries.inputs)
     base = shifts_of(vectors)  # (K, D)
@@ -90,9 +90,9 @@ def refine(
     before, best_u, best_step = best_score, u.detach().clone(), 0
     for step in tqdm(range(1, steps + 1), desc="refine", disable=not progress, leave=False):
         queries = [pool[i] for i in rng.choice(len(pool), min(batch, len(pool)), replace=False)]
-        drawn = _queries(lmm, queries, task, objective)
+        drawn = answer_queries(lmm, queries, task, objective)
         with torch.enable_grad():
-            loss = _loss(_logits(lmm, vectors, base + u * scale, drawn), drawn)
+            loss = answer_loss(_logits(lmm, vectors, base + u * scale, drawn), drawn)
             (grad,) = torch.autograd.grad(loss, [u])  # the weights' gradients are never computed
         u.grad = grad
         optimiser.step()
@@ -113,7 +113,7 @@ def split_held_out(train: Sequence[Example], rng: np.random.Generator) -> tuple[
     return held, [train[i] for i in order[len(held) :]]
 
 
-def _queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:
+def answer_queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:
     """The zero-shot prompts' model inputs and their targets under ``objective``."""
     inputs = lmm.prepare([task.prompt([], q) for q in queries])
     if objective == "first_token":
@@ -155,7 +155,7 @@ def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Quer
         return torch.stack([logits.float() for logits in steps], 1)  # (B, T, V)
 
 
-def _loss(logits: torch.Tensor, queries: _Queries) -> torch.Tensor:
+def answer_loss(logits: torch.Tensor, queries: _Queries) -> torch.Tensor:
     """Cross-entropy of the first answer token, or the mean over an answer line's tokens."""
     if queries.valid is None:
         return torch.nn.functional.cross_entropy(logits, queries.target)
@@ -240,7 +240,7 @@ def refined(
     changes: dict = {"refine": {**asdict(log), "start": best, "judged": judged}}
     if config.unreplace:
         assert held is not None  # config.problems() asks for held-out judging
-        held_queries = _queries(lmm, held, task, config.refine_objective)
+        held_queries = answer_queries(lmm, held, task, config.refine_objective)
         refined, turned = unreplaced(lmm, refined, task, train[:STEER_QUERIES], held_queries)
         changes["refine"]["unreplaced"] = turned
     if best == "zero":  # every head keeps its own output (plus the correction): no arm of the search

@@ -173,6 +173,135 @@ CASES = {
         lambda t, m: ["inspect", "--config", str(_config(t)), "--model", m["llama"]],
         "--trust-remote-code",
     ),
+    # -------------------------------------------- second sweep: data schemas
+    "jsonl line is a list": (
+        lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(t, ["[1, 2]"]), *OUT],
+        "d.jsonl:1 is a JSON list",
+    ),
+    "jsonl question not a string": (
+        lambda t, m: ["eval", "--model", m["llama"], "--dataset", _jsonl(t, [{"question": 3, "answer": "b"}]), *OUT],
+        "'question' must be a string, got int 3",
+    ),
+    "jsonl images a string": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llava"],
+            "--dataset",
+            _jsonl(t, [{"question": "q", "answer": "b", "images": "img1.png"}]),
+            *OUT,
+        ],
+        "'images' must be a list of file names",
+    ),
+    "jsonl NaN answer": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _jsonl(t, ['{"question": "q", "answer": NaN}']),
+            *OUT,
+        ],
+        "NaN is not a value",
+    ),
+    "jsonl unknown split": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _jsonl(t, [{"question": "q", "answer": "b"}]),
+            "--split",
+            "bogus",
+            *OUT,
+        ],
+        "split 'bogus' must be one of all, test, train",
+    ),
+    "fv output not a string": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _fv(t, '[{"input": "a", "output": ["A", "b"]}]'),
+            *OUT,
+        ],
+        "'output' must be a non-empty string",
+    ),
+    "fv output with a line break": (
+        lambda t, m: ["eval", "--model", m["llama"], "--dataset", _fv(t, '[{"input": "a", "output": "A\\nB"}]'), *OUT],
+        "has a line break",
+    ),
+    "fv input twice with other outputs": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _fv(t, json.dumps([{"input": "a", "output": "A"}, {"input": "a", "output": "B"}])),
+            *OUT,
+        ],
+        "appears twice with different outputs",
+    ),
+    "too few demonstrations": (
+        lambda t, m: [
+            "eval",
+            "--model",
+            m["llama"],
+            "--dataset",
+            _fv(t, json.dumps([{"input": f"w{i}", "output": f"W{i}"} for i in range(6)])),
+            "--split",
+            "all",
+            "--train-split",
+            "all",
+            "--shots",
+            "9",
+            *OUT,
+        ],
+        "lower --shots",
+    ),
+    # ------------------------------------------ second sweep: flags and configs
+    "lr not a number": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--lr", "nan", *OUT], "lr=nan (--lr)"),
+    "negative lr": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--lr", "-1", *OUT], "lr=-1.0 (--lr)"),
+    "negative seed": (lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--seed", "-1", *OUT], "seed=-1 (--seed)"),
+    "zero samples": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--samples", "0", *OUT],
+        "samples=0 (--samples)",
+    ),
+    "config is a JSON list": (
+        lambda t, m: ["fit", "--config", str(_config(t, [1, 2])), "--model", m["llama"], *DIGITS, *OUT],
+        "holds a JSON list",
+    ),
+    "config key misspelt": (
+        lambda t, m: ["fit", "--config", str(_config(t, {"stepz": 3})), "--model", m["llama"], *DIGITS, *OUT],
+        "unknown key 'stepz'; did you mean 'steps'?",
+    ),
+    "config value of the wrong type": (
+        lambda t, m: ["fit", f"--config={_config(t, {'steps': 'many'})}", "--model", m["llama"], *DIGITS, *OUT],
+        "key 'steps' takes an int",
+    ),
+    "lora lr not a number": (
+        lambda t, m: ["fit", "--model", m["llama"], *DIGITS, "--method", "lora", "--lora-lr", "nan", *OUT],
+        "lr=nan",
+    ),
+    # --------------------------------------------------- second sweep: files
+    "non-finite task vectors": (lambda t, m: _fitted(t, m, _infinite) + ["--model", m["llama"]], "non-finite numbers"),
+    "score: predictions file missing": (
+        lambda t, m: ["score", "--metric", "choice", "--predictions", str(t / "nope.jsonl"), "--annotations", "x"],
+        "--predictions " + "{tmp}/nope.jsonl: no such file",
+    ),
+    "score: a question predicted twice": (
+        lambda t, m: [
+            "score",
+            "--metric",
+            "choice",
+            "--predictions",
+            _jsonl(t, [{"question_id": 1, "answer": "a"}, {"question_id": 1, "answer": "b"}]).removeprefix("jsonl:"),
+            "--annotations",
+            _jsonl(t, [{"question_id": 1, "answer": "a"}], "a.jsonl").removeprefix("jsonl:"),
+        ],
+        "'1' is predicted twice",
+    ),
     "bench: unknown model shape": (
         lambda t, m: ["bench", "--device", "cuda", "--shapes", "gpt5", "--write", "{out}/b.md"],
         "--shapes gpt5: unknown gpt5",
@@ -190,10 +319,18 @@ def _file(tmp_path):
     return path
 
 
-def _config(tmp_path):
+def _config(tmp_path, content=None):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"trust_remote_code": True}))
+    path.write_text(json.dumps({"trust_remote_code": True} if content is None else content))
     return path
+
+
+def _infinite(folder):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "task_vectors.safetensors")
+    tensors["vectors"][0, 0] = float("inf")
+    save_file(tensors, folder / "task_vectors.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +356,7 @@ def test_bad_input(case, tmp_path, models, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
-    assert expected in err[0], err[0]
+    assert expected.replace("{tmp}", str(tmp_path)) in err[0], err[0]
     assert not (tmp_path / "out").exists(), "a failed command left its output folder behind"
 
 

@@ -77,12 +77,18 @@ def default_eval_folder(
 
 @contextlib.contextmanager
 def removed_on_error(folder: Path) -> Iterator[None]:
-    """A command that fails leaves no folder it created: a half-made output folder would
-    look like a result (or block the next run as one with other settings)."""
-    existed = folder.exists()
+    """A command that fails leaves nothing it created: a half-made output folder would look
+    like a result (or block the next run as one with other settings). In a folder that
+    existed, only the entries this command added go; what was there stays. An interrupt
+    (Ctrl-C) keeps everything, so the same command resumes."""
+    before = set(os.listdir(folder)) if folder.is_dir() else None
     try:
         yield
-    except BaseException:
-        if not existed:
+    except Exception:
+        if before is None:
             shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir():
+            for name in set(os.listdir(folder)) - before:
+                path = folder / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         raise

@@ -209,37 +209,72 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _read_records(path: str) -> list[dict]:
-    text = Path(path).read_text()
+def _read_records(path: str, flag: str) -> list[dict]:
+    """The records of a JSON list (or object holding "annotations"/"questions") or a JSONL file."""
+    file = Path(path)
+    if not file.is_file():
+        raise StvError(f"{flag} {path}: no such file")
+    text = file.read_text()
     try:
         data = json.loads(text)
-        return data if isinstance(data, list) else data.get("annotations") or data.get("questions") or [data]
+        records = data if isinstance(data, list) else data.get("annotations") or data.get("questions") or [data]
     except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise StvError(f"{flag} {path}:{n} is not valid JSON ({err.msg})") from None
+    except AttributeError:
+        raise StvError(f"{flag} {path} holds a JSON {type(data).__name__}; give a list of records") from None
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise StvError(f"{flag} {path}: record {bad} is not a JSON object")
+    return records
 
 
 def _cmd_score(args) -> int:
     from .metrics import score
 
-    preds = {str(p.get("question_id", p.get("image"))): p["answer"] for p in _read_records(args.predictions)}
-    records = _read_records(args.annotations)
+    preds: dict[str, str] = {}
+    for r in _read_records(args.predictions, "--predictions"):
+        qid = str(r.get("question_id", r.get("image")))
+        if "answer" not in r or not isinstance(r["answer"], str):
+            raise StvError(f"--predictions {args.predictions}: the record of {qid!r} needs a string 'answer'")
+        if qid in preds:
+            raise StvError(
+                f"--predictions {args.predictions}: {qid!r} is predicted twice; keep one prediction per question"
+            )
+        preds[qid] = r["answer"]
+    records = _read_records(args.annotations, "--annotations")
 
     def qid(r: dict) -> str:
         return str(r.get("question_id", r.get("image")))
 
     def answers_of(r: dict) -> list[str]:
+        if "answers" not in r and "answer" not in r:
+            raise StvError(f"--annotations {args.annotations}: the record of {qid(r)!r} has no 'answers' or 'answer'")
         given = r["answers"] if "answers" in r else [r["answer"]]
         return [a["answer"] if isinstance(a, dict) else a for a in given]
 
+    annotations = {qid(r): answers_of(r) for r in records}
+    if args.metric in ("vqa", "vizwiz") and annotations and max(map(len, annotations.values())) < 3:
+        print(
+            f"warning: --metric {args.metric} gives min(matches / 3, 1) over 10 annotator answers; "
+            f"{args.annotations} has at most {max(map(len, annotations.values()))} per question, so a correct "
+            "answer scores at most 33%; use --metric choice for single-answer data",
+            file=sys.stderr,
+        )
     result = score(
         args.metric,
         preds,
-        {qid(r): answers_of(r) for r in records},
+        annotations,
         answerable={qid(r): r["answerable"] for r in records if "answerable" in r},
         groups={qid(r): r["answer_type"] for r in records if "answer_type" in r},
     )
     if args.questions:
-        asked = {str(q["question_id"]) for q in _read_records(args.questions)}
+        asked = {str(q.get("question_id")) for q in _read_records(args.questions, "--questions")}
         extra = set(result["per_question"]) - asked
         if extra:
             raise StvError(f"{len(extra)} annotated questions are not in --questions {args.questions}")
@@ -266,6 +301,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """The ``stv`` command: exit code 0, or 2 with one line on stderr for a user error."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(expand_config(list(sys.argv[1:] if argv is None else argv), parser))
         if not getattr(args, "command", None):
@@ -278,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
             raise  # the full traceback, for bug reports
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("STV_DEBUG"):
+            raise
+        out = getattr(args, "out", None)
+        kept = f"what was written in {out} is kept; " if out else ""
+        print(f"\ninterrupted: {kept}run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

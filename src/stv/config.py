@@ -6,6 +6,7 @@ Where the paper is ambiguous each reading is an option here, measured by ``stv c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -272,8 +273,13 @@ class STVConfig:
         problems = []
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
-        if self.samples < 1 or self.steps < 0 or self.pairs < 1 or self.batch_size < 1:
-            problems.append("samples, pairs and batch_size must be >= 1 and steps >= 0")
+        for name, low in (("samples", 1), ("pairs", 1), ("batch_size", 1), ("steps", 0), ("seed", 0)):
+            if getattr(self, name) < low:
+                problems.append(f"{name}={getattr(self, name)} (--{name.replace('_', '-')}) must be >= {low}")
+        for name in ("lr", "refine_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                problems.append(f"{name}={value} (--{name.replace('_', '-')}) must be a finite number > 0")
         if self.clusters < 0 or (self.clusters == 0 and not (self.mean_arm or self.shift_arm)):
             problems.append(
                 f"clusters={self.clusters}: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm) "
@@ -309,13 +315,12 @@ class STVConfig:
         if (
             self.refine < 0
             or self.steer_margin < 0
-            or self.refine_lr <= 0
             or self.refine_heads not in REFINE_HEADS
             or self.refine_objective not in REFINE_OBJECTIVES
             or self.refine_start not in REFINE_STARTS
         ):
             problems.append(
-                f"refine={self.refine} and steer_margin={self.steer_margin} must be >= 0, refine_lr={self.refine_lr} > 0, "
+                f"refine={self.refine} and steer_margin={self.steer_margin} must be >= 0, "
                 f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}, "
                 f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)} and "
                 f"refine_start={self.refine_start!r} one of {', '.join(REFINE_STARTS)}"

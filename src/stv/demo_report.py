@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import report
+from .fingerprint import note_written
 from .io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ def write_results(
     only (None: every task's), since a new unit changes only its own task's."""
     summary = summary_of(config, model, units, wall)
     atomic_write_json(out / "results.json", summary)
-    write_report(out, summary, units, config, redraw)
+    plots = write_report(out, summary, units, config, redraw)
+    note_written(out, "results.json", "report.md", *plots)
     return summary
 
 
@@ -64,21 +66,22 @@ def summary_of(config: DemoConfig, model: str, units: dict[tuple[str, int], dict
 
 def write_report(
     out: Path, summary: dict, units: dict[tuple[str, int], dict], config: DemoConfig, redraw: list[str] | None = None
-) -> None:
+) -> list[str]:
+    """report.md and the plots; returns the plots' names (what stv wrote into ``out``)."""
+    plots: list[str] = []
     tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
     icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
+        plots.append("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png")
         report.accuracy_bars(
-            per,
-            out / ("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png"),
-            title=f"{summary['model']}: {metric.replace('_', ' ')} (%)",
-            reference=icl,
+            per, out / plots[-1], title=f"{summary['model']}: {metric.replace('_', ' ')} (%)", reference=icl
         )
     ranking = config.stv.sensitivity
     plotted = [t for t in config.tasks if any(task == t for task, _ in units)]
     for task in plotted if redraw is None else [t for t in plotted if t in redraw]:
         seed = min(s for t, s in units if t == task)
         plot = units[(task, seed)]["plot"]
+        plots += [f"sensitivity_{task}.png", f"reinforce_{task}.png"]
         report.sensitivity_heatmap(
             plot["sensitivity"],
             out / f"sensitivity_{task}.png",
@@ -122,3 +125,4 @@ def write_report(
     ]
     lines += [f"![{t} sensitivity](sensitivity_{t}.png) ![{t} REINFORCE](reinforce_{t}.png)" for t in plotted]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return plots

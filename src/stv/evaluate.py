@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import Policy
 from .data.example import Example
-from .fingerprint import check_settings, clear, data_fingerprint, model_identity
+from .errors import SettingsMismatchError
+from .fingerprint import check_settings, clear, data_fingerprint, example_digest, model_identity, note_written
 from .io import atomic_write_json, atomic_write_text
 from .methods.reward import first_token_ids
 from .models import LMM
@@ -183,7 +184,7 @@ def run_eval(
     out = Path(out)
     dist = distributed.current()
     if dist.is_main and recompute:
-        clear(out, ["predictions*.jsonl", "scores*.json"])
+        clear(out, ["predictions.jsonl", "predictions.rank*.jsonl", "scores.json", "scores-limit*.json"])
     dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -194,6 +195,10 @@ def run_eval(
         check_settings(out, record, "eval predictions")
     dist.barrier()
     pred_file, part_file, done = _resumed(out, dist)
+    _check_same_data(out, examples, done)
+    if dist.is_main:
+        ranks = [f"predictions.rank{r}.jsonl" for r in range(dist.world)] if dist.enabled else []
+        note_written(out, pred_file.name, scores_name, *ranks)
     rng = np.random.default_rng(seed)
     demos = {e.id: (support_demos(e) if shots < 0 else sample_demos(pool, e, shots, rng)) for e in examples}
     todo = [e for e in examples if e.id not in done]
@@ -207,7 +212,9 @@ def run_eval(
         for _, start, end in tqdm(mine, desc="eval", disable=not progress or not dist.is_main):
             batch = todo[start:end]
             prompts = [task.prompt(demos[e.id], e) for e in batch]
-            for row in answer_rows(lmm, task, batch, prompts, [first[e.id] for e in batch], max_new_tokens):
+            rows = answer_rows(lmm, task, batch, prompts, [first[e.id] for e in batch], max_new_tokens)
+            for e, row in zip(batch, rows):
+                row["example"] = example_digest(e)  # what it answered: an edited record is not reused
                 done[row["question_id"]] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()
@@ -234,6 +241,22 @@ def _resumed(out: Path, dist: distributed.Dist) -> tuple[Path, Path, dict[str, d
         _write_jsonl(part_file, _read_predictions(part_file).values())
     dist.barrier()
     return pred_file, part_file, done
+
+
+def _check_same_data(out: Path, examples: Sequence[Example], done: dict[str, dict]) -> None:
+    """Refuse predictions of records whose content changed since (same id, other question or
+    answers); a prediction written before records were hashed is made again."""
+    for e in examples:
+        row = done.get(e.id)
+        if row is None:
+            continue
+        if "example" not in row:
+            del done[e.id]
+        elif row["example"] != example_digest(e):
+            raise SettingsMismatchError(
+                f"{out} holds a prediction for {e.id!r} made when that record held other content (the data file "
+                "changed); pass --out NEW for a new folder, or --recompute to replace them"
+            )
 
 
 def _write_predictions(pred_file: Path, examples: Sequence[Example], done: dict[str, dict]) -> None:

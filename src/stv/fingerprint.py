@@ -22,8 +22,22 @@ SETTINGS_NAME = "settings.json"
 
 
 def data_fingerprint(examples: Sequence) -> str:
-    """Ids and answers of a list of examples (16 hex digits)."""
-    return hashlib.sha256("\n".join(f"{e.id}\t{e.answer}" for e in examples).encode()).hexdigest()[:16]
+    """What a list of examples holds, in order: ids, inputs, answers, choices, images (16 hex
+    digits): an edited data file gives another fingerprint."""
+    return hashlib.sha256("\n".join(example_digest(e) for e in examples).encode()).hexdigest()[:16]
+
+
+def example_digest(example) -> str:
+    """One example's id, question, answers, choices and images (their file, dataset row or
+    pixels), hashed (16 hex digits)."""
+    images = []
+    for image in example.images:
+        if hasattr(image, "tobytes"):  # an in-memory PIL image
+            images.append(hashlib.sha256(image.tobytes()).hexdigest()[:16])
+        else:
+            images.append(str(getattr(image, "path", getattr(image, "index", image))))
+    record = [example.id, example.question, list(example.answers), example.choices, images]
+    return hashlib.sha256(json.dumps(record, default=str).encode()).hexdigest()[:16]
 
 
 def unit_data(train: Sequence, test: Sequence) -> dict:
@@ -89,17 +103,60 @@ def check_settings(folder: str | Path, settings: dict, what: str, part: bool = F
         return True
     if not part:
         atomic_write_json(path, settings)
+        note_written(folder, SETTINGS_NAME)
     return False
+
+
+MANIFEST_NAME = ".stv-written.json"  # the names stv wrote into a folder: all that --recompute may remove
+
+
+def note_written(folder: str | Path, *names: str) -> None:
+    """Add ``names`` (entries of ``folder``) to the folder's manifest of what stv wrote."""
+    path = Path(folder) / MANIFEST_NAME
+    listed = written_by_stv(folder) or set()
+    if not set(names) <= listed:
+        atomic_write_json(path, sorted(listed | set(names)))
+
+
+def written_by_stv(folder: str | Path) -> set[str] | None:
+    """The names stv wrote into ``folder`` (None: the folder has no manifest)."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        listed = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {str(n) for n in listed} if isinstance(listed, list) else None
 
 
 def clear(folder: str | Path, names: Iterable[str]) -> None:
     """Remove what a run wrote into ``folder`` (its settings first, so a kill in between
-    leaves nothing that a later run trusts)."""
+    leaves nothing that a later run trusts): entries matching ``names`` that the folder's
+    manifest lists. A folder written before manifests existed: matches of ``names`` when its
+    settings are stv's. A file stv did not write is never removed or overwritten."""
     folder = Path(folder)
-    (folder / SETTINGS_NAME).unlink(missing_ok=True)
+    listed = written_by_stv(folder)
+    settings = folder / SETTINGS_NAME
+    if listed is None:
+        if not settings.is_file():
+            return  # nothing stv wrote here
+        if not _is_stv_settings(settings):
+            raise StvError(f"{settings} was not written by stv, so --recompute will not replace it; pass another --out")
+        listed = {p.name for name in names for p in folder.glob(name)} | {SETTINGS_NAME}
+    if settings.is_file() and SETTINGS_NAME in listed:
+        settings.unlink()
     for name in names:
         for path in folder.glob(name):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.name in listed:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _is_stv_settings(path: Path) -> bool:
+    """Whether ``path`` is a settings file stv wrote (a JSON object with its kind and version)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "kind" in data and "stv_version" in data
 
 
 def prepare_folder(out: str | Path, settings: dict, recompute: bool, what: str, outputs: Sequence[str]) -> None:
@@ -114,6 +171,7 @@ def prepare_folder(out: str | Path, settings: dict, recompute: bool, what: str, 
         clear(out, outputs)
     Path(out).mkdir(parents=True, exist_ok=True)
     check_settings(out, settings, what)
+    note_written(out, *(name for name in outputs if "*" not in name and not (Path(out) / name).exists()))
 
 
 def unit_path(out: str | Path, task: str, seed: int) -> Path:

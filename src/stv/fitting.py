@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import report
-from .fingerprint import check_settings, clear, data_fingerprint, model_identity
+from .fingerprint import check_settings, clear, data_fingerprint, model_identity, note_written
 from .io import atomic_write_json
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
 from .version import stv_version
 
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "stv_adapter.json")  # a LoRA fit's
 FIT_FILES = (
     WEIGHTS_NAME,
     CONFIG_NAME,
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "stv_adapter.json",
+    *ADAPTER_FILES,
     "fit_log.json",
     "sensitivity.png",
     "reinforce.png",
@@ -76,6 +75,7 @@ def save_fit(
     the heatmap of the ranking used and whether the scan was reused)."""
     folder = Path(folder)
     vectors.save_pretrained(folder)
+    written = [WEIGHTS_NAME, CONFIG_NAME] if hasattr(vectors, "vectors") else list(ADAPTER_FILES)
     search = state.search if state is not None else None
     timings = state.timings if state is not None else (stages or {})
     log = {
@@ -90,6 +90,7 @@ def save_fit(
     if state is not None and state.scan_result is not None:
         ranking = config.sensitivity
         log.update({"locations": state.locations, "scan_reused": state.scan.reused, "ranking": ranking})
+        written.append("sensitivity.png")
         report.sensitivity_heatmap(
             state.scan.scores(ranking),
             folder / "sensitivity.png",
@@ -98,9 +99,11 @@ def save_fit(
             label=f"{ranking} score",
         )
     if search is not None:
+        written.append("reinforce.png")
         title = f"{vectors.config.method.upper()} REINFORCE"
         report.reinforce_curves(search.reward_curve, search.max_prob_curve, folder / "reinforce.png", title=title)
     atomic_write_json(folder / "fit_log.json", log)
+    note_written(folder, *written, "fit_log.json")
     return log
 
 
@@ -154,6 +157,8 @@ def fit_into(
     dist.barrier()
     if finished:
         return None
+    if method == "stv" and dist.is_main and not (folder / "scan").exists():
+        note_written(folder, "scan")  # the scan's cache, written as it runs
     start = time.perf_counter()
     state, timings = None, {}
     with measured(lmm.device) as cost:

@@ -227,5 +227,8 @@ def sample_demos(pool: Sequence[Example], query: Example, shots: int, rng: np.ra
         return []
     candidates = [i for i in rng.permutation(len(pool))[: shots + 1] if pool[i].id != query.id][:shots]
     if len(candidates) < shots:
-        raise StvError(f"need {shots} demonstrations but the pool has only {len(pool)} examples")
+        raise StvError(
+            f"need {shots} demonstrations but the training pool has only {len(pool)} examples; lower --shots "
+            "(or --context-shots for a fit), or use a larger --train-split"
+        )
     return [pool[i] for i in candidates]

@@ -20,6 +20,7 @@ from .io import atomic_write_folder
 from .version import stv_version
 
 WEIGHTS_NAME = "task_vectors.safetensors"
+OWN_OUTPUT_ROWS = ("vectors", "continuation")  # tensors whose rows may mean "the head's own output"
 CONFIG_NAME = "task_vectors.json"
 
 
@@ -166,6 +167,11 @@ class TaskVectors:
             tensors["continuation"] = self.continuation.float().contiguous()
         if self.shifts is not None:
             tensors["shifts"] = self.shifts.float().contiguous()
+        for name in OWN_OUTPUT_ROWS:  # NaN rows ("the head's own output") as an explicit mask
+            if name in tensors:
+                own = torch.isnan(tensors[name]).any(-1)  # (K,) or (T, K)
+                tensors[name] = torch.nan_to_num(tensors[name], nan=0.0).contiguous()
+                tensors[f"{name}_own_output"] = own.contiguous()
         config = {**self.config.to_dict(), "head_dim": self.head_dim, "num_locations": len(self.locations)}
 
         def write(folder: Path) -> None:
@@ -199,6 +205,20 @@ class TaskVectors:
         missing = {"locations", "vectors"} - set(tensors)
         if missing:
             raise ArtifactError(f"{directory / WEIGHTS_NAME} lacks {sorted(missing)}; fit the vectors again")
+        if not isinstance(config, dict):
+            raise ArtifactError(f"{directory / CONFIG_NAME} is not a JSON object; restore it or fit the vectors again")
+        for name in OWN_OUTPUT_ROWS:
+            if name in tensors:
+                tensors[name] = _with_own_rows(directory / WEIGHTS_NAME, name, tensors)
+        bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ArtifactError(
+                f"{directory / WEIGHTS_NAME} holds non-finite numbers in {', '.join(bad)}; the file is damaged: "
+                "fit the vectors again"
+            )
+        for name in OWN_OUTPUT_ROWS:
+            if name in tensors:
+                tensors[name] = torch.where(tensors.pop(f"{name}_own_output")[..., None], float("nan"), tensors[name])
         stored = config.get("head_dim")
         if stored is not None and stored != tensors["vectors"].shape[-1]:
             raise ArtifactError(
@@ -262,3 +282,19 @@ def check_fitted_on(config: TaskVectorsConfig, lmm, allow_other_weights: bool, h
             + "; ".join(problems)
             + ". Fit it again on this model with `stv fit`"
         )
+
+
+def _with_own_rows(path: Path, name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``tensors[name]`` checked against its stored mask of own-output rows (a file written
+    before the mask existed: whole NaN rows are those rows, the mask is made from them)."""
+    values = tensors[name].float()
+    own = tensors.get(f"{name}_own_output")
+    if own is None:
+        own = torch.isnan(values).all(-1)
+        values = torch.where(own[..., None], 0.0, values)
+    if own.dtype != torch.bool or own.shape != values.shape[:-1]:
+        raise ArtifactError(
+            f"{path}: {name}_own_output does not match {name}; the file is damaged: fit the vectors again"
+        )
+    tensors[f"{name}_own_output"] = own
+    return values

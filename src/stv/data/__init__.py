@@ -60,7 +60,7 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     if kind == "fv":
         return load_function_vectors(rest, root, split)
     if kind == "jsonl":
-        return load_jsonl(rest or _need_root(spec, root))
+        return load_jsonl(rest or _need_root(spec, root), split=split)
     if kind == "mtv":
         what, _, file = rest.partition(":")
         return load_mtv_choice(file, _need_root(spec, root), what)

@@ -15,6 +15,11 @@ class DataError(StvError):
     """A dataset file or record is missing or malformed."""
 
 
+def refuse_constant(name: str):
+    """``json.loads``' ``parse_constant``: JSON's non-standard NaN and Infinity are not data."""
+    raise ValueError(f"{name} is not a value a record can hold")
+
+
 @dataclass(frozen=True)
 class LazyImage:
     """An image file opened on first use; a missing or corrupt file names itself and its record."""

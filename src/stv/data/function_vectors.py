@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .example import DataError, Example
+from .example import DataError, Example, refuse_constant
 
 BUNDLED = Path(__file__).parent / "fv"
 TRAIN_PERCENT = 70
@@ -57,25 +57,35 @@ def load_function_vectors(path: str, root: str | Path | None = None, split: str 
         raise DataError(f"fv:{path}: split {split!r} must be one of {', '.join(SPLITS)}")
     file = fv_file(path, root)
     try:
-        records = json.loads(file.read_text())
+        records = json.loads(file.read_text(), parse_constant=refuse_constant)
     except json.JSONDecodeError as err:
         raise DataError(f"{file} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except ValueError as err:
+        raise DataError(f"{file}: {err}") from None
     if not isinstance(records, list) or not records:
         raise DataError(f'{file} must be a non-empty JSON list of {{"input", "output"}} records')
     task = file.stem
     out = []
+    outputs: dict[str, str] = {}
     for i, r in enumerate(records):
-        if not isinstance(r, dict) or not isinstance(r.get("input"), str) or not str(r.get("output", "")).strip():
-            raise DataError(f"{file} record {i} needs a string 'input' and a non-empty 'output'")
+        if not isinstance(r, dict) or not isinstance(r.get("input"), str):
+            raise DataError(f"{file} record {i} needs a string 'input' and a string 'output'")
+        output = r.get("output")
+        if not isinstance(output, str) or not output.strip():
+            raise DataError(f"{file} record {i}: 'output' must be a non-empty string, got {json.dumps(output)[:40]}")
+        if "\n" in output:
+            raise DataError(
+                f"{file} record {i}: 'output' {output[:30]!r} has a line break; answers are compared with the "
+                "generated first line, so it could never match: put the answer on one line"
+            )
+        if outputs.setdefault(r["input"], output) != output:
+            raise DataError(
+                f"{file} record {i}: input {r['input'][:30]!r} appears twice with different outputs "
+                f"({outputs[r['input']][:20]!r} and {output[:20]!r}); keep one"
+            )
         if split == "all" or in_train(r["input"]) == (split == "train"):
             out.append(
-                Example(
-                    id=f"{task}-{i}",
-                    images=[],
-                    question=r["input"],
-                    answers=[str(r["output"])],
-                    metadata={"task": task},
-                )
+                Example(id=f"{task}-{i}", images=[], question=r["input"], answers=[output], metadata={"task": task})
             )
     if not out:
         raise DataError(f"{file}: the {split} split is empty ({len(records)} records in the file)")

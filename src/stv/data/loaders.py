@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .example import DataError, DatasetImage, Example, LazyImage
+from .example import DataError, DatasetImage, Example, LazyImage, refuse_constant
 
 
 def _read_json(path: Path):
@@ -80,37 +80,109 @@ def load_okvqa(root: str | Path, split: str = "val") -> list[Example]:
     return out
 
 
-def load_jsonl(path: str | Path, root: str | Path | None = None) -> list[Example]:
-    """Generic JSONL: ``{"id"|"question_id", "image"|"images", "question", "answer"|"answers", "choices"?}``."""
+JSONL_SPLITS = ("train", "test", "all")
+
+
+def load_jsonl(path: str | Path, root: str | Path | None = None, split: str = "all") -> list[Example]:
+    """Generic JSONL: ``{"id"|"question_id", "image"|"images", "question", "answer"|"answers",
+    "choices"?, "split"?}``, each field checked (file, line, field and the type expected).
+
+    ``split``: records whose ``"split"`` field names it; a file without that field is split as
+    ``fv:`` files are, by a fixed hash of the question (about 70/30), so fitting on ``train``
+    and evaluating on ``test`` never share a query. ``all``: every record."""
+    from .function_vectors import in_train
+
     path = Path(path)
     root = Path(root) if root else path.parent
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    out = []
+    records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n} is not valid JSON ({err})") from None
+        if line.strip():
+            records.append((n, _jsonl_record(path, n, line)))
+    ids = [str(r.get("id", r.get("question_id", n))) for n, r in records]
+    twice = next((i for i in ids if ids.count(i) > 1), None) if len(set(ids)) < len(ids) else None
+    if twice is not None:
+        raise DataError(f"{path}: id {twice!r} appears twice; every record needs its own id")
+    named = [r.get("split") for _, r in records if "split" in r]
+    splits = {"all", *map(str, named)} if named else set(JSONL_SPLITS)  # a file's own split names, or the hash split
+    if split not in splits:
+        raise DataError(f"jsonl:{path}: split {split!r} must be one of {', '.join(sorted(splits))}")
+    out = []
+    for n, r in records:
         rid = str(r.get("id", r.get("question_id", n)))
+        if split != "all":
+            side = r["split"] if named else ("train" if in_train(r["question"]) else "test")
+            if side != split:
+                continue
         images = r.get("images", [r["image"]] if "image" in r else [])
         answers = r.get("answers", [r["answer"]] if "answer" in r else None)
-        if answers is None or "question" not in r:
-            raise DataError(f"{path}:{n} needs 'question' and 'answer' (or 'answers')")
-        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
         out.append(
             Example(
                 id=rid,
                 images=[LazyImage(root / im, rid) for im in images],
                 question=r["question"],
-                answers=majority_first(answers),
+                answers=majority_first([a["answer"] if isinstance(a, dict) else a for a in answers]),
                 choices=r.get("choices"),
-                metadata={k: v for k, v in r.items() if k not in ("image", "images", "question")},
+                metadata={k: v for k, v in r.items() if k not in ("image", "images", "question", "split")},
             )
         )
+    if named and len(named) != len(records):
+        raise DataError(f"{path}: {len(named)} of {len(records)} records have a 'split' field; give it to all or none")
     return out
+
+
+def _jsonl_record(path: Path, n: int, line: str) -> dict:
+    """One JSONL line as a record whose every field has the type the loader expects."""
+    where = f"{path}:{n}"
+    try:
+        r = json.loads(line, parse_constant=refuse_constant)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise DataError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(r, dict):
+        raise DataError(
+            f"{where} is a JSON {type(r).__name__}; each line must be an object with 'question' and 'answer'"
+        )
+    if "question" not in r or ("answer" not in r and "answers" not in r):
+        raise DataError(f"{where} needs 'question' and 'answer' (or 'answers')")
+    if not isinstance(r["question"], str):
+        raise DataError(f"{where}: 'question' must be a string, got {_kind(r['question'])}")
+    for key in ("id", "question_id"):
+        if key in r and (isinstance(r[key], bool) or not isinstance(r[key], (str, int))):
+            raise DataError(f"{where}: {key!r} must be a string or an integer, got {_kind(r[key])}")
+    if "answer" in r and "answers" not in r and not isinstance(r["answer"], str):
+        raise DataError(f"{where}: 'answer' must be a string, got {_kind(r['answer'])}")
+    if "answers" in r and (
+        not isinstance(r["answers"], list)
+        or not all(isinstance(a, str) or isinstance(a, dict) and isinstance(a.get("answer"), str) for a in r["answers"])
+    ):
+        raise DataError(
+            f"{where}: 'answers' must be a list of strings (or of {{\"answer\": string}}), got {_kind(r['answers'])}"
+        )
+    given = r["answers"] if "answers" in r else [r["answer"]]
+    if not any((a if isinstance(a, str) else a["answer"]).strip() for a in given):
+        raise DataError(
+            f'{where}: record {str(r.get("id", r.get("question_id", n)))!r} has no answer ("answers": [] or blank); fix or drop it'
+        )
+    if "image" in r and not isinstance(r["image"], str):
+        raise DataError(f"{where}: 'image' must be a file name (a string), got {_kind(r['image'])}")
+    if "images" in r and (not isinstance(r["images"], list) or not all(isinstance(i, str) for i in r["images"])):
+        raise DataError(f"{where}: 'images' must be a list of file names, got {_kind(r['images'])}")
+    if (
+        "choices" in r
+        and r["choices"] is not None
+        and (not isinstance(r["choices"], list) or not all(isinstance(c, str) for c in r["choices"]))
+    ):
+        raise DataError(f"{where}: 'choices' must be a list of strings, got {_kind(r['choices'])}")
+    if "split" in r and not isinstance(r["split"], str):
+        raise DataError(f'{where}: \'split\' must be a string such as "train" or "test", got {_kind(r["split"])}')
+    return r
+
+
+def _kind(value) -> str:
+    """A short description of a JSON value for an error message."""
+    text = json.dumps(value)
+    return f"{type(value).__name__} {text[:40]}" + ("..." if len(text) > 40 else "")
 
 
 # ---------------------------------------------------------------- classification

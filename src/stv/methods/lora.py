@@ -147,14 +147,15 @@ class LoRAAdapter:
     def from_pretrained(cls, directory: str | Path) -> "LoRAAdapter":
         """Load a folder written by :meth:`save_pretrained`, refusing damaged files."""
         directory = Path(directory)
+        missing = [name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG) if not (directory / name).is_file()]
+        if missing:
+            raise ArtifactError(
+                f"{directory} is not a complete LoRA adapter folder ({', '.join(missing)} is missing); fit it again"
+            )
         try:
             tensors = load_file(directory / ADAPTER_WEIGHTS)
             peft_config = json.loads((directory / ADAPTER_CONFIG).read_text())
             config = json.loads((directory / STV_CONFIG).read_text())
-        except FileNotFoundError as err:
-            raise ArtifactError(
-                f"{directory} is not a complete LoRA adapter folder ({Path(err.filename).name} is missing); fit it again"
-            ) from None
         except Exception as err:  # safetensors' and json's own errors for a damaged file
             raise ArtifactError(
                 f"{directory}: a file of the LoRA adapter cannot be read ({err}); fit it again"

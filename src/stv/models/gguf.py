@@ -27,7 +27,12 @@ _STALE_SECONDS = 3600  # a temporary conversion folder this old belongs to a dea
 def cache_dir() -> Path:
     """``$STV_CACHE``, else ``$XDG_CACHE_HOME/stv``, else ``~/.cache/stv``."""
     if os.environ.get("STV_CACHE"):
-        return Path(os.environ["STV_CACHE"])
+        path = Path(os.environ["STV_CACHE"])
+        if path.exists() and not path.is_dir():
+            from ..errors import StvError
+
+            raise StvError(f"STV_CACHE={path} is a file, not a folder; point it at a folder stv may write to")
+        return path
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "stv"
 

@@ -49,7 +49,7 @@ def test_presets_and_overrides():
             3
             if name.endswith("_3x") or name == "stv+_long"
             else 0
-            if name in ("stv+_prior_draws", "refine_only", "refine_only_answer")
+            if name in ("stv+_prior_draws", "refine_only", "refine_only_answer", "fast", "fast_120")
             else 1
         ), name
         assert cfg.top_k == {"stv+_2k": 6, "stv+_2xk": 6, "stv+_4k": 12, "stv+_4xk": 12, "stv+_prior_4k": 12}.get(
@@ -118,14 +118,23 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     assert len(scans) == 1  # one scan per (task, seed), shared by MTV and every variant
     # stv+ chooses its schedule from training answers, searches for hits and rechecks its final
     # shortlist, so MTV does all three too; a variant with the shift arm gets MTV with it
-    methods = ["icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "mtv_shift_hits_recheck"]
-    assert [r["method"] for r in result["rows"]] == [*methods, "paper", "stv+", "stv+_shift_only"]
+    methods = ["zero_shot", "icl_2", "mtv", "mtv_prompt_last", "mtv_auto", "mtv_hits_recheck", "mtv_shift_hits_recheck"]
+    assert [r["method"] for r in result["rows"]] == [*methods, "lora", "paper", "stv+", "stv+_shift_only"]
+    by_method = {r["method"]: r for r in result["rows"]}
+    # cost columns: LoRA and stv+ (refinement) take a backward pass, MTV and the paper's STV do not
+    assert [by_method[m]["backward"] for m in ("mtv", "lora", "paper", "stv+")] == [False, True, False, True]
+    assert by_method["lora"]["used"] == by_method["lora"]["stored"] > by_method["mtv"]["used"] > 0
+    assert all(by_method[m]["peak_mb"] > 0 and by_method[m]["fit_s"] > 0 for m in ("mtv", "lora", "paper"))
     assert result["rows"][-1]["arms"]["mean"] == 0 == result["rows"][-1]["arms"]["centroid"]
     refined = result["rows"][-2]["refine"]  # stv+'s refinement: the start kept and each start's held-out score
     assert refined["start"] in refined["judged"] and set(refined["judged"]) <= {"search", "zero", "steer"}
-    assert result["rows"][3]["policy"] in ("every_step", "prompt_last")
+    assert result["rows"][4]["policy"] in ("every_step", "prompt_last")
     table = compare_table(result, "exact_match")
-    assert table.splitlines()[0] == "| method | capitalize | average | fit s |" and "| stv+ |" in table
+    assert (
+        table.splitlines()[0]
+        == ("| method | capitalize | average | fit s | peak MB | backward | numbers used | eval s |")
+        and "| stv+ |" in table
+    )
     with pytest.raises(ValueError, match="unknown STV variant"):
         run_compare(lmm_of("llama"), ["capitalize"], [0], ["nope"], base, progress=False)
 
@@ -169,7 +178,8 @@ def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
         max_new_tokens=3,
         progress=False,
     )
-    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last", "mtv_cont", "stv+_cont"]
+    methods = ["zero_shot", "icl_2", "mtv", "mtv_prompt_last", "mtv_cont", "lora", "stv+_cont"]
+    assert [r["method"] for r in result["rows"]] == methods
     assert variant_config("stv+_cont", base).continuation == 4
     with pytest.raises(ValueError, match="only with policy prompt_last"):
         STVConfig(continuation=2, policy="every_step").check()
@@ -228,7 +238,7 @@ def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
     result = run_compare(lmm_of("llama"), ["capitalize"], [0], [], base, **sizes, mtv_steps=6)
-    assert [r["method"] for r in result["rows"]] == ["icl_2", "mtv", "mtv_prompt_last"]
+    assert [r["method"] for r in result["rows"]] == ["zero_shot", "icl_2", "mtv", "mtv_prompt_last", "lora"]
     assert steps == [6] and result["settings"]["mtv_steps"] == 6
 
 

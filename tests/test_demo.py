@@ -60,10 +60,12 @@ def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
         stv=replace(tiny.stv, pairs=10, steps=5, samples=4),
         mtv=replace(tiny.mtv, prompts=10, steps=5, samples=4),
     )
-    (tmp_path / "units").mkdir()
-    (tmp_path / "units" / "stale.seed0.json").write_text("{}")  # what --recompute must clear
+    run_demo(tmp_path, replace(tiny, seeds=(1,)), progress=False)
+    (tmp_path / "units" / "stale.seed0.json").write_text("{}")  # in stv's units folder: --recompute clears it
+    (tmp_path / "notes.md").write_text("mine")  # the user's own file: never touched
     run_demo(tmp_path, replace(tiny, seeds=(1,)), progress=False, recompute=True)
     assert not (tmp_path / "units" / "stale.seed0.json").exists()
+    assert (tmp_path / "notes.md").read_text() == "mine"
     with pytest.raises(StvError, match="no finished"):  # report-only with none of its seeds: nothing written
         run_demo(tmp_path, replace(tiny, seeds=(0,)), progress=False, report_only=True)
     run_demo(tmp_path, replace(tiny, seeds=(0,)), progress=False)  # another process, the same folder

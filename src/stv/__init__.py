@@ -29,6 +29,10 @@ _EXPORTS = {
     "TaskVectorsConfig": "stv.vectors",
     "MTVConfig": "stv.methods.mtv",
     "fit_mtv": "stv.methods.mtv",
+    "LoRAConfig": "stv.methods.lora",
+    "LoRAAdapter": "stv.methods.lora",
+    "fit_lora": "stv.methods.lora",
+    "load_fitted": "stv.methods.lora",
     "Task": "stv.tasks",
     "task_for": "stv.tasks",
     "text_task": "stv.tasks",
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from .headmap import HeadMap
     from .heads import record, replace
     from .methods.fit import fit
+    from .methods.lora import LoRAAdapter, LoRAConfig, fit_lora, load_fitted
     from .methods.mtv import MTVConfig, fit_mtv
     from .methods.refine import refine
     from .models import LMM, load_model

@@ -237,20 +237,19 @@ def _read_records(path: str, flag: str) -> list[dict]:
 def _cmd_score(args) -> int:
     from .metrics import score
 
-    preds: dict[str, str] = {}
-    for r in _read_records(args.predictions, "--predictions"):
-        qid = str(r.get("question_id", r.get("image")))
-        if "answer" not in r or not isinstance(r["answer"], str):
-            raise StvError(f"--predictions {args.predictions}: the record of {qid!r} needs a string 'answer'")
-        if qid in preds:
-            raise StvError(
-                f"--predictions {args.predictions}: {qid!r} is predicted twice; keep one prediction per question"
-            )
-        preds[qid] = r["answer"]
-    records = _read_records(args.annotations, "--annotations")
-
     def qid(r: dict) -> str:
         return str(r.get("question_id", r.get("image")))
+
+    preds: dict[str, str] = {}
+    for r in _read_records(args.predictions, "--predictions"):
+        if "answer" not in r or not isinstance(r["answer"], str):
+            raise StvError(f"--predictions {args.predictions}: the record of {qid(r)!r} needs a string 'answer'")
+        if qid(r) in preds:
+            raise StvError(
+                f"--predictions {args.predictions}: {qid(r)!r} is predicted twice; keep one prediction per question"
+            )
+        preds[qid(r)] = r["answer"]
+    records = _read_records(args.annotations, "--annotations")
 
     def answers_of(r: dict) -> list[str]:
         if "answers" not in r and "answer" not in r:

@@ -26,7 +26,7 @@ def _cmd_demo(args) -> int:
         raise StvError("--report-only rewrites the report from --out's units and --recompute deletes them; pass one")
     summary = run_demo(out, config, recompute=args.recompute, report_only=args.report_only)
     for metric, per_method in summary["results"].items():
-        print(f"\n{summary['metric'][metric]}\n{results_table(per_method)}")
+        print(f"\n{summary['metric'][metric]}\n{results_table(per_method, summary.get('costs'))}")
     args.out = out
     print(f"\nwrote {args.out}/results.json, report.md and plots ({summary['wall_seconds']} s this run)")
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Objective
-from .costs import measured, stored_numbers
+from .costs import cost_summary, measured, stored_numbers
 from .evaluate import generation_accuracy
 from .fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
 from .io import atomic_write_json, atomic_write_text
@@ -28,6 +28,7 @@ from .methods.lora import LoRAConfig, fit_lora
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
+from .report import COST_HEADER, cost_cells
 from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
 
 FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a fit chose, kept beside its scores
@@ -93,9 +94,9 @@ def run_compare(
         + sorted({c.objective for c in configs} - {"log_prob"})  # MTV searched under a variant's objective
         + sorted({f"shift_{c.objective}" for c in configs if c.shift_arm})  # ... with the shift arm's vectors
     )
-    mtv_extras = extras if mtv_extras else []  # MTV made to match the variants' own extras, or MTV alone
+    fitted_extras = extras if mtv_extras else []  # MTV made to match the variants' own extras, or MTV alone
     recheck = max((c.final_recheck for c in configs), default=0)  # MTV's selection as the variants'
-    per_unit = len(variants) + 5 + len(mtv_extras)  # + zero-shot, icl, mtv at both schedules, lora, the extras
+    per_unit = len(variants) + 5 + len(fitted_extras)  # + zero-shot, icl, mtv at both schedules, lora, the extras
     units = [(task, seed) for task in tasks for seed in seeds]
     bar = tqdm(total=len(units) * per_unit, desc="compare", disable=not progress)
     result: dict = {"rows": [], "base": asdict(base), "tasks": list(tasks), "seeds": list(seeds)}
@@ -107,7 +108,7 @@ def run_compare(
         rows = stored["rows"] if stored is not None else None
         if rows is None:
             mtv_base = replace(base, steps=mtv_steps or base.steps)
-            args = (variants, base, mtv_base, mtv_extras, recheck, icl_shots, max_new_tokens, bar)
+            args = (variants, base, mtv_base, fitted_extras, recheck, icl_shots, max_new_tokens, bar)
             rows = _compare_unit(lmm, task, seed, task_data[task], *args)
             if out is not None:
                 atomic_write_json(unit_path(out, task, seed), {"task": task, "seed": seed, "data": data, "rows": rows})
@@ -256,34 +257,11 @@ def fv_task(task: str, test_per_task: int):
     return train, fixed_subset(test, test_per_task), task_for(train)
 
 
-COST_COLUMNS = ("fit s", "peak MB", "backward", "numbers used", "eval s")
-
-
-def cost_cells(rows: Sequence[dict]) -> list[str]:
-    """One method's cost columns (``COST_COLUMNS``) over its rows: means of fit and eval
-    seconds, the largest peak memory, whether a backward pass ran, numbers used at inference."""
-
-    def mean(key: str, digits: int = 0) -> str:
-        values = [r[key] for r in rows if key in r]
-        return f"{np.mean(values):.{digits}f}" if values else "-"
-
-    peaks = [r["peak_mb"] for r in rows if "peak_mb" in r]
-    backward = {r["backward"] for r in rows if "backward" in r}
-    used = [r["used"] for r in rows if "used" in r]
-    return [
-        mean("fit_s"),
-        f"{max(peaks):.0f}" if peaks else "-",
-        ("yes" if True in backward else "no") if backward else "-",
-        f"{np.mean(used) / 1000:.0f} k" if used else "-",
-        mean("eval_s", 1),
-    ]
-
-
 def compare_table(result: dict, metric: str) -> str:
     """Markdown: method x task, mean ± std over seeds, the average, then the cost columns."""
     rows, tasks = result["rows"], result["tasks"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    head = ["method", *tasks, "average", *COST_COLUMNS]
+    head = ["method", *tasks, "average", *COST_HEADER]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in methods:
         cells, means = [], []
@@ -295,9 +273,7 @@ def compare_table(result: dict, metric: str) -> str:
                 continue
             means.append(np.mean(values))
             cells.append(f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else ""))
-        lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.1f} | " + " | ".join(cost_cells(mine)) + " |"
-        )
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.1f} |" + cost_cells(cost_summary(mine)))
     return "\n".join(lines)
 
 

@@ -81,3 +81,19 @@ def stored_numbers(artifact) -> dict[str, int]:
     used = artifact.vectors.numel() + sum(t.numel() for t in (artifact.shifts, artifact.continuation) if t is not None)
     extra = sum(t.numel() for t in (artifact.bank, artifact.probabilities) if t is not None)
     return {"stored": used + extra + artifact.locations.numel(), "used": used}
+
+
+def cost_summary(costs: list[dict]) -> dict:
+    """One method's cost over units: mean fit and eval seconds, the largest peak memory (MB),
+    whether any fit took a backward pass, mean numbers used at inference."""
+    out: dict = {}
+    for key in ("fit_s", "eval_s", "used"):
+        values = [c[key] for c in costs if key in c]
+        if values:
+            out[key] = round(float(sum(values) / len(values)), 2)
+    peaks = [c["peak_mb"] for c in costs if "peak_mb" in c]
+    if peaks:
+        out["peak_mb"] = max(peaks)
+    if any("backward" in c for c in costs):
+        out["backward"] = any(c.get("backward") for c in costs)
+    return out

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .compare import fit_choices, fit_variant, fv_task
 from .config import Policy
+from .costs import measured, stored_numbers
 from .demo_report import write_results
 from .errors import StvError
 from .evaluate import first_token_accuracy, generation_accuracy
@@ -28,9 +29,10 @@ from .fitting import save_fit
 from .io import atomic_write_json
 from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
 from .methods.fit import STVConfig, fit
+from .methods.lora import LoRAConfig, fit_lora
 from .methods.mtv import MTVConfig, fit_mtv
 from .tasks import task_for
-from .variants import variant_settings
+from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run. The lab is
@@ -75,6 +77,7 @@ class DemoConfig:
             prompts=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
         )
     )
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # the fixed defaults; seeded by the unit's seed
 
     @property
     def subject(self) -> str:
@@ -87,6 +90,7 @@ class DemoConfig:
             "zero_shot",
             *(f"icl_{k}" for k in self.icl_shots),
             "mtv",
+            "lora",
             "stv",
             *ABLATIONS,
             *map(variant_method, self.variants),
@@ -300,32 +304,59 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
     top_k: dict[str, int] = {}
     fits: dict[str, dict] = {}
 
+    costs: dict[str, dict] = {}
+
     def record(method: str, shots: int = 0, vectors=None) -> None:
+        start = time.perf_counter()
         scores[method] = [round(v, 2) for v in _measure(lmm, config, test, template, train, shots, vectors, seed)]
+        costs.setdefault(method, {})["eval_s"] = round(time.perf_counter() - start, 2)
+        if vectors is not None:
+            costs[method]["used"] = stored_numbers(vectors)["used"]
         bar.set_postfix(seed=seed, method=method)
         bar.update(1)
+
+    def cost(method: str, measured_cost, backward: bool) -> None:
+        costs[method] = {
+            "fit_s": round(measured_cost.seconds, 2),
+            "peak_mb": round(measured_cost.peak_mb),
+            "backward": backward,
+        }
 
     record("zero_shot")
     for k in config.icl_shots:
         record(f"icl_{k}", shots=k)
     stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
-    vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
+    with measured(lmm.device) as spent:
+        vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
+    cost("stv", spent, stv_cfg.refine > 0)
     timings.update({f"stv_{stage}": seconds for stage, seconds in state.timings.items()})
     top_k["stv"] = stv_cfg.top_k
     save_fit(vectors_folder, vectors, stv_cfg)
     means = state.scan.mean_activations() if config.mtv_means_from_scan else None
-    mtv_vectors, mtv_log = fit_mtv(
-        lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
-    )
+    with measured(lmm.device) as spent:
+        mtv_vectors, mtv_log = fit_mtv(
+            lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
+        )
+    cost("mtv", spent, False)  # with means from the scan: the scan's time is in stv's
     timings.update({f"mtv_{stage}": seconds for stage, seconds in mtv_log.timings.items()})
     record("mtv", vectors=mtv_vectors)
+    with measured(lmm.device) as spent:
+        adapter, lora_log = fit_lora(lmm, train, replace(config.lora, seed=seed), task=template, progress=False)
+    cost("lora", spent, True)
+    timings["lora_train"] = lora_log["train"]
+    record("lora", vectors=adapter)
     record("stv", vectors=vectors)
     record("stv_mean_topk", vectors=mean_at_top_k(state, vectors.config))
     record("stv_random_heads", vectors=random_heads(lmm, train, stv_cfg, template, state, seed))
     record("stv_no_rl", vectors=nearest_to_mean(state, vectors.config))
     for name in config.variants:
         # the unresolved settings: a variant with top_k 0 takes its own preset's K
-        fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
+        variant = variant_config(name, config.stv)
+        with measured(lmm.device) as spent:
+            fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
+        if variant.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
+            spent.seconds += state.timings["scan"]  # the shared scan is part of its cost
+        cost(variant_method(name), spent, variant.refine > 0)
         timings[f"{variant_method(name)}_fit"] = seconds
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
         fits[variant_method(name)] = fit_choices(fitted)
@@ -342,6 +373,7 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         "timings": timings,
         "top_k": top_k,
         "fits": fits,
+        "costs": costs,
         "plot": plot,
         "wall_s": time.perf_counter() - started,
     }

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import report
+from .costs import cost_summary
 from .fingerprint import note_written
 from .io import atomic_write_json, atomic_write_text
 
@@ -39,7 +40,10 @@ def summary_of(config: DemoConfig, model: str, units: dict[tuple[str, int], dict
         m: {name: {t: [] for t in tasks} for name in methods} for m in metrics
     }
     timings: dict[str, list[float]] = {}
+    spent: dict[str, list[dict]] = {}
     for (task, _), unit in units.items():
+        for method, cost in unit.get("costs", {}).items():
+            spent.setdefault(method, []).append(cost)
         for method in methods:
             for metric, value in zip(metrics, unit["scores"][method]):
                 results[metric][method][task].append(value)
@@ -56,6 +60,7 @@ def summary_of(config: DemoConfig, model: str, units: dict[tuple[str, int], dict
         },
         "config": asdict(config),
         "timings_seconds": {k: round(float(np.mean(v)), 2) for k, v in timings.items()},
+        "costs": {method: cost_summary(costs) for method, costs in spent.items()},
         "top_k": next(iter(units.values()))["top_k"],
         "units": [len(units), total],
         "partial": len(units) < total,
@@ -69,7 +74,8 @@ def write_report(
 ) -> list[str]:
     """report.md and the plots; returns the plots' names (what stv wrote into ``out``)."""
     plots: list[str] = []
-    tables = {metric: report.results_table(per) for metric, per in summary["results"].items()}
+    costs = summary.get("costs", {})
+    tables = {metric: report.results_table(per, costs) for metric, per in summary["results"].items()}
     icl = f"icl_{max(config.icl_shots)}"
     for metric, per in summary["results"].items():
         plots.append("accuracy.png" if metric == "first_token" else f"accuracy_{metric}.png")

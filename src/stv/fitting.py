@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import report
 from .fingerprint import check_settings, clear, data_fingerprint, model_identity, note_written
@@ -160,7 +160,9 @@ def fit_into(
     if method == "stv" and dist.is_main and not (folder / "scan").exists():
         note_written(folder, "scan")  # the scan's cache, written as it runs
     start = time.perf_counter()
-    state, timings = None, {}
+    state: FitLog | None = None
+    timings: dict[str, float] = {}
+    vectors: Any  # TaskVectors, or a LoRAAdapter
     with measured(lmm.device) as cost:
         if method == "mtv":
             vectors, state = fit_mtv(lmm, train, method_cfg, task=task)
@@ -169,11 +171,11 @@ def fit_into(
         else:
             vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
     costs = {**cost.as_dict(), "backward": needs_backward(method, method_cfg), **stored_numbers(vectors)}
-    log = {"stages_seconds": {}}
+    log: dict[str, Any] = {"stages_seconds": {}}
     if dist.is_main:
         log = save_fit(folder, vectors, method_cfg, state=state, started=start, costs=costs, stages=timings)
     summary = {"out": str(folder), "method": method, **costs, **log["stages_seconds"]}
-    if method == "stv":
+    if method == "stv" and state is not None:
         reused = state.scan_result.reused if state.scan_result is not None else None  # None: no scan was needed
         summary.update(variant=config.variant, locations=len(vectors.locations), scan_reused=reused)
     return summary

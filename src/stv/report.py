@@ -156,13 +156,38 @@ def accuracy_bars(
     return _save(fig, path)
 
 
-def results_table(methods: dict[str, dict[str, list[float]]]) -> str:
-    """Markdown table of mean ± std (over seeds) per method and task, plus the average.
+COST_HEADER = ("fit s", "peak MB", "backward", "numbers used", "eval s")
+
+
+def results_table(methods: dict[str, dict[str, list[float]]], costs: dict[str, dict] | None = None) -> str:
+    """Markdown table of mean ± std (over seeds) per method and task, plus the average, and
+    with ``costs`` (method -> fit_s, peak_mb, backward, used, eval_s) the cost columns.
     A single seed shows no ± (there is no spread to report)."""
     tasks = list(next(iter(methods.values())))
-    lines = ["| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    head = ["method", *tasks, "average", *(COST_HEADER if costs else ())]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, per_task in methods.items():
-        cells = [f"{np.mean(v):.1f}" + (f" ± {np.std(v):.1f}" if len(v) > 1 else "") for v in per_task.values()]
-        avg = np.mean([np.mean(v) for v in per_task.values()])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} |")
+        cells = [
+            f"{np.mean(v):.1f}" + (f" ± {np.std(v):.1f}" if len(v) > 1 else "") if v else "-" for v in per_task.values()
+        ]
+        avg = np.mean([np.mean(v) for v in per_task.values() if v])
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} |" + (cost_cells(costs.get(name, {})) if costs else "")
+        )
     return "\n".join(lines)
+
+
+def cost_cells(cost: dict) -> str:
+    """A method's cost columns (``COST_HEADER``), "-" where it has none (zero-shot and ICL fit nothing)."""
+    backward = "-" if "backward" not in cost else "yes" if cost["backward"] else "no"
+    used = (
+        "-"
+        if "used" not in cost
+        else f"{cost['used']:.0f}"
+        if cost["used"] < 10_000
+        else f"{cost['used'] / 1000:.0f} k"
+    )
+    fit = f"{cost['fit_s']:.1f}" if "fit_s" in cost else "-"
+    peak = f"{cost['peak_mb']:.0f}" if "peak_mb" in cost else "-"
+    evaluated = f"{cost['eval_s']:.1f}" if "eval_s" in cost else "-"
+    return " " + " | ".join([fit, peak, backward, used, evaluated]) + " |"

@@ -22,6 +22,7 @@ VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {
     "fast": lambda base: STVConfig.fast(**{**_sizes(base), "steps": 0}),
     "fast_120": lambda base: STVConfig.fast(**{**_sizes(base), "steps": 0, "refine": 120}),
     "forward": lambda base: STVConfig.forward(**_sizes(base)),
+    "forward_lean": lambda base: STVConfig.forward(**_sizes(base), continuation_search=0, schedule_items=0),
     # stv+ v8 (thirteenth to eighteenth rounds: 60 steps of refinement from two starts, search and
     # zero); measured as "stv+_both_answer", so it draws as it did when it was "stv+"
     "stv+_v8": lambda base: _v8(base),

@@ -228,7 +228,7 @@ class TaskVectors:
         return cls(
             tensors["locations"],
             tensors["vectors"],
-            config,
+            TaskVectorsConfig.from_dict(config),
             tensors.get("bank"),
             tensors.get("probabilities"),
             tensors.get("continuation"),

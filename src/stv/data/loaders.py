@@ -116,7 +116,7 @@ def load_jsonl(path: str | Path, root: str | Path | None = None, split: str = "a
             if side != split:
                 continue
         images = r.get("images", [r["image"]] if "image" in r else [])
-        answers = r.get("answers", [r["answer"]] if "answer" in r else None)
+        answers = r["answers"] if "answers" in r else [r["answer"]]  # one of the two: checked per line
         out.append(
             Example(
                 id=rid,

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class LoRAAdapter:
         from peft import set_peft_model_state_dict
 
         with attached(lmm, self.peft_config) as peft_model:
-            result = set_peft_model_state_dict(peft_model, self.tensors)
+            result: Any = set_peft_model_state_dict(peft_model, self.tensors)
             if result.unexpected_keys:
                 raise ArtifactError(
                     f"the adapter holds tensors this model has no place for: {result.unexpected_keys[:3]}"
@@ -201,7 +201,7 @@ def fit_lora(
     task = task or task_for(train)
     if len(train) < config.batch_size:
         raise StvError(f"LoRA needs at least --batch-size {config.batch_size} training examples, got {len(train)}")
-    peft_config = {
+    peft_config: dict[str, Any] = {
         "r": config.r,
         "lora_alpha": config.alpha,
         "lora_dropout": config.dropout,
@@ -233,7 +233,7 @@ def fit_lora(
 
         tensors = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
     seconds = time.perf_counter() - start
-    peft_config["target_modules"] = sorted(peft_config["target_modules"])
+    peft_config["target_modules"] = sorted(target_modules(lmm, config.targets))
     adapter = LoRAAdapter(tensors, {**peft_config, "peft_type": "LORA"}, stv_config)
     return adapter, {"train": seconds}
 

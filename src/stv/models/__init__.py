@@ -10,6 +10,7 @@ from transformers import AutoConfig
 
 from ..errors import StvError
 from ..headmap import HeadMap
+from .compat import generation_class
 from .gguf import converted_folder, find_gguf
 from .lmm import LMM, Piece, Prompt, Render
 from .named import NAMED, MissingModelPackage, named_gguf
@@ -24,10 +25,9 @@ class ModelLoadError(StvError):
 
 def _model_class(config) -> type:
     """The generation class for a config: image-text-to-text first, then causal LM."""
-    for auto in (transformers.AutoModelForImageTextToText, transformers.AutoModelForCausalLM):
-        mapping = auto._model_mapping
-        if type(config) in mapping:
-            return mapping[type(config)]
+    found = generation_class(config)
+    if found is not None:
+        return found
     raise ModelLoadError(
         f"architecture {type(config).__name__} (model_type={config.model_type!r}) is not a "
         "transformers image-text-to-text or causal LM model; stv supports Qwen2/2.5/3-VL, Idefics2/3, "

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import StvError
 from ..headmap import HeadMap
 from ..heads import decoding, replace
+from .compat import attention_implementation, cache_keyword, cache_of, croppable
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -261,12 +262,12 @@ class LMM:
         with decoding(self.model):
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
             yield out.logits[:, -1]
-            cache, pos = out.past_key_values, (mask.long().cumsum(-1) - 1)[:, -1]
+            cache, pos = cache_of(out), (mask.long().cumsum(-1) - 1)[:, -1]
             for step in range(target.shape[1] - 1):
                 mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
                 pos = pos + 1
                 out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos[:, None]))
-                cache = out.past_key_values
+                cache = cache_of(out)
                 yield out.logits[:, -1]
 
     def _rope_deltas(self) -> torch.Tensor | None:
@@ -279,7 +280,7 @@ class LMM:
         self, ids: torch.Tensor, mask: torch.Tensor, cache, positions: torch.Tensor, deltas: torch.Tensor | None = None
     ) -> dict:
         """Inputs for more tokens after a cached prefix; ``positions`` (rows, new) are text positions."""
-        inputs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        inputs = {"input_ids": ids, "attention_mask": mask, cache_keyword(self.model): cache, "use_cache": True}
         if self.family in _OWN_POSITIONS:
             # multimodal RoPE: text position + the offset the prefix pass stored
             deltas = deltas if deltas is not None else self._rope_deltas()
@@ -316,11 +317,7 @@ class LMM:
         out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         deltas = self._rope_deltas()
         return Prefix(
-            out.past_key_values,
-            last,
-            mask,
-            (mask.long().cumsum(-1) - 1)[:, -1],
-            None if deltas is None else deltas.clone(),
+            cache_of(out), last, mask, (mask.long().cumsum(-1) - 1)[:, -1], None if deltas is None else deltas.clone()
         )
 
     @torch.inference_mode()
@@ -335,7 +332,7 @@ class LMM:
         prefix stays usable afterwards when ``keep``."""
         fan_out = self._mask_kind() is not None
         cache = prefix.cache
-        if keep and not (fan_out and _croppable(cache)):
+        if keep and not (fan_out and croppable(cache)):
             cache = copy.deepcopy(cache)
         if not fan_out:  # attention backends without custom masks: repeat along the batch
             if repeats > 1:
@@ -363,8 +360,7 @@ class LMM:
 
     def _mask_kind(self) -> torch.dtype | None:
         """The dtype of a custom 4D attention mask this model's attention takes, or None."""
-        impl = str(getattr(self.model.config, "_attn_implementation", None))
-        return {"sdpa": torch.bool, "eager": self.dtype}.get(impl)
+        return {"sdpa": torch.bool, "eager": self.dtype}.get(attention_implementation(self.model))
 
     def _fan_out_mask(self, prefix_mask: torch.Tensor, span: int) -> torch.Tensor:
         """(rows, 1, span, prefix + span): every new position sees the prefix and itself."""
@@ -377,12 +373,6 @@ class LMM:
         return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(self.dtype).min
         )
-
-
-def _croppable(cache) -> bool:
-    """Plain dynamic layers can drop the fanned-out tokens again; sliding windows cannot."""
-    layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
 @dataclass

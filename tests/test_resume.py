@@ -4,7 +4,6 @@ right number or a clear refusal (on the shipped lab model, so the numbers are re
 import json
 
 import numpy as np
-import pytest
 
 from stv.cli import main
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-
 _KEYWORDS: dict[type, str] = {}  # model class -> the keyword its forward takes the cache by
 
 

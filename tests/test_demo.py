@@ -26,10 +26,23 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     assert json.loads((tmp_path / "settings.json").read_text())["model"] == "lab"  # not this checkout's path
     assert (tmp_path / "vectors" / "parity_AB.seed0" / "task_vectors.safetensors").is_file()
     heads = 16  # the lab model: 4 layers x 4 heads
-    assert summary["top_k"] == {"stv": 8, "stv_relative": 8, "stv_mean_delta": 8, "stv+": heads}  # each its own K
+    assert summary["top_k"] == {"stv": 8, "stv_forward": heads, "stv_fast": heads}  # each its own K
     fits = json.loads((tmp_path / "units" / "parity_AB.seed0.json").read_text())["fits"]
-    assert set(fits) == {"stv_relative", "stv_mean_delta", "stv+"}  # what each variant's fit chose
-    assert fits["stv+"]["refine"]["start"] in fits["stv+"]["refine"]["judged"] and "arms" in fits["stv+"]
+    assert set(fits) == {"stv_forward", "stv_fast"}  # what each variant's fit chose
+    assert fits["stv_fast"]["refine"]["start"] == "zero" and "arms" in fits["stv_forward"]
+    # every fitted method has its cost: LoRA and the fast preset take a backward pass, MTV and forward do not
+    costs = results["costs"]
+    assert {m: costs[m]["backward"] for m in ("mtv", "lora", "stv", "stv_forward", "stv_fast")} == {
+        "mtv": False,
+        "lora": True,
+        "stv": False,
+        "stv_forward": False,
+        "stv_fast": True,
+    }
+    assert costs["lora"]["used"] > costs["stv_fast"]["used"] > 0 and all(
+        c["fit_s"] > 0 for c in costs.values() if "fit_s" in c
+    )
+    assert "| fit s | peak MB | backward | numbers used | eval s |" in (tmp_path / "report.md").read_text()
     m = summary["methods"]
     # zero-shot cannot know the answer vocabulary; STV's vectors carry it, as 16-shot ICL does
     assert m["zero_shot"]["parity_word"][0] < 10
@@ -94,7 +107,7 @@ def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_pa
     prepare_folder(tmp_path, loaded, False, "demo results", DEMO_OUTPUTS)
     prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)  # same: resumes
     monkeypatch.setitem(
-        variants.VARIANTS, "stv+", lambda base: STVConfig.plus(**variants._sizes(base), refine_start="search")
+        variants.VARIANTS, "fast", lambda base: STVConfig.fast(**variants._sizes(base), refine_start="search")
     )
-    with pytest.raises(SettingsMismatchError, match=r"variants\.stv\+\.refine_start"):
+    with pytest.raises(SettingsMismatchError, match=r"variants\.fast\.refine_start"):
         prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)

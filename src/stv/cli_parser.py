@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import SCAN_FIELDS
 from .errors import StvError
 
-DEFAULT_VARIANT = "stv+"  # what `stv fit` uses unless --variant says otherwise (the measured winner over "paper")
+DEFAULT_VARIANT = "fast"  # what `stv fit` uses unless --variant says otherwise (docs/research-log.md, twentieth round)
 
 
 def _add_model(p) -> None:
@@ -58,21 +58,21 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
             "--variant",
             choices=("paper", "stv+", "fast", "forward"),
             default=DEFAULT_VARIANT,
-            help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. paper: the "
-            "paper's method as first read (L2 ranking, k-means bank, every-step insertion); stv+: ours, "
-            "the most accurate and the slowest (search, then gradient refinement from three starts); "
-            "fast: no search, a gradient correction at every head from zero (a backward pass, no scan); "
-            "forward: stv+'s search without any backward pass (memory as at inference: choose it where "
-            "gradients cannot be taken)",
+            help=f"settings preset (default {DEFAULT_VARIANT}); flags below override it. fast: a gradient "
+            "correction at every head's last-token output, learned from zero (a backward pass, no scan, no "
+            "search; about LoRA's fit time); forward: stv+'s head search with forward passes only (memory as "
+            "at inference: choose it where gradients cannot be taken); stv+: search, then refinement from "
+            "three starts (the most accurate on the tasks it was tuned on, ~15x LoRA's time); paper: the "
+            "paper's method as first read (L2 ranking, k-means bank, every-step insertion)",
         )
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
-    plus, paper = STVConfig.plus(), STVConfig.paper()
+    plus, paper = STVConfig.preset(DEFAULT_VARIANT), STVConfig.paper()
     for f in fields(STVConfig):
         if f.name == "variant" or (only is not None and f.name not in only):
             continue
         flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
         ours, theirs = getattr(plus, f.name), getattr(paper, f.name)
-        default = f"default {ours}" if ours == theirs else f"stv+: {ours}, paper: {theirs}"
+        default = f"default {ours}" if ours == theirs else f"{DEFAULT_VARIANT}: {ours}, paper: {theirs}"
         text = f"{FIELD_HELP.get(f.name, '')} ({default})"
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=text)

@@ -28,7 +28,7 @@ from .methods.lora import LoRAConfig, fit_lora
 from .methods.mtv import MTVConfig, fit_mtv
 from .methods.scan import ScanResult, sensitivity_scan
 from .methods.schedule import choose_schedule
-from .report import COST_HEADER, cost_cells
+from .report import COST_HEADER, cost_cells, cost_front
 from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
 
 FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a fit chose, kept beside its scores
@@ -134,9 +134,9 @@ def _compare_unit(
             lmm, test, template, train, shots, vectors, seed=seed, max_new_tokens=max_new_tokens, policy=policy
         )
         row = {"task": task, "seed": seed, "method": method, "first_token": first, "exact_match": exact}
-        row.update(fit_s=round(fit_s, 1), eval_s=round(time.perf_counter() - start, 1), policy=policy or "")
-        if vectors is not None:
-            row.update(stored_numbers(vectors))
+        row.update(eval_s=round(time.perf_counter() - start, 1), policy=policy or "")
+        if vectors is not None:  # a fit: its cost (zero-shot and ICL fit nothing)
+            row.update(fit_s=round(fit_s, 1), **stored_numbers(vectors))
         rows.append({**row, **(cost or {})})  # policy: as evaluated
         bar.set_postfix(task=task, seed=seed, method=method)
         bar.update(1)
@@ -204,7 +204,8 @@ def compare_settings(
 def prepare_compare_folder(out: str | Path, settings: dict, recompute: bool) -> None:
     """Record ``settings`` in ``out`` (cleared first with ``recompute``), or refuse other ones
     (settings without a model: checked only, before the model loads)."""
-    prepare_folder(out, settings, recompute, "compare results", ["units", "compare.json", "compare.md"])
+    outputs = ["units", "compare.json", "compare.md", "front_first_token.png", "front_exact_match.png"]
+    prepare_folder(out, settings, recompute, "compare results", outputs)
 
 
 def _mtv_fits(
@@ -287,4 +288,15 @@ def write_compare(result: dict, out: str | Path) -> Path:
     text = "\n\n".join(
         f"## {m.replace('_', ' ')} (%)\n\n{compare_table(result, m)}" for m in ("first_token", "exact_match")
     )
+    rows = result["rows"]
+    for metric in ("first_token", "exact_match"):
+        points = {
+            m: (
+                float(np.mean([r.get("fit_s", 0.0) for r in rows if r["method"] == m])),
+                float(np.mean([r[metric] for r in rows if r["method"] == m])),
+            )
+            for m in dict.fromkeys(r["method"] for r in rows)
+        }
+        title = f"{result.get('model', '')}: {metric.replace('_', ' ')} against fit time (mean over units)"
+        cost_front(points, out / f"front_{metric}.png", title, metric.replace("_", " "))
     return atomic_write_text(out / "compare.md", partial + text + "\n")

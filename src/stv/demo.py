@@ -62,7 +62,7 @@ class DemoConfig:
     icl_shots: tuple[int, ...] = (1, 4, 16, 32)
     max_new_tokens: int = 0  # >0: also generate and report exact match (text tasks)
     em_policy: Policy = "prompt_last"  # insertion schedule while generating for exact match
-    variants: tuple[str, ...] = ("relative", "mean_delta", "stv+")  # stv.variants.VARIANTS, fitted on the same scan
+    variants: tuple[str, ...] = ("forward", "fast")  # stv.variants.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     is_quick: bool = False  # the --quick sizes (recorded so report.md can say how to reproduce it)
     # top_k 0: each method's default for the model (config.default_top_k): the paper's STV a
@@ -133,7 +133,7 @@ class DemoConfig:
             test_per_task=30,
             icl_shots=(1, 4, 10),
             max_new_tokens=8,
-            variants=("mean_delta", "stv+"),
+            variants=("forward", "fast"),
             mtv_means_from_scan=True,
             stv=stv,
             mtv=mtv,

@@ -100,6 +100,27 @@ def reinforce_curves(
     return _save(fig, path)
 
 
+def cost_front(points: dict[str, tuple[float, float]], path: str | Path, title: str, metric: str) -> Path:
+    """Accuracy against fit time (log scale), one labelled point per method ({method: (fit
+    seconds, accuracy %)}; a method that fits nothing, ICL, is drawn at 1 s), with the front:
+    the methods no other beats on both."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    front = [m for m, (t, a) in points.items() if not any(t2 <= t and a2 > a for t2, a2 in points.values())]
+    for name, (seconds, accuracy) in points.items():
+        on = name in front
+        ax.scatter(max(seconds, 1.0), accuracy, s=36 if on else 20, color="C3" if on else "0.45", zorder=3)
+        ax.annotate(name, (max(seconds, 1.0), accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    line = sorted((max(points[m][0], 1.0), points[m][1]) for m in front)
+    ax.step([t for t, _ in line], [a for _, a in line], where="post", color="C3", linewidth=0.8, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("fit time, s (log scale; methods with no fit at 1 s)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def accuracy_bars(
     methods: dict[str, dict[str, list[float]]],
     path: str | Path,

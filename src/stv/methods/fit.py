@@ -60,8 +60,9 @@ def fit(
     progress: bool = True,
     workdir=None,
 ) -> tuple[TaskVectors, FitLog]:
-    """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers)."""
-    config = (config or STVConfig()).resolved(lmm)
+    """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers);
+    ``config`` defaults to ``stv fit``'s preset, :meth:`STVConfig.fast`."""
+    config = (config or STVConfig.fast()).resolved(lmm)
     task = task or task_for(train)
     config.validate(lmm, len(train))
     rng = np.random.default_rng(config.seed)

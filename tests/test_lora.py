@@ -137,3 +137,31 @@ def test_fast_preset_fits_without_a_scan(lmm_of, tmp_path):
     assert set(log.timings) == {"refine"} and np.isfinite(vectors.shifts.numpy()).all()
     test = constant_answer_examples(120)[96:]
     assert generation_accuracy(lmm, test, task_for(train), train, 0, vectors, max_new_tokens=2)[0] == 100.0
+
+
+def test_artifacts_apply_to_a_plain_transformers_model(lmm_of, family_dir):
+    """Fitted on stv's LMM, applied to the same checkpoint loaded by transformers alone: its own
+    generate() answers with them, and without them after the block."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stv.config import STVConfig
+    from stv.methods.fit import fit
+
+    lmm = lmm_of("llama")
+    train = constant_answer_examples(96)
+    vectors, _ = fit(lmm, train, STVConfig.fast(refine=20, refine_lr=0.5), progress=False)
+    adapter, _ = fit_lora(lmm, train, LoRAConfig(steps=30, lr=1e-2), task_for(train), progress=False)
+    model = AutoModelForCausalLM.from_pretrained(family_dir("llama"))
+    tokenizer = AutoTokenizer.from_pretrained(family_dir("llama"))
+    text = "".join(p for p in task_for(train).prompt([], constant_answer_examples(120)[100]) if isinstance(p, str))
+    inputs = tokenizer([text], return_tensors="pt")
+    target = tokenizer(" yes", add_special_tokens=False).input_ids[0]
+
+    def first_token() -> int:
+        return int(model.generate(**inputs, max_new_tokens=1, do_sample=False)[0, -1])
+
+    plain = first_token()
+    for artifact in (vectors, adapter):
+        with artifact.apply(model):
+            assert first_token() == target
+        assert first_token() == plain != target

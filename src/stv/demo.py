@@ -69,12 +69,12 @@ class DemoConfig:
     # quarter of the heads (8 of the lab's 16, 64 of SmolLM2's 270), stv+ every head.
     stv: STVConfig = field(
         default_factory=lambda: STVConfig(
-            top_k=0, clusters=16, pairs=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
+            top_k=0, clusters=16, pairs=100, shots=16, steps=150, samples=32, queries_per_step=2, batch_size=25
         )
     )
     mtv: MTVConfig = field(
         default_factory=lambda: MTVConfig(
-            prompts=100, shots=16, steps=300, samples=32, queries_per_step=2, batch_size=25
+            prompts=100, shots=16, steps=150, samples=32, queries_per_step=2, batch_size=25
         )
     )
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # the fixed defaults; seeded by the unit's seed

@@ -244,7 +244,12 @@ class TaskVectors:
 
     @contextlib.contextmanager
     def apply(self, lmm, policy: Policy | None = None, allow_other_weights: bool = False) -> Iterator[None]:
-        """Insert the vectors while the block runs (``policy`` defaults to the fitted one)."""
+        """Insert the vectors while the block runs (``policy`` defaults to the fitted one) into
+        an :class:`~stv.models.LMM` or a plain transformers model (``model.generate`` then
+        runs with them)."""
+        from .models import LMM
+
+        lmm = LMM.wrapping(lmm)
         self.check_model(lmm, allow_other_weights)
         policy = policy or self.config.policy
         later = self.continuation if policy == "prompt_last" else None  # every_step writes step 0's values

@@ -119,7 +119,9 @@ class LoRAAdapter:
     @contextlib.contextmanager
     def apply(self, lmm: LMM, policy: str | None = None, allow_other_weights: bool = False) -> Iterator[None]:
         """The adapters inside ``lmm.model`` while the block runs, removed after (``policy``
-        is accepted for the task vectors' signature; LoRA acts at every position)."""
+        is accepted for the task vectors' signature; LoRA acts at every position). ``lmm``: an
+        :class:`~stv.models.LMM` or a plain transformers model."""
+        lmm = LMM.wrapping(lmm)
         self.check_model(lmm, allow_other_weights)
         from peft import set_peft_model_state_dict
 

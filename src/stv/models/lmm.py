@@ -69,6 +69,18 @@ class LMM:
             family=config.model_type,
         )
 
+    @classmethod
+    def wrapping(cls, target: Any) -> "LMM":
+        """``target`` itself when it is an LMM, else a plain transformers model wrapped without
+        changing it (no eval(), no tokenizer): enough to find, record and write its heads."""
+        if isinstance(target, LMM):
+            return target
+        config = getattr(target, "config", None)
+        if not isinstance(target, nn.Module) or config is None:
+            raise StvError(f"{type(target).__name__} is neither an stv LMM nor a transformers model; pass one of them")
+        name = getattr(config, "_name_or_path", "") or type(target).__name__
+        return cls(model=target, processor=None, heads=HeadMap.from_model(target), name=name, family=config.model_type)
+
     def weights_fingerprint(self) -> str:
         """Which weights these are: the GGUF's sha256, or a hash of every parameter's name,
         shape and first/last values (cheap even for 7B models, and different for any other

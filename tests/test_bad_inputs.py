@@ -232,17 +232,6 @@ CASES = {
         lambda t, m: ["eval", "--model", m["llama"], "--dataset", _fv(t, '[{"input": "a", "output": "A\\nB"}]'), *OUT],
         "has a line break",
     ),
-    "fv input twice with other outputs": (
-        lambda t, m: [
-            "eval",
-            "--model",
-            m["llama"],
-            "--dataset",
-            _fv(t, json.dumps([{"input": "a", "output": "A"}, {"input": "a", "output": "B"}])),
-            *OUT,
-        ],
-        "appears twice with different outputs",
-    ),
     "too few demonstrations": (
         lambda t, m: [
             "eval",

@@ -166,3 +166,12 @@ def test_any_json_in_an_fv_file_is_a_record_or_a_data_error(tmp_path, records):
     except DataError:
         return
     assert all(isinstance(e.question, str) and isinstance(e.answer, str) and "\n" not in e.answer for e in examples)
+
+
+def test_an_input_with_two_outputs_loads_with_a_warning(tmp_path):
+    from stv.data.example import DataWarning
+
+    (tmp_path / "t.json").write_text(json.dumps([{"input": "I", "output": "J"}, {"input": "I", "output": "II"}]))
+    with pytest.warns(DataWarning, match="1 inputs appear with different outputs \\('I': 'J' / 'II'\\)"):
+        examples = load_dataset(f"fv:{tmp_path / 't.json'}", split="all")
+    assert [e.answer for e in examples] == ["J", "II"]

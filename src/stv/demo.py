@@ -35,15 +35,12 @@ from .tasks import task_for
 from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
-# Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run. The lab is
-# measured with stv+ v9 and one other run on the cores (2026-11-24): 572.7 s for 12
-# (benchmarks/demo-lab-v9). The real model is an estimate: the v8 demo's 14,860 s for 15
-# (benchmarks/demo-smollm2-v8, 990 s a unit, of which a stv+ fit 735 s) with the stv+ fit
-# replaced by v9's mean on the same tasks, 1,389 s (benchmarks/v9-probe-smollm2-*, two runs on
-# the cores). lab-smollm2 is an estimate too: 3,164 s for 12 with the earlier stv+ and three
-# other runs, plus the 456 s more that a v8 fit took than a v6 fit (735 vs 279 s); v9's
-# longer refinement is not in it.
-MEASURED_SECONDS = {"lab": 48.0, "real": 1650.0, "numbers": 720.0}
+# Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run. The lab:
+# LAB_SECONDS_PLACEHOLDER. The real model is an estimate: the v8 demo's unit without its stv+ fit
+# (990 - 735 s, benchmarks/demo-smollm2-v8) plus one LoRA, fast and forward fit each as measured in
+# benchmarks/cost-smollm2 (about 190, 175 and 160 s with one other run). lab-smollm2 is an
+# estimate from earlier demos (3,164 s for 12 units) and was not rerun with these methods.
+MEASURED_SECONDS = {"lab": 48.0, "real": 780.0, "numbers": 720.0}
 
 
 def variant_method(name: str) -> str:

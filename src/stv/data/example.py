@@ -15,6 +15,10 @@ class DataError(StvError):
     """A dataset file or record is missing or malformed."""
 
 
+class DataWarning(UserWarning):
+    """A dataset that loads but holds something a user should know about."""
+
+
 def refuse_constant(name: str):
     """``json.loads``' ``parse_constant``: JSON's non-standard NaN and Infinity are not data."""
     raise ValueError(f"{name} is not a value a record can hold")

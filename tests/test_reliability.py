@@ -175,3 +175,35 @@ def test_an_input_with_two_outputs_loads_with_a_warning(tmp_path):
     with pytest.warns(DataWarning, match="1 inputs appear with different outputs \\('I': 'J' / 'II'\\)"):
         examples = load_dataset(f"fv:{tmp_path / 't.json'}", split="all")
     assert [e.answer for e in examples] == ["J", "II"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["vizwiz", "mtv", "okvqa"]),
+    record=st.dictionaries(
+        st.sampled_from(["image", "question", "answers", "pos", "neg", "query", "pos_label", "neg_label", "id"]),
+        JSON | st.just("x.png"),
+        max_size=7,
+    ),
+    ids=st.tuples(JSON, JSON),
+)
+def test_any_json_in_the_paper_datasets_files_is_a_record_or_a_data_error(tmp_path, kind, record, ids):
+    """VizWiz, OK-VQA and MTV's records: any value in any field loads or is refused with a DataError."""
+    if kind == "vizwiz":
+        (tmp_path / "val.json").write_text(json.dumps([record]))
+        spec, root = "vizwiz", tmp_path
+    elif kind == "mtv":
+        (tmp_path / "m.json").write_text(json.dumps([record]))
+        spec, root = f"mtv:flower:{tmp_path / 'm.json'}", tmp_path
+    else:
+        question = {"question_id": ids[0], "image_id": ids[1], "question": record.get("question", "q")}
+        annotation = {"question_id": ids[0], "answers": record.get("answers", [{"answer": "a"}])}
+        (tmp_path / "OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": [question]}))
+        (tmp_path / "mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [annotation]}))
+        spec, root = "okvqa", tmp_path
+    try:
+        examples = load_dataset(spec, root=root, split="val")
+    except DataError:
+        return
+    for e in examples:
+        assert isinstance(e.question, str) and all(isinstance(a, str) for a in e.answers) and e.answers[0].strip()

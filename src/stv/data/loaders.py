@@ -14,13 +14,46 @@ from typing import Callable
 from .example import DataError, DatasetImage, Example, LazyImage, refuse_constant
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, shape: type = list):
+    """A JSON file whose top level is ``shape`` (NaN and Infinity refused)."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; point --root at the dataset folder")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(), parse_constant=refuse_constant)
+    except (json.JSONDecodeError, ValueError) as err:
         raise DataError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, shape):
+        raise DataError(f"{path} holds a JSON {type(data).__name__}, not a {shape.__name__}")
+    return data
+
+
+def _checked(record, where: str, fields: dict[str, str]) -> dict:
+    """``record`` as a dict whose ``fields`` have their kinds: "text" (a string), "id" (a
+    string or an integer), "answers" (a list of strings or of {"answer": string}), each with a
+    trailing "?" when it may be absent."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where} is a JSON {type(record).__name__}, not an object")
+    for key, kind in fields.items():
+        optional, kind = kind.endswith("?"), kind.rstrip("?")
+        if key not in record:
+            if optional:
+                continue
+            raise DataError(f"{where} lacks {key!r}")
+        value = record[key]
+        ok = {
+            "text": isinstance(value, str),
+            "id": isinstance(value, (str, int)) and not isinstance(value, bool),
+            "answers": isinstance(value, list)
+            and all(isinstance(a, str) or isinstance(a, dict) and isinstance(a.get("answer"), str) for a in value),
+        }[kind]
+        if not ok:
+            wanted = {
+                "text": "a string",
+                "id": "a string or an integer",
+                "answers": 'a list of strings or {"answer": string}',
+            }
+            raise DataError(f"{where}: {key!r} must be {wanted[kind]}, got {_kind(value)}")
+    return record
 
 
 def majority_first(answers: list[str]) -> list[str]:
@@ -40,9 +73,9 @@ def load_vizwiz(root: str | Path, split: str = "val") -> list[Example]:
     records = _read_json(root / f"{split}.json")
     out = []
     for i, r in enumerate(records):
-        if "image" not in r or "question" not in r:
-            raise DataError(f"{root / f'{split}.json'} record {i} lacks 'image' or 'question'")
-        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in r.get("answers", [])]
+        fields = {"image": "text", "question": "text", "answers": "answers?"}
+        r = _checked(r, f"{root / f'{split}.json'} record {i}", fields)
+        answers = [a["answer"] if isinstance(a, dict) else a for a in r.get("answers", [])]
         out.append(
             Example(
                 id=r["image"],
@@ -58,22 +91,38 @@ def load_vizwiz(root: str | Path, split: str = "val") -> list[Example]:
 def load_okvqa(root: str | Path, split: str = "val") -> list[Example]:
     """VQA-format questions + annotations; COCO 2014 images in ``root/{split}2014/``."""
     root = Path(root)
-    questions = _read_json(root / f"OpenEnded_mscoco_{split}2014_questions.json")["questions"]
+    files = (root / f"OpenEnded_mscoco_{split}2014_questions.json", root / f"mscoco_{split}2014_annotations.json")
+    questions, annotated = (_read_json(f, dict).get(key) for f, key in zip(files, ("questions", "annotations")))
+    for file, items in zip(files, (questions, annotated)):
+        if not isinstance(items, list):
+            raise DataError(f"{file} has no list of {'questions' if file == files[0] else 'annotations'}")
+    questions = [
+        _checked(q, f"{files[0]} question {i}", {"question_id": "id", "image_id": "id", "question": "text"})
+        for i, q in enumerate(questions)
+    ]
     annotations = {
-        a["question_id"]: a for a in _read_json(root / f"mscoco_{split}2014_annotations.json")["annotations"]
+        a["question_id"]: a
+        for a in (
+            _checked(a, f"{files[1]} annotation {i}", {"question_id": "id", "answers": "answers"})
+            for i, a in enumerate(annotated)
+        )
     }
     out = []
     for q in questions:
         ann = annotations.get(q["question_id"])
         if ann is None:
             raise DataError(f"question {q['question_id']} has no annotation in mscoco_{split}2014_annotations.json")
+        if not str(q["image_id"]).isdigit():
+            raise DataError(
+                f"{files[0]}: question {q['question_id']}'s image_id must be a number, got {q['image_id']!r}"
+            )
         image = root / f"{split}2014" / f"COCO_{split}2014_{int(q['image_id']):012d}.jpg"
         out.append(
             Example(
                 id=str(q["question_id"]),
                 images=[LazyImage(image, str(q["question_id"]))],
                 question=q["question"],
-                answers=majority_first([a["answer"] for a in ann["answers"]]),
+                answers=majority_first([a["answer"] if isinstance(a, dict) else a for a in ann["answers"]]),
                 metadata={"answer_type": ann.get("answer_type"), "question_type": ann.get("question_type")},
             )
         )
@@ -259,9 +308,8 @@ def load_mtv_choice(path: str | Path, root: str | Path, kind: str) -> list[Examp
     root = Path(root)
     out = []
     for i, r in enumerate(records):
-        missing = {"pos", "neg", "query", "pos_label", "neg_label"} - set(r)
-        if missing:
-            raise DataError(f"{path} record {i} lacks {sorted(missing)}")
+        fields = {key: "text" for key in ("pos", "neg", "query", "pos_label", "neg_label")}
+        r = _checked(r, f"{path} record {i}", {**fields, "id": "id?"})
         rid = str(r.get("id", i))
         out.append(
             Example(

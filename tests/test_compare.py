@@ -124,7 +124,8 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     # cost columns: LoRA and stv+ (refinement) take a backward pass, MTV and the paper's STV do not
     assert [by_method[m]["backward"] for m in ("mtv", "lora", "paper", "stv+")] == [False, True, False, True]
     assert by_method["lora"]["used"] == by_method["lora"]["stored"] > by_method["mtv"]["used"] > 0
-    assert all(by_method[m]["peak_mb"] > 0 and by_method[m]["fit_s"] > 0 for m in ("mtv", "lora", "paper"))
+    assert all(by_method[m]["peak_mb"] > 0 and by_method[m]["fit_s"] >= 0 for m in ("mtv", "lora", "paper"))
+    assert "fit_s" not in by_method["icl_2"] and "peak_mb" not in by_method["icl_2"]  # ICL fits nothing
     assert result["rows"][-1]["arms"]["mean"] == 0 == result["rows"][-1]["arms"]["centroid"]
     refined = result["rows"][-2]["refine"]  # stv+'s refinement: the start kept and each start's held-out score
     assert refined["start"] in refined["judged"] and set(refined["judged"]) <= {"search", "zero", "steer"}

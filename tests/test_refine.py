@@ -58,7 +58,7 @@ def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_toke
     keys and values that position passes on. In a two-layer model that is layer 0's heads:
     the last layer's output there reaches no later token. Were the correction added at every
     teacher-forced pass (each pass's last position), layer 1 would get a gradient from them."""
-    from stv.methods.refine import _logits, _loss
+    from stv.methods.refine import _logits, answer_loss
 
     lmm = lmm_of("llama")
     train = constant_answer_examples(8, "yes no yes")
@@ -74,7 +74,7 @@ def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_toke
     for name, q in (("all", queries), ("later", later_only)):
         u = torch.zeros(2, lmm.heads.head_dim, requires_grad=True)  # (K, D)
         with torch.enable_grad():
-            (grads[name],) = torch.autograd.grad(_loss(_logits(lmm, vectors, u, q), q), [u])
+            (grads[name],) = torch.autograd.grad(answer_loss(_logits(lmm, vectors, u, q), q), [u])
     assert bool(grads["later"][0].abs().sum() > 0)  # layer 0: reaches later tokens through its keys/values
     assert bool(grads["later"][1].abs().sum() == 0)  # layer 1: only the first token's logits
     assert bool(grads["all"][1].abs().sum() > 0)

@@ -121,7 +121,8 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--model",
         help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
-        "or lab-smollm2 on digit-image tasks, instead of the lab model (smollm2-135m measured: 80-89 min per seed on 2 busy CPU cores; --seed N runs one)",
+        "or lab-smollm2 on digit-image tasks, instead of the lab model (smollm2-135m: about 13 min per (task, seed), "
+        "estimated from the fits' measured times, 15 of them; --seed N runs one seed)",
     )
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")
@@ -131,11 +132,7 @@ def build_parser() -> StvParser:
         help="clear --out first (without it a rerun with the same settings resumes after the "
         "last finished (task, seed), and a folder holding other settings is refused)",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a shorter version (2 tasks, 1 seed; measured: lab 51 s with stv+ v9 and another run on the cores; lab-smollm2 167 s with an earlier stv+)",
-    )
+    p.add_argument("--quick", action="store_true", help="a shorter version (2 tasks, 1 seed, smaller fits)")
     p.add_argument(
         "--report-only",
         action="store_true",

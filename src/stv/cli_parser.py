@@ -62,7 +62,7 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
             "correction at every head's last-token output, learned from zero (a backward pass, no scan, no "
             "search; about LoRA's fit time); forward: stv+'s head search with forward passes only (memory as "
             "at inference: choose it where gradients cannot be taken); stv+: search, then refinement from "
-            "three starts (the most accurate on the tasks it was tuned on, ~15x LoRA's time); paper: the "
+            "three starts (the most accurate on the tasks it was tuned on, ~5x LoRA's time); paper: the "
             "paper's method as first read (L2 ranking, k-means bank, every-step insertion)",
         )
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts

@@ -100,11 +100,6 @@ class LoRAAdapter:
     config: TaskVectorsConfig
     allow_other_weights: bool = False
 
-    @property
-    def numbers(self) -> int:
-        """Numbers stored (every one is used at inference)."""
-        return sum(t.numel() for t in self.tensors.values())
-
     def fingerprint(self) -> str:
         """Hash of the adapter's tensors (16 hex digits)."""
         digest = hashlib.sha256()

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Objective
-from .costs import cost_summary, measured, stored_numbers
+from .costs import cost_summary, measured, needs_backward, stored_numbers
 from .evaluate import generation_accuracy
 from .fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
 from .io import atomic_write_json, atomic_write_text
@@ -147,12 +147,17 @@ def _compare_unit(
         pairs = scan_pairs(train, template, base.pairs, base.shots, np.random.default_rng(seed))
         scan = sensitivity_scan(lmm, pairs, base.batch_size, progress=False)
     scan_s = scan_cost.seconds
-    forward_only = {"peak_mb": round(scan_cost.peak_mb), "backward": False}
+    forward_only = {"peak_mb": round(scan_cost.peak_mb), "backward": needs_backward("mtv", mtv_base)}
     for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, mtv_base, seed, mtv_extras, recheck):
         add(method, vectors, policy=policy, fit_s=scan_s + seconds, cost=forward_only)
     with measured(lmm.device) as cost:
         adapter, _ = fit_lora(lmm, train, LoRAConfig(seed=seed), task=template, progress=False)
-    add("lora", adapter, fit_s=cost.seconds, cost={"peak_mb": round(cost.peak_mb), "backward": True})
+    add(
+        "lora",
+        adapter,
+        fit_s=cost.seconds,
+        cost={"peak_mb": round(cost.peak_mb), "backward": needs_backward("lora", None)},
+    )
     heads = lmm.heads.num_layers * lmm.heads.num_heads
     for name in variants:
         with measured(lmm.device) as cost:
@@ -165,7 +170,7 @@ def _compare_unit(
             vectors,
             policy=vectors.config.policy,
             fit_s=scan_s * scanned + seconds,
-            cost={"peak_mb": round(peak), "backward": config.refine > 0},
+            cost={"peak_mb": round(peak), "backward": needs_backward("stv", config)},
         )
         rows[-1].update(fit_choices(vectors))
     return rows

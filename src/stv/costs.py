@@ -71,6 +71,12 @@ def measured(device: torch.device | str = "cpu") -> Iterator[Cost]:
             cost.peak_mb = max(peak[0], rss_mb())
 
 
+def needs_backward(method: str, config) -> bool:
+    """Whether fitting ``method`` under ``config`` takes gradients through the model (LoRA, and
+    stv with refinement); MTV and a search-only stv run forward passes alone."""
+    return method == "lora" or (method == "stv" and getattr(config, "refine", 0) > 0)
+
+
 def stored_numbers(artifact) -> dict[str, int]:
     """Numbers an artifact stores, and how many of them inference uses (task vectors keep
     their bank and policy for reports; a LoRA adapter uses all it stores)."""

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .compare import fit_choices, fit_variant, fv_task
 from .config import Policy
-from .costs import measured, stored_numbers
+from .costs import measured, needs_backward, stored_numbers
 from .demo_report import write_results
 from .errors import StvError
 from .evaluate import first_token_accuracy, generation_accuracy
@@ -313,7 +313,8 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         bar.set_postfix(seed=seed, method=method)
         bar.update(1)
 
-    def cost(method: str, measured_cost, backward: bool) -> None:
+    def cost(method: str, measured_cost, kind: str, fitted_with) -> None:
+        backward = needs_backward(kind, fitted_with)
         costs[method] = {
             "fit_s": round(measured_cost.seconds, 2),
             "peak_mb": round(measured_cost.peak_mb),
@@ -326,7 +327,7 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
     stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
     with measured(lmm.device) as spent:
         vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
-    cost("stv", spent, stv_cfg.refine > 0)
+    cost("stv", spent, "stv", stv_cfg)
     timings.update({f"stv_{stage}": seconds for stage, seconds in state.timings.items()})
     top_k["stv"] = stv_cfg.top_k
     save_fit(vectors_folder, vectors, stv_cfg)
@@ -335,12 +336,12 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         mtv_vectors, mtv_log = fit_mtv(
             lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
         )
-    cost("mtv", spent, False)  # with means from the scan: the scan's time is in stv's
+    cost("mtv", spent, "mtv", config.mtv)  # with means from the scan: the scan's time is in stv's
     timings.update({f"mtv_{stage}": seconds for stage, seconds in mtv_log.timings.items()})
     record("mtv", vectors=mtv_vectors)
     with measured(lmm.device) as spent:
         adapter, lora_log = fit_lora(lmm, train, replace(config.lora, seed=seed), task=template, progress=False)
-    cost("lora", spent, True)
+    cost("lora", spent, "lora", config.lora)
     timings["lora_train"] = lora_log["train"]
     record("lora", vectors=adapter)
     record("stv", vectors=vectors)
@@ -354,7 +355,7 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
             fitted, seconds = fit_variant(lmm, train, template, state.scan, name, replace(config.stv, seed=seed), seed)
         if variant.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
             spent.seconds += state.timings["scan"]  # the shared scan is part of its cost
-        cost(variant_method(name), spent, variant.refine > 0)
+        cost(variant_method(name), spent, "stv", variant)
         timings[f"{variant_method(name)}_fit"] = seconds
         top_k[variant_method(name)] = fitted.config.hyperparameters["top_k"]
         fits[variant_method(name)] = fit_choices(fitted)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from . import report
 from .fingerprint import check_settings, clear, data_fingerprint, model_identity, note_written
 from .io import atomic_write_json
+from .methods.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, STV_CONFIG
 from .vectors import CONFIG_NAME, WEIGHTS_NAME
 from .version import stv_version
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "stv_adapter.json")  # a LoRA fit's
+ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG)  # what a LoRA fit writes
 FIT_FILES = (
     WEIGHTS_NAME,
     CONFIG_NAME,
@@ -56,7 +57,7 @@ def prepare_fit_folder(folder: str | Path, settings: dict, recompute: bool) -> b
         clear(folder, FIT_FILES)
     folder.mkdir(parents=True, exist_ok=True)
     resumed = check_settings(folder, settings, "task vectors")
-    artifacts = ((WEIGHTS_NAME, CONFIG_NAME), ("adapter_model.safetensors", "stv_adapter.json"))  # vectors, LoRA
+    artifacts = ((WEIGHTS_NAME, CONFIG_NAME), ADAPTER_FILES)  # task vectors, or a LoRA adapter
     return resumed and any(all((folder / name).is_file() for name in names) for names in artifacts)
 
 
@@ -107,12 +108,6 @@ def save_fit(
     return log
 
 
-def needs_backward(method: str, config) -> bool:
-    """Whether fitting ``method`` under ``config`` takes gradients through the model (LoRA, and
-    stv with refinement); MTV and a search-only stv run forward passes alone."""
-    return method == "lora" or (method == "stv" and getattr(config, "refine", 0) > 0)
-
-
 def fit_into(
     folder: str | Path,
     lmm,
@@ -130,7 +125,7 @@ def fit_into(
     settings. The log records the cost: wall time, peak memory, backward pass, numbers
     stored. Only rank 0 writes under data parallelism."""
     from . import distributed
-    from .costs import measured, stored_numbers
+    from .costs import measured, needs_backward, stored_numbers
     from .methods.fit import fit
     from .methods.lora import LoRAConfig, fit_lora
     from .methods.mtv import MTVConfig, fit_mtv

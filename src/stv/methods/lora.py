@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -191,8 +192,6 @@ def fit_lora(
     progress: bool = True,
 ) -> tuple[LoRAAdapter, dict[str, float]]:
     """Train LoRA adapters on ``train``'s zero-shot prompts: (adapter, {"train": seconds})."""
-    import time
-
     config = config or LoRAConfig()
     config.check()
     task = task or task_for(train)
@@ -202,8 +201,9 @@ def fit_lora(
         "r": config.r,
         "lora_alpha": config.alpha,
         "lora_dropout": config.dropout,
-        "target_modules": target_modules(lmm, config.targets),
+        "target_modules": sorted(target_modules(lmm, config.targets)),
         "bias": "none",
+        "peft_type": "LORA",
     }
     stv_config = TaskVectorsConfig.for_fit(lmm, "lora", config, task, train)  # before any adapter is in the model
     rng = np.random.default_rng(config.seed)
@@ -230,9 +230,7 @@ def fit_lora(
 
         tensors = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
     seconds = time.perf_counter() - start
-    peft_config["target_modules"] = sorted(target_modules(lmm, config.targets))
-    adapter = LoRAAdapter(tensors, {**peft_config, "peft_type": "LORA"}, stv_config)
-    return adapter, {"train": seconds}
+    return LoRAAdapter(tensors, peft_config, stv_config), {"train": seconds}
 
 
 def load_fitted(directory: str | Path):

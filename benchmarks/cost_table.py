@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from stv.compare import compare_table, write_compare
+from stv.experiments.compare import compare_table, write_compare
 
 
 def merged(root: Path) -> dict:

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 from stv import distributed  # noqa: E402
 from stv.data import digit_examples  # noqa: E402
-from stv.lab import load_lab  # noqa: E402
+from stv.experiments.lab import load_lab  # noqa: E402
 from stv.methods.fit import scan_pairs  # noqa: E402
 from stv.methods.scan import sensitivity_scan  # noqa: E402
 from stv.tasks import DIGITS  # noqa: E402

@@ -7,7 +7,7 @@ to compress), and which queries no shot count gets right.
 
     python benchmarks/icl_ceiling.py --model smollm2-135m --shots 10,20,40 --write benchmarks/icl-ceiling-smollm2.md
 
-Same queries (``stv.compare.fv_task``, 30 per task), seeds and demonstration draws as
+Same queries (``stv.experiments.compare.fv_task``, 30 per task), seeds and demonstration draws as
 `stv compare`'s ICL rows (the 10-shot column repeats them), greedy generation of 8 tokens.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.compare import fv_task
+from stv.experiments.compare import fv_task
 from stv.evaluate import generation_rows
 from stv.io import atomic_write_text
 

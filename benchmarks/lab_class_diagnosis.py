@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from stv.compare import fit_variant
-from stv.demo import DemoConfig, _data, _load
+from stv.experiments.compare import fit_variant
+from stv.experiments.demo import DemoConfig, _data, _load
 from stv.methods.fit import scan_pairs
 from stv.methods.refine import shifts_of, steered
 from stv.methods.reward import first_token_ids

@@ -22,8 +22,8 @@ torch.set_num_threads(1)
 from stv.config import STVConfig  # noqa: E402
 from stv.data import digit_examples  # noqa: E402
 from stv.evaluate import first_token_accuracy  # noqa: E402
-from stv.lab import load_lab  # noqa: E402
-from stv.lab.curve import test_subset  # noqa: E402
+from stv.experiments.lab import load_lab  # noqa: E402
+from stv.experiments.lab.curve import test_subset  # noqa: E402
 from stv.methods.fit import fit_at, scan_pairs  # noqa: E402
 from stv.methods.mtv import MTVConfig, fit_mtv  # noqa: E402
 from stv.methods.scan import sensitivity_scan  # noqa: E402

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.compare import _mtv_fits, fit_variant, fv_task
+from stv.experiments.compare import _mtv_fits, fit_variant, fv_task
 from stv.evaluate import generation_accuracy
 from stv.methods.fit import STVConfig, scan_pairs
 from stv.methods.refine import at_every_location, refine

@@ -5,6 +5,6 @@ python benchmarks/run.py [--quick] [--write benchmarks/bench-latest.md]
 
 import sys
 
-from stv.cli import main
+from stv.cli.main import main
 
 sys.exit(main(["bench", *sys.argv[1:]]))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.compare import fv_task
-from stv.heads import replace
+from stv.experiments.compare import fv_task
+from stv.hooks.heads import replace
 from stv.methods.fit import scan_pairs
 from stv.methods.reward import first_token_ids
 from stv.methods.scan import record_prompts

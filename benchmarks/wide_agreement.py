@@ -10,7 +10,7 @@ candidate and the fanned-out batch after a cached prefix, in float64, float32 an
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from stv.bench_gpu import agreement
+from stv.experiments.bench_gpu import agreement
 from stv.models import LMM
 from stv.testing.families import _chat_template, build_tokenizer
 

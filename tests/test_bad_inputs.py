@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from stv.cli import main
+from stv.cli.main import main
 
 DIGITS = ["--dataset", "digits:parity_AB"]
 TINY_FIT = ["--top-k", "2", "--clusters", "2", "--pairs", "4", "--context-shots", "2", "--steps", "1", "--samples", "2"]
@@ -386,7 +386,7 @@ def test_score_reads_the_librarys_own_predictions(tmp_path, models, capsys):
 
 def test_scan_takes_only_the_flags_it_uses(capsys):
     """`stv scan` rejects REINFORCE flags it would ignore (exit 2, argparse's message)."""
-    from stv.cli import main
+    from stv.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["scan", "--dataset", "digits:parity_word", "--out", "x", "--steps", "5"])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from stv.bench_gpu import agreement, agreement_prompt, run_gpu
 from stv.data.digits import digit_examples
+from stv.experiments.bench_gpu import agreement, agreement_prompt, run_gpu
 from stv.testing.shapes import SHAPES, build_shape
 
 

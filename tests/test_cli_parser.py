@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stv.cli_parser import build_parser, expand_config
+from stv.cli.parser import build_parser, expand_config
 
 
 def _parse(argv: list[str]):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from stv.cli import main
-from stv.compare import compare_table, fit_variant, run_compare
+from stv.cli.main import main
 from stv.config import STVConfig
-from stv.variants import VARIANTS, variant_config
+from stv.experiments.compare import compare_table, fit_variant, run_compare
+from stv.experiments.variants import VARIANTS, variant_config
 
 from .conftest import TINY_STV_FLAGS
 
@@ -102,7 +102,7 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
 
     scans = []
     real = scan_module.sensitivity_scan
-    monkeypatch.setattr("stv.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    monkeypatch.setattr("stv.experiments.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     result = run_compare(
         lmm_of("llama"),
@@ -192,7 +192,7 @@ def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, famil
 
     scans = []
     real = scan_module.sensitivity_scan
-    monkeypatch.setattr("stv.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
+    monkeypatch.setattr("stv.experiments.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
     lmm, out = lmm_of("llama"), tmp_path / "cmp"
@@ -211,7 +211,8 @@ def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, famil
 
     real_fit = fit_variant
     monkeypatch.setattr(
-        "stv.compare.fit_variant", lambda *a: real_fit(*a) if a[-1] == 0 else (_ for _ in ()).throw(KeyboardInterrupt)
+        "stv.experiments.compare.fit_variant",
+        lambda *a: real_fit(*a) if a[-1] == 0 else (_ for _ in ()).throw(KeyboardInterrupt),
     )
     with pytest.raises(KeyboardInterrupt):  # killed in seed 1: seed 0's rows are there, labelled partial
         run_compare(lmm, ["capitalize"], [0, 1], ["paper"], base, **sizes, out=tmp_path / "killed")
@@ -234,7 +235,8 @@ def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
     steps = []
     real = mtv_module.fit_mtv
     monkeypatch.setattr(
-        "stv.compare.fit_mtv", lambda lmm, train, cfg, **k: steps.append(cfg.steps) or real(lmm, train, cfg, **k)
+        "stv.experiments.compare.fit_mtv",
+        lambda lmm, train, cfg, **k: steps.append(cfg.steps) or real(lmm, train, cfg, **k),
     )
     base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
@@ -284,7 +286,7 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
 
 def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_ones():
     from stv.errors import StvError
-    from stv.variants import variant_spec
+    from stv.experiments.variants import variant_spec
 
     assert variant_spec("stv+") == ("stv+", {})
     assert variant_spec("stv+:refine_start=all:judge_apart=True:refine=5:refine_lr=0.1") == (

@@ -9,7 +9,7 @@ import torch
 from stv.config import STVConfig
 from stv.data import load_dataset
 from stv.errors import StvError
-from stv.heads import record, replace
+from stv.hooks.heads import record, replace
 from stv.methods.continuation import continuation_means, with_continuation
 from stv.methods.fit import fit
 from stv.methods.reward import bank_rewards
@@ -158,7 +158,7 @@ def test_searched_continuation_artifact(lmm_of, tmp_path):
 def test_continuation_search_is_skipped_without_a_second_answer_token():
     """The lab's word-level tokenizer gives " even\\n" one token: nothing to search for."""
     from stv.data import digit_examples
-    from stv.lab import load_lab
+    from stv.experiments.lab import load_lab
 
     lab = load_lab()
     train = digit_examples("parity_word")[:40]

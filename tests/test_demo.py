@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from stv.demo import METHODS, DemoConfig, run_demo
 from stv.errors import SettingsMismatchError, StvError
+from stv.experiments.demo import METHODS, DemoConfig, run_demo
 
 
 def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
@@ -97,10 +97,10 @@ def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
 def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_path, monkeypatch):
     """Settings hold each variant's whole STVConfig, not only its name: when ``stv+`` changes
     (v8 -> v9), a folder of v8 units is refused before anything loads, not resumed."""
-    from stv import variants
     from stv.config import STVConfig
-    from stv.demo import DEMO_OUTPUTS, demo_settings
-    from stv.fingerprint import prepare_folder
+    from stv.experiments import variants
+    from stv.experiments.demo import DEMO_OUTPUTS, demo_settings
+    from stv.runs.fingerprint import prepare_folder
 
     config = DemoConfig.quick()
     loaded = {**demo_settings(None, config), "model": "lab", "weights": "params-sha256:0"}  # as a run records them

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from stv.cli import main
+from stv.cli.main import main
 from stv.data import digit_examples
 from stv.evaluate import run_eval
-from stv.lab import load_lab
+from stv.experiments.lab import load_lab
 from stv.tasks import DIGITS
 
 from .conftest import TINY_STV_FLAGS

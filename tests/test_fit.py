@@ -60,7 +60,7 @@ def test_fit_resumes_a_finished_scan(tmp_path, lmm_of):
 
 
 def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
-    from stv.cli import main
+    from stv.cli.main import main
 
     model = family_dir("idefics3")
     args = ["--model", model, "--dataset", "digits:parity_AB", "--out", str(tmp_path / "run"), *TINY_STV_FLAGS]
@@ -183,7 +183,7 @@ def test_final_keep_lets_writing_nothing_win():
     """With final_keep, the choice that leaves every head alone competes in the final selection:
     on the lab's big_AB, which the model gets mostly right zero-shot, it beats a policy that
     writes garbage everywhere; without final_keep the garbage is all there is."""
-    from stv.lab import load_lab
+    from stv.experiments.lab import load_lab
     from stv.methods.fit import select_final
     from stv.methods.reinforce import ReinforceResult
 
@@ -246,7 +246,7 @@ def test_reinforce_maximises_the_chosen_objective():
     """The objective reaches REINFORCE's reward: on the lab's big_AB the mean reward per step is
     a share of hits (in [0, 1]) under "hits" and a log-prob (< 0) under "log_prob", and the two
     runs end on different policies."""
-    from stv.lab import load_lab
+    from stv.experiments.lab import load_lab
 
     lab = load_lab()
     train = digit_examples("big_AB", "train")[:60]

@@ -99,7 +99,7 @@ def test_named_model_missing_names_the_pip_command(monkeypatch):
 
 
 def test_models_command_lists_every_name(capsys):
-    from stv.cli import main
+    from stv.cli.main import main
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import stv
-from stv.headmap import HeadDiscoveryError
-from stv.heads import record, replace
+from stv.hooks.headmap import HeadDiscoveryError
+from stv.hooks.heads import record, replace
 from stv.testing import FAMILIES
 
 from .conftest import prompt

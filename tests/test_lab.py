@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from stv.data import DIGIT_TASKS, Example, digit_examples, digit_images
-from stv.lab.model import IMAGE_TOKENS, LAB_CHECKPOINT, SEP, build_lab_model
-from stv.lab.train import EpisodeSampler, LabConfig, train_lab
+from stv.experiments.lab.model import IMAGE_TOKENS, LAB_CHECKPOINT, SEP, build_lab_model
+from stv.experiments.lab.train import EpisodeSampler, LabConfig, train_lab
 from stv.models import LMM
 from stv.tasks import DIGITS, sample_demos
 
@@ -60,7 +60,7 @@ def test_training_layout_matches_the_processor():
 def test_short_retraining_learns_in_context(tmp_path):
     """A minute of training must make demonstrations useful (fails if training or episodes break)."""
     from stv.evaluate import first_token_accuracy
-    from stv.lab import load_lab
+    from stv.experiments.lab import load_lab
 
     cfg = LabConfig(
         steps=150,
@@ -87,8 +87,8 @@ def test_short_retraining_learns_in_context(tmp_path):
 
 
 def test_shipped_checkpoint_loads_and_learns_in_context():
-    from stv.lab import load_lab
-    from stv.lab.curve import test_subset
+    from stv.experiments.lab import load_lab
+    from stv.experiments.lab.curve import test_subset
 
     lmm = load_lab()
     assert (LAB_CHECKPOINT / "icl_curve.json").is_file()

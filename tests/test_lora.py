@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stv.cli import main
+from stv.cli.main import main
 from stv.errors import StvError
 from stv.evaluate import generation_accuracy
 from stv.methods.lora import LoRAAdapter, LoRAConfig, fit_lora, load_fitted, target_modules

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stv
-from stv.headmap import HeadDiscoveryError
+from stv.hooks.headmap import HeadDiscoveryError
 from stv.models import ModelLoadError
 from stv.testing import FAMILIES
 

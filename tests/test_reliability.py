@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stv.evaluate
-from stv.cli import main
+from stv.cli.main import main
 from stv.data import DataError, load_dataset
 
 from .test_bad_inputs import TINY_FIT

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from stv.cli import main
+from stv.cli.main import main
 
 EVAL = ["eval", "--dataset", "digits:parity_AB", "--max-new-tokens", "2"]
 FIT = [
@@ -111,7 +111,7 @@ def test_a_model_folder_moved_elsewhere_resumes_and_a_renamed_one_is_named(tmp_p
     in another place resume; the bundled lab checkpoint is "lab" wherever this checkout is."""
     import shutil
 
-    from stv.lab import LAB_CHECKPOINT
+    from stv.experiments.lab import LAB_CHECKPOINT
 
     for place in ("a", "b"):
         shutil.copytree(LAB_CHECKPOINT, tmp_path / place / "mylab")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stv.data import digit_examples
-from stv.heads import replace
+from stv.hooks.heads import replace
 from stv.methods.reward import bank_rewards, first_token_ids
 from stv.tasks import DIGITS
 
@@ -63,7 +63,7 @@ def test_hits_and_margin_objectives():
     minus the best other token's, positive exactly on the hits. Writing nothing on the lab's
     big_AB, which the model gets mostly right zero-shot, scores both as computed prompt by prompt."""
     from stv.evaluate import first_token_accuracy
-    from stv.lab import load_lab
+    from stv.experiments.lab import load_lab
     from stv.methods.reward import TIE_SCALE
 
     lab = load_lab()

@@ -99,7 +99,7 @@ def test_a_finished_scan_is_reused_with_its_mean_shift(lmm_of, tmp_path):
 def test_cli_scan_ranks_by_the_chosen_sensitivity(tmp_path, family_dir, ranking):
     import json
 
-    from stv.cli import main
+    from stv.cli.main import main
 
     out = tmp_path / "scan"
     assert (

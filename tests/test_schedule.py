@@ -10,7 +10,7 @@ import torch
 from stv.config import POLICIES, STVConfig
 from stv.data import digit_examples
 from stv.evaluate import generation_accuracy
-from stv.lab import load_lab
+from stv.experiments.lab import load_lab
 from stv.methods.fit import fit
 from stv.methods.schedule import choose_schedule, schedule_scores
 from stv.tasks import DIGITS, task_for

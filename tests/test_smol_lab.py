@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from stv.data import load_dataset
-from stv.lab import smol
-from stv.lab.align import AlignConfig, image_features, reads_as_digit, train_tower
+from stv.experiments.lab import smol
+from stv.experiments.lab.align import AlignConfig, image_features, reads_as_digit, train_tower
 from stv.models import LMM, load_model
 from stv.tasks import task_for
 

@@ -10,7 +10,7 @@ import stv
 from stv.config import STVConfig
 from stv.data import digit_examples, load_dataset
 from stv.errors import StvError
-from stv.fingerprint import data_fingerprint
+from stv.runs.fingerprint import data_fingerprint
 from stv.tasks import DIGITS, task_for
 from stv.vectors import ArtifactMismatchError, TaskVectors, TaskVectorsConfig
 

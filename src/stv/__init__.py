@@ -17,9 +17,9 @@ __version__ = stv_version()
 _EXPORTS = {
     "Example": "stv.data",
     "load_dataset": "stv.data",
-    "HeadMap": "stv.headmap",
-    "record": "stv.heads",
-    "replace": "stv.heads",
+    "HeadMap": "stv.hooks.headmap",
+    "record": "stv.hooks.heads",
+    "replace": "stv.hooks.heads",
     "STVConfig": "stv.config",
     "fit": "stv.methods.fit",
     "refine": "stv.methods.refine",
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from .data import Example, load_dataset
     from .errors import StvError
     from .evaluate import first_token_accuracy, generation_accuracy, run_eval
-    from .headmap import HeadMap
-    from .heads import record, replace
+    from .hooks.headmap import HeadMap
+    from .hooks.heads import record, replace
     from .methods.fit import fit
     from .methods.lora import LoRAAdapter, LoRAConfig, fit_lora, load_fitted
     from .methods.mtv import MTVConfig, fit_mtv

@@ -11,12 +11,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import StvError
+from .hooks.policy import POLICIES, Policy
 
 if TYPE_CHECKING:
     from .models import LMM
 
-Policy = Literal["every_step", "prompt_last"]
-POLICIES: tuple[Policy, ...] = get_args(Policy)
 Sensitivity = Literal["l2", "mean_delta", "consistency", "relative"]
 SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
 Objective = Literal["log_prob", "hits", "margin"]  # what a search or a final selection maximises

@@ -16,10 +16,10 @@ from . import distributed
 from .config import Policy
 from .data.example import Example
 from .errors import SettingsMismatchError
-from .fingerprint import check_settings, clear, data_fingerprint, example_digest, model_identity, note_written
 from .io import atomic_write_json, atomic_write_text
 from .methods.reward import first_token_ids
 from .models import LMM
+from .runs.fingerprint import check_settings, clear, data_fingerprint, example_digest, model_identity, note_written
 from .tasks import Task, sample_demos, support_demos
 
 

@@ -1,9 +1,11 @@
-"""Tables and plots: sensitivity heatmap, policy curves, accuracy bars, markdown tables."""
+"""Tables and plots: sensitivity heatmap, policy curves, accuracy bars, cost fronts, markdown tables."""
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -212,3 +214,24 @@ def cost_cells(cost: dict) -> str:
     peak = f"{cost['peak_mb']:.0f}" if "peak_mb" in cost else "-"
     evaluated = f"{cost['eval_s']:.1f}" if "eval_s" in cost else "-"
     return " " + " | ".join([fit, peak, backward, used, evaluated]) + " |"
+
+
+@contextmanager
+def section(title: str, lines: list[str]):
+    """Append a markdown section to ``lines`` (and print its title) around the block."""
+    print(f"\n## {title}", flush=True)
+    lines += ["", f"## {title}", ""]
+    yield
+    gc.collect()
+
+
+def table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
+    """Append ``rows`` as a markdown table of ``keys`` to ``lines`` and print it."""
+    head = "| " + " | ".join(keys) + " |"
+    sep = "|" + "---|" * len(keys)
+    body = [
+        "| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows
+    ]
+    for line in [head, sep, *body]:
+        print(line, flush=True)
+        lines.append(line)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Policy
 from .errors import StvError
-from .heads import replace
+from .hooks.heads import replace
 from .io import atomic_write_folder
 from .version import stv_version
 
@@ -53,7 +53,7 @@ class TaskVectorsConfig:
         """The config of vectors fitted on ``lmm`` with ``config`` (an STVConfig or MTVConfig)."""
         import transformers
 
-        from .fingerprint import data_fingerprint
+        from .runs.fingerprint import data_fingerprint
 
         return cls(
             method=method,

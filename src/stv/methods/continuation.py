@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.example import Example
-from ..heads import record
+from ..hooks.heads import record
 from ..models import LMM
 from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors

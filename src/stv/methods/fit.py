@@ -13,9 +13,9 @@ import torch
 from ..config import STVConfig
 from ..data.example import Example
 from ..errors import StvError
-from ..fingerprint import data_fingerprint
-from ..headmap import Location
+from ..hooks.headmap import Location
 from ..models import LMM
+from ..runs.fingerprint import data_fingerprint
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank

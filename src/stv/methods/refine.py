@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from ..config import RefineObjective, RefineStart, STVConfig
 from ..data.example import Example
-from ..headmap import Location
-from ..heads import record
-from ..heads import replace as replace_heads
+from ..hooks.headmap import Location
+from ..hooks.heads import record
+from ..hooks.heads import replace as replace_heads
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors

@@ -15,7 +15,7 @@ from .. import distributed
 from ..config import Objective
 from ..data.example import Example
 from ..errors import StvError
-from ..headmap import Location
+from ..hooks.headmap import Location
 from ..models import LMM
 from ..tasks import Task
 

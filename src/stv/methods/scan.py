@@ -24,8 +24,8 @@ from .. import distributed
 from ..config import SENSITIVITIES, Sensitivity
 from ..distributed import assemble
 from ..errors import StvError
-from ..headmap import Location
-from ..heads import record
+from ..hooks.headmap import Location
+from ..hooks.heads import record
 from ..io import atomic_write_json
 from ..models import LMM, Prompt
 

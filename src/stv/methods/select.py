@@ -12,7 +12,7 @@ import torch
 
 from ..config import Objective
 from ..data.example import Example
-from ..headmap import Location
+from ..hooks.headmap import Location
 from ..models import LMM
 from ..tasks import Task
 from .reinforce import ReinforceResult

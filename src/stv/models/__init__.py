@@ -9,12 +9,13 @@ import transformers
 from transformers import AutoConfig
 
 from ..errors import StvError
-from ..headmap import HeadMap
+from ..hooks.headmap import HeadMap
 from .compat import generation_class
 from .gguf import converted_folder, find_gguf
 from .lmm import LMM, Piece, Prompt, Render
 from .named import NAMED, MissingModelPackage, named_gguf
 from .processors import load_processor
+from .registry import registered
 
 __all__ = ["LMM", "NAMED", "Piece", "Prompt", "Render", "load_model", "ModelLoadError", "resolve_source"]
 
@@ -193,15 +194,15 @@ def resolve_source(
     """(what ``from_pretrained`` should read, a weights fingerprint or None).
 
     Named models and GGUF files become their cached float folder, fingerprinted by the
-    GGUF's sha256; the SmolLM2 lab is assembled once (backbone + shipped tower); anything
+    GGUF's sha256; registered models (the labs) are assembled once; anything
     else (hub id, model folder) passes through unchanged."""
-    if str(name_or_path) == "lab-smollm2":
-        from ..lab.smol import assembled_folder
-
+    model = registered(str(name_or_path))
+    if model is not None:
         try:
-            return assembled_folder(progress)
+            folder, fingerprint = model.resolve(progress)
         except MissingModelPackage as err:
             raise ModelLoadError(str(err)) from None
+        return folder, fingerprint
     try:
         gguf = named_gguf(str(name_or_path)) or find_gguf(name_or_path, gguf_file)
     except MissingModelPackage as err:

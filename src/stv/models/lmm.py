@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from ..errors import StvError
-from ..headmap import HeadMap
-from ..heads import decoding, replace
+from ..hooks.headmap import HeadMap
+from ..hooks.heads import decoding, replace
 from .compat import attention_implementation, cache_keyword, cache_of, croppable
 
 Piece = Union[str, Image.Image]

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from .errors import StvError
+from ..errors import StvError
 
 Location = tuple[int, int]  # (layer, head)
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.digits import DIGIT_TASKS, RANDOM_LABELS, digit_images
-from ..io import atomic_write_json
+from ...data.digits import DIGIT_TASKS, RANDOM_LABELS, digit_images
+from ...io import atomic_write_json
 from .model import IMAGE_TOKENS, SEP, build_lab_model
 
 

@@ -18,17 +18,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..config import STVConfig
+from ..data.digits import digit_examples
+from ..methods.bank import build_bank
+from ..methods.fit import fit_at, scan_pairs
+from ..methods.mtv import MTVConfig, fit_mtv, mtv_bank
+from ..methods.reward import bank_rewards
+from ..methods.scan import sensitivity_scan
+from ..models import LMM, Prompt
+from ..tasks import DIGITS
+from ..testing.shapes import build_shape
 from .bench import INFERENCE_KEYS, SCORING_KEYS, Subject, _prompt, bench_inference, bench_scoring
-from .config import STVConfig
-from .data.digits import digit_examples
-from .methods.bank import build_bank
-from .methods.fit import fit_at, scan_pairs
-from .methods.mtv import MTVConfig, fit_mtv, mtv_bank
-from .methods.reward import bank_rewards
-from .methods.scan import sensitivity_scan
-from .models import LMM, Prompt
-from .tasks import DIGITS
-from .testing.shapes import build_shape
 
 GIB = 2**30
 
@@ -123,7 +123,7 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
 
 def _generate_with_vectors(lmm: LMM, heads: int, image_size: int) -> None:
     """What STV costs at inference: zero-shot prompts with ``heads`` vectors written."""
-    from .heads import replace
+    from ..hooks.heads import replace
 
     queries = digit_examples("size_word", size=image_size)[:16]
     vectors = torch.randn(heads, lmm.heads.head_dim)
@@ -142,8 +142,8 @@ def agreement(lmm: LMM, samples: int, heads: int, prompt: Prompt) -> dict:
     the prefix-cached, fanned-out batch. In bf16 the two paths use different attention
     kernels (causal vs a 4D mask), so they agree to rounding, not bit for bit; run in float32
     (or float64) to see the arithmetic agree."""
-    from .heads import replace
-    from .methods.reward import first_token_ids
+    from ..hooks.heads import replace
+    from ..methods.reward import first_token_ids
 
     locations = lmm.heads.random_locations(heads, np.random.default_rng(1))
     rows = torch.randn(samples, heads, lmm.heads.head_dim, generator=torch.Generator().manual_seed(1))  # (S, K, D)
@@ -242,7 +242,7 @@ def run_gpu(
     shapes: list[str], device: str = "cuda", tiny: bool = False, profile: bool = True
 ) -> tuple[list[str], dict]:
     """Every shape's stages, ratios and (once) a profile, as markdown lines and a JSON dict."""
-    from .bench import section, table
+    from ..report import section, table
 
     dev = torch.device(device)
     sizes = Sizes.smoke() if tiny else Sizes()

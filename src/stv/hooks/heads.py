@@ -17,9 +17,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .config import POLICIES, Policy
-from .errors import StvError
+from ..errors import StvError
 from .headmap import HeadMap, Location
+from .policy import POLICIES, Policy
 
 
 @dataclass(eq=False)  # identity: each writer's own counter, found and removed as itself

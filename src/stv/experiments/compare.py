@@ -17,18 +17,18 @@ from typing import Sequence, cast
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Objective
-from .costs import cost_summary, measured, needs_backward, stored_numbers
-from .evaluate import generation_accuracy
-from .fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
-from .io import atomic_write_json, atomic_write_text
-from .methods.continuation import with_continuation
-from .methods.fit import STVConfig, fit_at, fit_without_search, scan_pairs
-from .methods.lora import LoRAConfig, fit_lora
-from .methods.mtv import MTVConfig, fit_mtv
-from .methods.scan import ScanResult, sensitivity_scan
-from .methods.schedule import choose_schedule
-from .report import COST_HEADER, cost_cells, cost_front
+from ..config import Objective
+from ..evaluate import generation_accuracy
+from ..io import atomic_write_json, atomic_write_text
+from ..methods.continuation import with_continuation
+from ..methods.fit import STVConfig, fit_at, fit_without_search, scan_pairs
+from ..methods.lora import LoRAConfig, fit_lora
+from ..methods.mtv import MTVConfig, fit_mtv
+from ..methods.scan import ScanResult, sensitivity_scan
+from ..methods.schedule import choose_schedule
+from ..report import COST_HEADER, cost_cells, cost_front
+from ..runs.costs import cost_summary, measured, needs_backward, stored_numbers
+from ..runs.fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
 from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
 
 FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a fit chose, kept beside its scores
@@ -188,7 +188,7 @@ def compare_settings(
 ) -> dict:
     """What every row of a compare folder depends on, besides its (task, seed) (``lmm``
     None: all but the model, what can be checked before it loads)."""
-    from .version import stv_version
+    from ..version import stv_version
 
     model = {} if lmm is None else model_identity(lmm)
     return {
@@ -256,8 +256,8 @@ def _mtv_fits(
 def fv_task(task: str, test_per_task: int):
     """(train, held-out queries, template) of a Function Vectors task: the same
     ``test_per_task`` test queries for every method and seed (a fixed draw)."""
-    from .data import load_dataset
-    from .tasks import fixed_subset, task_for
+    from ..data import load_dataset
+    from ..tasks import fixed_subset, task_for
 
     train, test = load_dataset(f"fv:{task}", split="train"), load_dataset(f"fv:{task}", split="test")
     return train, fixed_subset(test, test_per_task), task_for(train)

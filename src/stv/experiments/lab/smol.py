@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import StvError
+from ...errors import StvError
 from .model import digit_processor
 
 BACKBONE = "smollm2-135m"
@@ -101,8 +101,8 @@ def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
 
 def assembled_folder(progress: bool = True) -> tuple[Path, str]:
     """(model folder, fingerprint) of the assembled lab model, built once into the cache."""
-    from ..models import resolve_source
-    from ..models.gguf import cached_build
+    from ...models import resolve_source
+    from ...models.gguf import cached_build
 
     backbone, backbone_id = resolve_source(BACKBONE, progress=progress)
     tower, tower_sha = shipped_tower()
@@ -121,7 +121,7 @@ def assembled_folder(progress: bool = True) -> tuple[Path, str]:
 def load_tower(folder: Path = TOWER, progress: bool = True, backbone: str | Path = BACKBONE):
     """The lab as an LMM: the shipped tower through ``load_model("lab-smollm2")`` (assembled
     and cached), another tower folder (e.g. fresh from training) assembled in memory."""
-    from ..models import LMM, load_model, resolve_source
+    from ...models import LMM, load_model, resolve_source
 
     if Path(folder).resolve() == TOWER.resolve() and backbone == BACKBONE:
         return load_model(NAME, progress=progress)

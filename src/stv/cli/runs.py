@@ -6,14 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_common import model_from_args
-from .errors import StvError
-from .io import atomic_write_json, atomic_write_text
+from ..errors import StvError
+from ..io import atomic_write_json, atomic_write_text
+from .common import model_from_args
 
 
 def _cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
-    from .report import results_table
+    from ..experiments.demo import DemoConfig, run_demo
+    from ..report import results_table
 
     if args.model:
         config = DemoConfig.real(args.model, quick=args.quick)
@@ -33,10 +33,10 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_settings, compare_table, fv_task, prepare_compare_folder, run_compare
-    from .config import default_top_k
-    from .methods.fit import STVConfig
-    from .variants import variant_config
+    from ..config import default_top_k
+    from ..experiments.compare import compare_settings, compare_table, fv_task, prepare_compare_folder, run_compare
+    from ..experiments.variants import variant_config
+    from ..methods.fit import STVConfig
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -76,15 +76,15 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import run_all
+    from ..experiments.bench import run_all
 
     data = None
     if args.device == "cpu" and not args.tiny:
         lines = run_all(quick=args.quick, only=args.only)
     else:
-        from .bench_gpu import run_gpu
-        from .checks import device_available
-        from .testing.shapes import SHAPES
+        from ..checks import device_available
+        from ..experiments.bench_gpu import run_gpu
+        from ..testing.shapes import SHAPES
 
         shapes = [s for s in args.shapes.split(",") if s]
         unknown = [s for s in shapes if s not in SHAPES]
@@ -105,12 +105,12 @@ def _cmd_bench(args) -> int:
 def _cmd_lab(args) -> int:
     if args.backbone:
         return _cmd_lab_smol(args)
-    from .lab import LAB_CHECKPOINT, load_lab
-    from .lab.curve import format_curve, icl_curve, save_curve
+    from ..experiments.lab import LAB_CHECKPOINT, load_lab
+    from ..experiments.lab.curve import format_curve, icl_curve, save_curve
 
     per_task = getattr(args, "per_task", None) or 200
     if args.lab_command == "train":
-        from .lab.train import LabConfig, train_lab
+        from ..experiments.lab.train import LabConfig, train_lab
 
         cfg = LabConfig(seed=args.seed, steps=args.steps) if args.steps else LabConfig(seed=args.seed)
         result = train_lab(args.out, cfg)
@@ -131,8 +131,8 @@ def _cmd_lab(args) -> int:
 
 def _cmd_lab_smol(args) -> int:
     """The SmolLM2 lab: train the tower, or print / recompute its image and text ICL curves."""
-    from .lab import smol
-    from .lab.curve import format_number_curve, number_curve
+    from ..experiments.lab import smol
+    from ..experiments.lab.curve import format_number_curve, number_curve
 
     folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or smol.TOWER)
     if args.lab_command == "info":
@@ -142,7 +142,7 @@ def _cmd_lab_smol(args) -> int:
         curves = json.loads(path.read_text())
     else:
         if args.lab_command == "train":
-            from .lab.align import AlignConfig, train_tower
+            from ..experiments.lab.align import AlignConfig, train_tower
 
             cfg = AlignConfig(
                 steps=args.steps or AlignConfig.steps,

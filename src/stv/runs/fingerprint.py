@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import SettingsMismatchError, StvError
-from .io import atomic_write_json
+from ..errors import SettingsMismatchError, StvError
+from ..io import atomic_write_json
 
 SETTINGS_NAME = "settings.json"
 
@@ -46,15 +46,15 @@ def unit_data(train: Sequence, test: Sequence) -> dict:
 
 
 def model_label(name: str) -> str:
-    """How settings name a model: "lab" for the bundled lab checkpoint, a local folder by its
+    """How settings name a model: a registered model's fixed folder by its name (the bundled lab checkpoint is "lab"), a local folder by its
     own name (the same checkpoint moved or cloned elsewhere is the same model; the weights
     fingerprint beside it tells checkpoints apart), anything else (hub id, named model) as is."""
     path = Path(name)
     if not path.exists():
         return name
-    from .lab import LAB_CHECKPOINT
+    from ..models.registry import name_of_folder
 
-    return "lab" if path.resolve() == LAB_CHECKPOINT.resolve() else path.resolve().name
+    return name_of_folder(path) or path.resolve().name
 
 
 def model_identity(lmm) -> dict:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.digits import digit_images
-from ..io import atomic_write_json
+from ...data.digits import digit_images
+from ...io import atomic_write_json
 from . import smol
 
 # (text before, text after) the digit; sentences that are not prompts of any evaluation task
@@ -108,7 +108,7 @@ def train_tower(
     and save them into ``out``."""
     from safetensors.torch import save_file
 
-    from ..models import resolve_source
+    from ...models import resolve_source
 
     config = config or AlignConfig()
     torch.manual_seed(config.seed)

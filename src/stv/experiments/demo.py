@@ -18,20 +18,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..config import Policy
+from ..errors import StvError
+from ..evaluate import first_token_accuracy, generation_accuracy
+from ..io import atomic_write_json
+from ..methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
+from ..methods.fit import STVConfig, fit
+from ..methods.lora import LoRAConfig, fit_lora
+from ..methods.mtv import MTVConfig, fit_mtv
+from ..runs.costs import measured, needs_backward, stored_numbers
+from ..runs.fingerprint import (
+    SETTINGS_NAME,
+    model_identity,
+    model_label,
+    prepare_folder,
+    stored_unit,
+    unit_data,
+    unit_path,
+)
+from ..runs.folder import save_fit
+from ..tasks import task_for
 from .compare import fit_choices, fit_variant, fv_task
-from .config import Policy
-from .costs import measured, needs_backward, stored_numbers
 from .demo_report import write_results
-from .errors import StvError
-from .evaluate import first_token_accuracy, generation_accuracy
-from .fingerprint import SETTINGS_NAME, model_identity, model_label, prepare_folder, stored_unit, unit_data, unit_path
-from .fitting import save_fit
-from .io import atomic_write_json
-from .methods.ablations import mean_at_top_k, nearest_to_mean, random_heads
-from .methods.fit import STVConfig, fit
-from .methods.lora import LoRAConfig, fit_lora
-from .methods.mtv import MTVConfig, fit_mtv
-from .tasks import task_for
 from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
@@ -60,7 +68,7 @@ class DemoConfig:
     icl_shots: tuple[int, ...] = (1, 4, 16, 32)
     max_new_tokens: int = 0  # >0: also generate and report exact match (text tasks)
     em_policy: Policy = "prompt_last"  # insertion schedule while generating for exact match
-    variants: tuple[str, ...] = ("forward", "fast")  # stv.variants.VARIANTS, fitted on the same scan
+    variants: tuple[str, ...] = ("forward", "fast")  # stv.experiments.variants.VARIANTS, fitted on the same scan
     mtv_means_from_scan: bool = False  # MTV's mean activations = the mean of the scan's (same prompts)
     is_quick: bool = False  # the --quick sizes (recorded so report.md can say how to reproduce it)
     # top_k 0: each method's default for the model (config.default_top_k): the paper's STV a
@@ -158,7 +166,7 @@ METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 def _data(config: DemoConfig, task: str):
     """(train, test, template) of one demo task."""
-    from .data import digit_examples
+    from ..data import digit_examples
     from .lab.curve import test_subset
 
     if config.subject == "lab":
@@ -177,7 +185,7 @@ def _load(config: DemoConfig, checkpoint=None):
         from .lab.model import load_lab
 
         return load_lab(checkpoint)
-    from .models import load_model
+    from ..models import load_model
 
     assert config.model is not None  # subject != "lab"
     return load_model(config.model)
@@ -189,7 +197,7 @@ DEMO_OUTPUTS = ("units", "vectors", "results.json", "report.md", "*.png")  # wha
 def demo_settings(lmm, config: DemoConfig) -> dict:
     """What every (task, seed) unit of a demo folder depends on besides its task and seed
     (``lmm`` None: all but the model, what can be checked before it loads)."""
-    from .version import stv_version
+    from ..version import stv_version
 
     model = {} if lmm is None else model_identity(lmm)
     kept = {k: v for k, v in asdict(config).items() if k not in ("tasks", "seeds")}  # units are independent

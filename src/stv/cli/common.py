@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 
-from .cli_parser import DEFAULT_VARIANT
-from .errors import StvError
+from ..errors import StvError
+from .parser import DEFAULT_VARIANT
 
 
 def distributed_module():
     """The data-parallel helpers, imported on use (they import torch; `stv --help` must not)."""
-    from . import distributed
+    from .. import distributed
 
     return distributed
 
@@ -28,8 +28,8 @@ def quiet_transformers() -> None:
 
 def dataset_from_args(args, split: str):
     """(examples, task template) of ``--dataset`` under ``--root``."""
-    from .data import load_dataset
-    from .tasks import TASKS, TEXT_SEPARATOR, TEXT_TEMPLATE, task_for, text_task
+    from ..data import load_dataset
+    from ..tasks import TASKS, TEXT_SEPARATOR, TEXT_TEMPLATE, task_for, text_task
 
     spec = args.dataset
     try:
@@ -54,8 +54,8 @@ def _unescape(text: str) -> str:
 
 def model_from_args(args):
     """The LMM named by ``--model`` (default: the lab model), checked before loading."""
-    from . import load_model
-    from .lab import LAB_CHECKPOINT
+    from .. import load_model
+    from ..experiments.lab import LAB_CHECKPOINT
 
     max_memory = getattr(args, "max_memory", None)
     if max_memory:  # "0=20GiB,1=20GiB,cpu=64GiB"
@@ -75,7 +75,7 @@ def model_from_args(args):
 def lora_config_from_args(args, seed: int):
     """A LoRAConfig from its fixed defaults with the ``--lora-*`` flags that were given, checked
     before any model loads."""
-    from .methods.lora import LoRAConfig
+    from ..methods.lora import LoRAConfig
 
     given = {name: getattr(args, f"lora_{name}", None) for name in ("r", "steps", "lr")}
     config = LoRAConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
@@ -85,7 +85,7 @@ def lora_config_from_args(args, seed: int):
 
 def stv_config_from_args(args):
     """An STVConfig from ``--variant``'s preset with the flags that were given winning."""
-    from .methods.fit import STVConfig
+    from ..methods.fit import STVConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(STVConfig) if getattr(args, f.name, None) is not None}
     return STVConfig.preset(getattr(args, "variant", None) or DEFAULT_VARIANT, **values)

@@ -9,8 +9,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from .config import SCAN_FIELDS
-from .errors import StvError
+from ..config import SCAN_FIELDS
+from ..errors import StvError
 
 DEFAULT_VARIANT = "fast"  # what `stv fit` uses unless --variant says otherwise (docs/research-log.md, twentieth round)
 
@@ -51,7 +51,7 @@ def _add_data(p) -> None:
 
 def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
     """One flag per STVConfig field (``only``: just these), with the preset switch."""
-    from .config import FIELD_HELP, STVConfig
+    from ..config import FIELD_HELP, STVConfig
 
     if only is None:
         p.add_argument(
@@ -277,7 +277,7 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--variants",
         default="paper,mean_delta,stv+",
-        help="comma-separated, from stv.variants.VARIANTS, each optionally with settings that keep its "
+        help="comma-separated, from stv.experiments.variants.VARIANTS, each optionally with settings that keep its "
         "random draws, e.g. stv+:refine_start=all (empty: ICL and MTV rows only)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each gets its own scan and fits")

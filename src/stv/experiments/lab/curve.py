@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.digits import DIGIT_TASKS, digit_examples
-from ..evaluate import first_token_accuracy
-from ..io import atomic_write_json
-from ..tasks import DIGITS, fixed_subset
+from ...data.digits import DIGIT_TASKS, digit_examples
+from ...evaluate import first_token_accuracy
+from ...io import atomic_write_json
+from ...tasks import DIGITS, fixed_subset
 
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
@@ -68,9 +68,9 @@ def number_curve(
 ) -> dict:
     """The SmolLM2 lab's curve: {"tasks": {task: {shots: {"first_token", "exact_match"}}}} on
     ``numbers`` (digit images) or ``numbers-text`` (the same records, digits as text)."""
-    from ..data.digits import NUMBER_TASKS
-    from ..evaluate import generation_accuracy
-    from ..tasks import task_for
+    from ...data.digits import NUMBER_TASKS
+    from ...evaluate import generation_accuracy
+    from ...tasks import task_for
 
     tasks = list(tasks or NUMBER_TASKS)
     table: dict[str, dict] = {}

@@ -13,12 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import report
+from .. import report
 from .fingerprint import check_settings, clear, data_fingerprint, model_identity, note_written
-from .io import atomic_write_json
-from .methods.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, STV_CONFIG
-from .vectors import CONFIG_NAME, WEIGHTS_NAME
-from .version import stv_version
+from ..io import atomic_write_json
+from ..methods.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, STV_CONFIG
+from ..vectors import CONFIG_NAME, WEIGHTS_NAME
+from ..version import stv_version
 
 ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG)  # what a LoRA fit writes
 FIT_FILES = (
@@ -33,7 +33,7 @@ FIT_FILES = (
 )  # policy.png: older name
 
 if TYPE_CHECKING:
-    from .methods.fit import FitLog
+    from ..methods.fit import FitLog
 
 
 def fit_settings(lmm, train, task, method: str, config, dataset: str | None = None) -> dict:
@@ -124,11 +124,11 @@ def fit_into(
     defaults when None) into ``folder``; None when the folder already holds a fit with these
     settings. The log records the cost: wall time, peak memory, backward pass, numbers
     stored. Only rank 0 writes under data parallelism."""
-    from . import distributed
+    from .. import distributed
     from .costs import measured, needs_backward, stored_numbers
-    from .methods.fit import fit
-    from .methods.lora import LoRAConfig, fit_lora
-    from .methods.mtv import MTVConfig, fit_mtv
+    from ..methods.fit import fit
+    from ..methods.lora import LoRAConfig, fit_lora
+    from ..methods.mtv import MTVConfig, fit_mtv
 
     folder = Path(folder)
     method_cfg = config

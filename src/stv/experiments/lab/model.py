@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.digits import DIGIT_TASKS, RANDOM_LABELS
-from ..errors import StvError
+from ...data.digits import DIGIT_TASKS, RANDOM_LABELS
+from ...errors import StvError
 
 LAB_CHECKPOINT = Path(__file__).parent / "checkpoint"
 IMAGE_SIZE, PATCH = 16, 16
@@ -120,7 +120,7 @@ def digit_processor(tokenizer, image_size: int, patch: int):
 
 def load_lab(path: str | Path | None = None, **kwargs):
     """The shipped lab checkpoint (or another folder), through the ordinary loader."""
-    from ..models import load_model
+    from ...models import load_model
 
     path = Path(path) if path else LAB_CHECKPOINT
     if not (path / "config.json").is_file():

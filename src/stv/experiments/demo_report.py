@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import report
-from .costs import cost_summary
-from .fingerprint import note_written
-from .io import atomic_write_json, atomic_write_text
+from .. import report
+from ..io import atomic_write_json, atomic_write_text
+from ..runs.costs import cost_summary
+from ..runs.fingerprint import note_written
 
 if TYPE_CHECKING:
     from .demo import DemoConfig

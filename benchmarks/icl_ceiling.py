@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.experiments.compare import fv_task
 from stv.evaluate import generation_rows
+from stv.experiments.compare import fv_task
 from stv.io import atomic_write_text
 
 TASKS = ("capitalize", "lowercase_first_letter", "present-past", "choose_first_of_5")

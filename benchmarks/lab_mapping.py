@@ -47,7 +47,7 @@ for task in ("parity_AB", "big_AB"):
                 sizes = {"prompts": 100, "shots": 16, "samples": 32, "queries_per_step": 2, "batch_size": 25}
                 steps, _, objective = setting.partition(":")
                 cfg = MTVConfig(**sizes, steps=int(steps), seed=seed, objective=objective or "log_prob")  # type: ignore[arg-type]
-                vectors, _ = fit_mtv(lab, train, cfg, DIGITS, progress=False)
+                vectors = fit_mtv(lab, train, cfg, DIGITS, progress=False)
             else:
                 stv = STVConfig.plus(**{**SIZES, "seed": seed, **json.loads(setting)}).resolved(lab)
                 locations = scan.top_k(stv.top_k, stv.sensitivity)

@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from stv.evaluate import first_token_accuracy
 from stv.experiments.compare import fit_variant
 from stv.experiments.demo import DemoConfig, _data, _load
-from stv.evaluate import first_token_accuracy
 from stv.methods.fit import scan_pairs
 from stv.methods.scan import sensitivity_scan
 

@@ -20,16 +20,21 @@ import numpy as np
 import torch
 
 from stv import load_model
-from stv.experiments.compare import _mtv_fits, fit_variant, fv_task
 from stv.evaluate import generation_accuracy
+from stv.experiments.compare import _mtv_fits, fit_variant, fv_task
 from stv.methods.fit import STVConfig, scan_pairs
 from stv.methods.refine import at_every_location, refine
 from stv.methods.scan import sensitivity_scan
 from stv.vectors import TaskVectors, TaskVectorsConfig
 
-BASE = STVConfig(top_k=0, clusters=16, pairs=40, shots=10, steps=80, samples=32, batch_size=8)
+BASE = STVConfig.paper(top_k=0, clusters=16, pairs=40, shots=10, steps=80, samples=32, batch_size=8)
 LRS = (0.02, 0.05, 0.1)
 STEPS, BATCH = 60, 16
+
+
+def _first(lr: float) -> STVConfig:
+    """STEPS steps of refinement at ``lr`` on the answer's first token."""
+    return STVConfig(refine=STEPS, refine_lr=lr, refine_objective="first_token")
 
 
 def probe(
@@ -54,7 +59,7 @@ def probe(
         everywhere = at_every_location(start, lmm.heads.all_locations())
         t = time.perf_counter()
         rng = np.random.default_rng(seed)
-        learned, log = refine(lmm, everywhere, train, task, STEPS, 0.05, rng, BATCH, progress=False, objective="answer")
+        learned, log = refine(lmm, everywhere, train, task, config=STVConfig(refine=STEPS), rng=rng, batch=BATCH, progress=False)
         show("mtv_prompt_last + answer refinement at every head", learned, time.perf_counter() - t, log)
         return
     if variants:
@@ -76,7 +81,7 @@ def probe(
     nothing.config = nothing.config.with_(policy="prompt_last")
     for lr in LRS[1:2]:
         t = time.perf_counter()
-        learned, log = refine(lmm, nothing, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
+        learned, log = refine(lmm, nothing, train, task, config=_first(lr), rng=seed, batch=BATCH, progress=False)
         show(f"zero + refined at every head lr {lr}", learned, time.perf_counter() - t, log)
     if zero_only:
         return
@@ -86,7 +91,7 @@ def probe(
     show("stv+", vectors, seconds)
     for lr in LRS:
         t = time.perf_counter()
-        refined, log = refine(lmm, vectors, train, task, STEPS, lr, np.random.default_rng(seed), BATCH, progress=False)
+        refined, log = refine(lmm, vectors, train, task, config=_first(lr), rng=seed, batch=BATCH, progress=False)
         show(f"stv+ refined lr {lr}", refined, time.perf_counter() - t, log)
 
 

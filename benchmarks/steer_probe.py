@@ -15,7 +15,7 @@ import torch
 
 from stv import load_model
 from stv.experiments.compare import fv_task
-from stv.hooks.heads import replace
+from stv.hooks.heads import write_heads
 from stv.methods.fit import scan_pairs
 from stv.methods.reward import first_token_ids
 from stv.methods.scan import record_prompts
@@ -37,7 +37,7 @@ def probe(lmm, task_name: str) -> dict[str, float]:
 
     def acc(values: torch.Tensor, idx: list[int] | None = None) -> float:
         sel = list(range(len(locs))) if idx is None else idx
-        with torch.inference_mode(), replace(lmm.model, lmm.heads, [locs[i] for i in sel], values[..., sel, :]):
+        with torch.inference_mode(), write_heads(lmm.model, lmm.heads, [locs[i] for i in sel], values[..., sel, :]):
             return 100.0 * float((lmm.forward(prompts).argmax(-1) == targets).float().mean())
 
     order = torch.argsort(delta.norm(dim=-1), descending=True).tolist()

@@ -1,6 +1,7 @@
 """The paper's ablations, built from one STV fit: mean at the top-K heads (no bank, no RL), the
 bank centroid nearest the mean (no RL), and STV at random heads."""
 
+import pytest
 import torch
 
 from stv.data import load_dataset
@@ -13,10 +14,12 @@ def _fit(lmm):
     train = load_dataset("fv:capitalize", split="train")[:30]
     task = task_for(train)
     cfg = STVConfig.plus(top_k=4, clusters=3, pairs=6, shots=2, steps=2, samples=4, batch_size=6, prefix_pool=0)
-    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    vectors = fit(lmm, train, cfg, task=task, progress=False)
+    state = vectors.log
     return train, task, cfg, vectors, state
 
 
+@pytest.mark.slow
 def test_mean_and_nearest_centroid_ablations(lmm_of):
     lmm = lmm_of("llama")
     _, _, _, vectors, state = _fit(lmm)
@@ -34,6 +37,7 @@ def test_mean_and_nearest_centroid_ablations(lmm_of):
         torch.testing.assert_close(nearest.vectors[k], state.bank[k, row])
 
 
+@pytest.mark.slow
 def test_random_heads_fit_elsewhere_with_the_same_settings(lmm_of):
     lmm = lmm_of("llama")
     train, task, _, _, state = _fit(lmm)

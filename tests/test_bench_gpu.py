@@ -13,6 +13,7 @@ from stv.testing.shapes import SHAPES, build_shape
     "name, layers, heads, kv_heads, head_dim, vocab, image_tokens",
     [("qwen2-vl-7b", 28, 28, 4, 128, 152064, 256), ("idefics2-8b", 32, 32, 8, 128, 32003, 64)],
 )
+@pytest.mark.slow
 def test_real_shapes_follow_the_published_configs(name, layers, heads, kv_heads, head_dim, vocab, image_tokens):
     """The configs the GPU benchmark builds (no weights here): layers, heads, vocabulary, and
     how many tokens a 448x448 image becomes through the processor."""
@@ -26,6 +27,7 @@ def test_real_shapes_follow_the_published_configs(name, layers, heads, kv_heads,
     assert int((ids == config.image_token_id).sum()) == image_tokens
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_cached_rewards_match_naive_ones():
     """The whole shape pipeline on a tiny Qwen2-VL build on the CPU: every stage reports a
     time, the ratios are computed from them, and the prefix-cached rewards equal one forward

@@ -35,7 +35,7 @@ def test_presets_and_overrides():
     assert STVConfig.preset("stv+").policy == "prompt_last"
     with pytest.raises(ValueError, match="unknown STV variant 'best'"):
         STVConfig.preset("best")
-    base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=1, samples=2)
+    base = STVConfig.paper(top_k=3, clusters=2, pairs=4, shots=2, steps=1, samples=2)
     for name in VARIANTS:  # every variant keeps the run's shared sizes (K, steps scaled only where it says so)
         if name == "stv+_long":
             assert (variant_config(name, base).restarts, STVConfig.plus().restarts) == (1, 3)
@@ -97,13 +97,14 @@ def test_presets_and_overrides():
         assert (cfg.objective, cfg.final_objective, cfg.final_keep) == ("log_prob", "log_prob", False), name
 
 
+@pytest.mark.slow
 def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
     from stv.methods import scan as scan_module
 
     scans = []
     real = scan_module.sensitivity_scan
     monkeypatch.setattr("stv.experiments.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
-    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    base = STVConfig.paper(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     result = run_compare(
         lmm_of("llama"),
         ["capitalize"],
@@ -140,6 +141,7 @@ def test_compare_fits_every_variant_on_one_scan(lmm_of, tmp_path, monkeypatch):
         run_compare(lmm_of("llama"), ["capitalize"], [0], ["nope"], base, progress=False)
 
 
+@pytest.mark.slow
 def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
     out = tmp_path / "tv"
     assert (
@@ -166,8 +168,9 @@ def test_fit_variant_flag_records_the_variant(tmp_path, family_dir, capsys):
     assert config["hyperparameters"]["sensitivity"] == "mean_delta" and config["hyperparameters"]["prefix_pool"] == 2
 
 
+@pytest.mark.slow
 def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
-    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    base = STVConfig.paper(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     result = run_compare(
         lmm_of("llama"),
         ["capitalize"],
@@ -182,10 +185,11 @@ def test_continuation_rows_for_mtv_and_the_variant(lmm_of):
     methods = ["zero_shot", "icl_2", "mtv", "mtv_prompt_last", "mtv_cont", "lora", "stv+_cont"]
     assert [r["method"] for r in result["rows"]] == methods
     assert variant_config("stv+_cont", base).continuation == 4
-    with pytest.raises(ValueError, match="only with policy prompt_last"):
-        STVConfig(continuation=2, policy="every_step").check()
+    with pytest.raises(ValueError, match="needs policy prompt_last"):
+        STVConfig.paper(continuation=2, policy="every_step").check()
 
 
+@pytest.mark.slow
 def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, family_dir, tmp_path, monkeypatch, capsys):
     from stv.errors import SettingsMismatchError
     from stv.methods import scan as scan_module
@@ -193,7 +197,7 @@ def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, famil
     scans = []
     real = scan_module.sensitivity_scan
     monkeypatch.setattr("stv.experiments.compare.sensitivity_scan", lambda *a, **k: scans.append(1) or real(*a, **k))
-    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    base = STVConfig.paper(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
     lmm, out = lmm_of("llama"), tmp_path / "cmp"
     first = run_compare(lmm, ["capitalize"], [0, 1], ["paper"], base, **sizes, out=out)
@@ -229,6 +233,7 @@ def test_compare_keeps_each_unit_and_resumes_only_the_missing_ones(lmm_of, famil
     assert len(scans) == 6 and [p.name for p in (out / "units").iterdir()] == ["capitalize.seed0.json"]
 
 
+@pytest.mark.slow
 def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
     from stv.methods import mtv as mtv_module
 
@@ -238,17 +243,16 @@ def test_mtv_alone_at_its_own_budget(lmm_of, monkeypatch):
         "stv.experiments.compare.fit_mtv",
         lambda lmm, train, cfg, **k: steps.append(cfg.steps) or real(lmm, train, cfg, **k),
     )
-    base = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    base = STVConfig.paper(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     sizes = {"test_per_task": 3, "icl_shots": 2, "max_new_tokens": 2, "progress": False}
     result = run_compare(lmm_of("llama"), ["capitalize"], [0], [], base, **sizes, mtv_steps=6)
     assert [r["method"] for r in result["rows"]] == ["zero_shot", "icl_2", "mtv", "mtv_prompt_last", "lora"]
     assert steps == [6] and result["settings"]["mtv_steps"] == 6
 
 
-def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
-    """stv+ v8 was measured as stv+_both_answer, v7 as stv+ and v9 with v8's draws: under their
-    names now (stv+_v8, stv+_v7, stv+) each fit repeats those draws exactly, and another name
-    draws otherwise."""
+def test_settings_a_name_carries_keep_its_draws_and_another_name_draws_otherwise(lmm_of):
+    """``stv+:refine=2`` searches exactly as ``stv+`` (refinement comes after the search), and a
+    variant with the same search under another name draws otherwise."""
     from stv.data import load_dataset
     from stv.methods.fit import scan_pairs
     from stv.methods.scan import sensitivity_scan
@@ -257,31 +261,18 @@ def test_stv_plus_draws_as_the_variant_it_was_measured_as(lmm_of):
     lmm = lmm_of("llama")
     train = load_dataset("fv:capitalize", split="train")[:40]
     task = task_for(train)
-    base = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    base = STVConfig.paper(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     scan = sensitivity_scan(lmm, scan_pairs(train, task, 4, 2, np.random.default_rng(0)), 4, progress=False)
 
-    def probabilities(name: str) -> torch.Tensor:
-        vectors, _ = fit_variant(lmm, train, task, scan, name, base, 0)
+    def searched(name: str) -> torch.Tensor:
+        vectors, _ = fit_variant(lmm, train, task, scan, f"{name}:refine=2", base, 0)
         assert vectors.probabilities is not None
         return vectors.probabilities
 
-    # settings after the search leave its draws alone (checked once at stv+'s full refinement),
-    # so every other fit here refines for 2 steps only: the same draws, a fraction of the time
-    plus = probabilities("stv+")
-    assert torch.equal(plus, probabilities("stv+:refine=0"))
-
-    def searched(name: str) -> torch.Tensor:
-        return probabilities(f"{name}:refine=2")
-
-    assert torch.equal(plus, searched("stv+_both_answer"))
-    assert torch.equal(searched("stv+_all"), searched("stv+:refine_start=all"))  # measured so
-    measured = "stv+_v8:refine_start=all:steer_margin=2:refine=180"  # stv+_all_long, rounds 16-18's rows
-    assert asdict(variant_config("stv+_all_long", base)) == asdict(variant_config(measured, base))
-    assert asdict(variant_config("stv+", base)) == asdict(variant_config(measured, base))  # v9, measured so
-    assert torch.equal(searched("stv+_v8"), plus)  # v8 draws as it did as stv+
-    assert torch.equal(searched("stv+_all_long"), plus)
-    assert not torch.equal(plus, searched("stv+:judge_apart=True"))  # the search's pool moved
-    assert not torch.equal(plus, searched("stv+_every_answer"))  # the same search, other draws
+    plus = searched("stv+")
+    assert torch.equal(plus, searched("stv+:refine_start=zero"))
+    assert asdict(variant_config("stv+_all_long", base)) == asdict(variant_config("stv+", base))  # v9 = stv+
+    assert not torch.equal(plus, searched("stv+_all_long"))  # the same settings, its own draws
 
 
 def test_a_variant_spec_names_settings_typed_as_the_config_and_refuses_unknown_ones():

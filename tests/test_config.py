@@ -15,13 +15,13 @@ def test_config_errors_are_clear(lmm_of):
     with pytest.raises(
         ValueError, match=r"top_k=99 must be between 0 \(chosen from the model\) and the model's 8 heads"
     ):
-        fit(lmm, train, STVConfig(top_k=99), progress=False)
+        fit(lmm, train, STVConfig.paper(top_k=99), progress=False)
     with pytest.raises(ValueError, match="shots=8 needs more than 8 training examples, got 6"):
-        fit(lmm, train, STVConfig(top_k=2, shots=8), progress=False)
+        fit(lmm, train, STVConfig.paper(top_k=2, shots=8), progress=False)
     with pytest.raises(ValueError, match="queries_per_step=7"):
-        fit(lmm, train, STVConfig(top_k=2, shots=2, queries_per_step=7), progress=False)
+        fit(lmm, train, STVConfig.paper(top_k=2, shots=2, queries_per_step=7), progress=False)
     with pytest.raises(StvError, match="final_objective='accuracy' must be one of log_prob, hits, margin"):
-        STVConfig(final_objective="accuracy").check()  # type: ignore[arg-type]
+        STVConfig.paper(final_objective="accuracy").check()  # type: ignore[arg-type]
     with pytest.raises(StvError, match="final_keep needs keep_arm"):
         STVConfig.plus(keep_arm=False).check()
 
@@ -32,6 +32,7 @@ def test_default_k_follows_the_keep_arm():
     assert [default_top_k(h, keep_arm=False) for h in (16, 72, 270, 1024)] == [8, 18, 64, 64]
 
 
+@pytest.mark.slow
 def test_top_k_zero_resolves_per_preset(lmm_of):
     lmm = lmm_of("llama")
     heads = lmm.heads.num_layers * lmm.heads.num_heads
@@ -39,8 +40,9 @@ def test_top_k_zero_resolves_per_preset(lmm_of):
     assert STVConfig.paper(top_k=0).resolved(lmm).top_k == default_top_k(heads, keep_arm=False)
     assert STVConfig.paper(top_k=3).resolved(lmm).top_k == 3  # a given K stays
     with pytest.raises(StvError, match="top_k=-1 must be >= 0"):
-        STVConfig(top_k=-1).check()
-    vectors, log = fit(
+        STVConfig.paper(top_k=-1).check()
+    vectors = fit(
         lmm, text_examples(12), STVConfig.plus(clusters=2, pairs=4, shots=2, steps=1, samples=2), progress=False
     )
+    log = vectors.log
     assert len(log.locations) == heads and vectors.config.hyperparameters["top_k"] == heads  # recorded resolved

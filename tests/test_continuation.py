@@ -9,10 +9,11 @@ import torch
 from stv.config import STVConfig
 from stv.data import load_dataset
 from stv.errors import StvError
-from stv.hooks.heads import record, replace
+from stv.hooks.heads import record_heads, write_heads
 from stv.methods.continuation import continuation_means, with_continuation
 from stv.methods.fit import fit
 from stv.methods.reward import bank_rewards
+from stv.models.compat import cache_keyword, cache_of
 from stv.tasks import task_for
 from stv.vectors import TaskVectors
 
@@ -28,21 +29,21 @@ def test_generated_tokens_get_their_continuation_rows(lmm_of):
         head = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)[0, 3]
         seen.append(next((v for v in (7.0, 8.0) if torch.allclose(head, torch.full_like(head, v))), None))
 
-    with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
+    with write_heads(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
         handle = heads.projections[1].register_forward_pre_hook(observe)
         try:
             lmm.generate([["go on"]], max_new_tokens=5, min_new_tokens=5)
         finally:
             handle.remove()
     assert seen == [7.0, 8.0, None, None, None]  # prompt, token 1, token 2 left alone (NaN), then nothing
-    with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
+    with write_heads(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later):
         with pytest.raises(ValueError, match="continuation needs the KV cache"):
             lmm.generate([["go on"]], max_new_tokens=3, use_cache=False)
     with pytest.raises(ValueError, match="policy 'every_step' already writes every token"):
-        with replace(lmm.model, heads, [(1, 3)], first, policy="every_step", continuation=later):
+        with write_heads(lmm.model, heads, [(1, 3)], first, policy="every_step", continuation=later):
             pass
     with pytest.raises(ValueError, match="continuation must have shape"):
-        with replace(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later[0]):
+        with write_heads(lmm.model, heads, [(1, 3)], first, policy="prompt_last", continuation=later[0]):
             pass
 
 
@@ -64,7 +65,7 @@ def test_means_are_outputs_at_the_answer_positions(lmm_of):
     inputs = lmm.prepare([text], positions=False)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([[first]])], 1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
-    with record(lmm.heads, locs) as rec, torch.no_grad():
+    with record_heads(lmm.heads, locs) as rec, torch.no_grad():
         lmm.model(**inputs)
     torch.testing.assert_close(means[0], rec.values[0], atol=1e-4, rtol=1e-4)
     assert means.shape == (2, 2, lmm.heads.head_dim)
@@ -106,13 +107,13 @@ def test_next_token_reward_is_the_log_prob_after_the_first_answer_token(lmm_of):
             inputs = lmm.prepare([task.prompt([], query)], positions=False)
             n = inputs["input_ids"].shape[1]
             with torch.no_grad():
-                with replace(lmm.model, heads, fitted.location_list(), fitted.vectors):
-                    cache = lmm.model(**inputs, use_cache=True).past_key_values
-                with replace(lmm.model, heads, everywhere, bank[torch.arange(len(everywhere)), choice]):
+                with write_heads(lmm.model, heads, fitted.location_list(), fitted.vectors):
+                    cache = cache_of(lmm.model(**inputs, use_cache=True))
+                with write_heads(lmm.model, heads, everywhere, bank[torch.arange(len(everywhere)), choice]):
                     logits = lmm.model(
                         input_ids=torch.tensor([[ids[0]]]),
                         attention_mask=torch.ones(1, n + 1, dtype=torch.long),
-                        past_key_values=cache,
+                        **{cache_keyword(lmm.model): cache},
                         position_ids=torch.tensor([[n]]),
                     ).logits[0, -1]
             want[s] += torch.log_softmax(logits.float(), -1)[ids[1]] / len(train)
@@ -136,7 +137,8 @@ def test_searched_continuation_artifact(lmm_of, tmp_path):
         final_items=4,
         refine=0,  # the search's heads only: a correction adds every head (NaN, shifted)
     )
-    vectors, log = fit(lmm, train, config, progress=False)
+    vectors = fit(lmm, train, config, progress=False)
+    log = vectors.log
     assert "continuation_search" in log.timings and vectors.config.policy == "prompt_last"
     written_first = ~torch.isnan(vectors.vectors).any(-1)
     written_later = ~torch.isnan(vectors.continuation[0]).any(-1)
@@ -155,6 +157,7 @@ def test_searched_continuation_artifact(lmm_of, tmp_path):
             STVConfig.plus(**{"continuation_search": 3, **bad}).check()
 
 
+@pytest.mark.slow
 def test_continuation_search_is_skipped_without_a_second_answer_token():
     """The lab's word-level tokenizer gives " even\\n" one token: nothing to search for."""
     from stv.data import digit_examples
@@ -163,5 +166,5 @@ def test_continuation_search_is_skipped_without_a_second_answer_token():
     lab = load_lab()
     train = digit_examples("parity_word")[:40]
     config = STVConfig.plus(clusters=2, pairs=8, shots=2, steps=2, samples=4, batch_size=8, restarts=1)
-    vectors, _ = fit(lab, train, config, progress=False)
+    vectors = fit(lab, train, config, progress=False)
     assert vectors.config.extra["continuation_search"]["steps"] == 0 and vectors.continuation is None

@@ -10,6 +10,7 @@ from stv.errors import SettingsMismatchError, StvError
 from stv.experiments.demo import METHODS, DemoConfig, run_demo
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     summary = run_demo(tmp_path, DemoConfig.quick(), progress=False)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -62,6 +63,7 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     assert json.loads(unit.read_text())["scores"]["mtv"] == [12.34]
 
 
+@pytest.mark.slow
 def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
     tiny = DemoConfig.quick()
     tiny = replace(
@@ -95,9 +97,9 @@ def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
 
 
 def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_path, monkeypatch):
-    """Settings hold each variant's whole STVConfig, not only its name: when ``stv+`` changes
-    (v8 -> v9), a folder of v8 units is refused before anything loads, not resumed."""
-    from stv.config import STVConfig
+    """Settings hold each variant's whole STVConfig, not only its name: when a variant's
+    definition changes, a folder of units fitted under the old one is refused before anything
+    loads, not resumed."""
     from stv.experiments import variants
     from stv.experiments.demo import DEMO_OUTPUTS, demo_settings
     from stv.runs.fingerprint import prepare_folder
@@ -106,8 +108,32 @@ def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_pa
     loaded = {**demo_settings(None, config), "model": "lab", "weights": "params-sha256:0"}  # as a run records them
     prepare_folder(tmp_path, loaded, False, "demo results", DEMO_OUTPUTS)
     prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)  # same: resumes
-    monkeypatch.setitem(
-        variants.VARIANTS, "fast", lambda base: STVConfig.fast(**variants._sizes(base), refine_start="search")
-    )
+    monkeypatch.setitem(variants.VARIANTS, "fast", variants.Variant("fast", {"steps": 0, "refine_start": "search"}))
     with pytest.raises(SettingsMismatchError, match=r"variants\.fast\.refine_start"):
         prepare_folder(tmp_path, demo_settings(None, config), False, "demo results", DEMO_OUTPUTS)
+
+
+@pytest.mark.slow
+def test_units_in_worker_processes_equal_units_in_this_one(tmp_path):
+    """``jobs`` 2 runs the (task, seed) units in two processes: the same scores, unit by unit."""
+    tiny = DemoConfig.quick()
+    tiny = replace(
+        tiny,
+        tasks=("parity_word",),
+        seeds=(0, 1),
+        test_per_task=20,
+        icl_shots=(1,),
+        variants=("fast",),
+        stv=replace(tiny.stv, pairs=10, steps=5, samples=4),
+        mtv=replace(tiny.mtv, prompts=10, steps=5, samples=4),
+        lora=replace(tiny.lora, steps=5),
+    )
+    apart = run_demo(tmp_path / "apart", tiny, progress=False, jobs=2)
+    together = run_demo(tmp_path / "together", tiny, progress=False, jobs=1)
+    assert apart["units"] == together["units"] == [2, 2] and apart["methods"] == together["methods"]
+    for seed in (0, 1):
+        one, two = (
+            json.loads((tmp_path / k / "units" / f"parity_word.seed{seed}.json").read_text())
+            for k in ("apart", "together")
+        )
+        assert one["scores"] == two["scores"]

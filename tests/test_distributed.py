@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
@@ -26,6 +27,7 @@ def _run(cmd, out):
     return json.loads((out / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_process_scan_bank_and_eval_equal_one_process(tmp_path, family_dir):
     model = family_dir("llava")
     single = _run([sys.executable, WORKER, model, str(tmp_path / "one")], tmp_path / "one")

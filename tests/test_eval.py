@@ -99,6 +99,7 @@ def test_score_cli_vqa_vizwiz_choice(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
 
 
+@pytest.mark.slow
 def test_cli_fit_and_eval_on_a_vizwiz_fixture(tmp_path, family_dir, capsys):
     """Plumbing on real dataset files: VizWiz layout, tiny Qwen2-VL, generation + official metric."""
     import numpy as np

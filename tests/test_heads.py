@@ -5,7 +5,7 @@ import torch
 
 import stv
 from stv.hooks.headmap import HeadDiscoveryError
-from stv.hooks.heads import record, replace
+from stv.hooks.heads import record_heads, write_heads
 from stv.testing import FAMILIES
 
 from .conftest import prompt
@@ -25,7 +25,7 @@ def test_record_matches_attention_output(lmm_of, family):
         for i, m in enumerate(attn_modules)
     ]
     try:
-        with record(heads) as rec, torch.no_grad():
+        with record_heads(heads) as rec, torch.no_grad():
             lmm.model(**lmm.prepare([prompt(lmm, 2, "what digit")]))
     finally:
         for h in handles:
@@ -43,11 +43,11 @@ def test_replace_with_own_value_is_identity_and_zeros_change(lmm_of, family):
     p = [prompt(lmm, 1, "which one")]
     locs = [(0, 1), (lmm.heads.num_layers - 1, 2)]
     base = lmm.forward(p)
-    with record(lmm.heads, locs) as rec, torch.no_grad():
+    with record_heads(lmm.heads, locs) as rec, torch.no_grad():
         lmm.model(**lmm.prepare(p))
-    with replace(lmm.model, lmm.heads, locs, rec.values[0]):
+    with write_heads(lmm.model, lmm.heads, locs, rec.values[0]):
         same = lmm.forward(p)
-    with replace(lmm.model, lmm.heads, locs, torch.zeros(len(locs), lmm.heads.head_dim)):
+    with write_heads(lmm.model, lmm.heads, locs, torch.zeros(len(locs), lmm.heads.head_dim)):
         zeroed = lmm.forward(p)
     assert (same - base).abs().max() <= 1e-5
     assert (zeroed - base).abs().max() > 1e-3
@@ -60,23 +60,23 @@ def test_shifts_are_added_after_the_write(lmm_of, family):
     p = [prompt(lmm, 1, "which one")]
     last = lmm.heads.num_layers - 1
     locs = [(last, 0), (last, 2)]  # one layer: an edit cannot change the other head's own output
-    with record(lmm.heads, locs) as rec, torch.no_grad():
+    with record_heads(lmm.heads, locs) as rec, torch.no_grad():
         lmm.model(**lmm.prepare(p))
     own, shift = rec.values[0], torch.randn(len(locs), lmm.heads.head_dim)
-    with replace(lmm.model, lmm.heads, locs, own + shift):
+    with write_heads(lmm.model, lmm.heads, locs, own + shift):
         by_hand = lmm.forward(p)
     nan = torch.full_like(own, float("nan"))
-    with replace(lmm.model, lmm.heads, locs, nan, shifts=shift):
+    with write_heads(lmm.model, lmm.heads, locs, nan, shifts=shift):
         steered = lmm.forward(p)
     torch.testing.assert_close(steered, by_hand, atol=1e-5, rtol=1e-4)
     value = torch.randn_like(own)
-    with replace(lmm.model, lmm.heads, locs, value, shifts=shift):
+    with write_heads(lmm.model, lmm.heads, locs, value, shifts=shift):
         summed = lmm.forward(p)
-    with replace(lmm.model, lmm.heads, locs, value + shift):
+    with write_heads(lmm.model, lmm.heads, locs, value + shift):
         torch.testing.assert_close(summed, lmm.forward(p), atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="shifts"), replace(lmm.model, lmm.heads, locs, own, shifts=shift[:1]):
+    with pytest.raises(ValueError, match="shifts"), write_heads(lmm.model, lmm.heads, locs, own, shifts=shift[:1]):
         pass
-    with pytest.raises(ValueError, match="NaN"), replace(lmm.model, lmm.heads, locs, own, shifts=nan):
+    with pytest.raises(ValueError, match="NaN"), write_heads(lmm.model, lmm.heads, locs, own, shifts=nan):
         pass
 
 
@@ -85,11 +85,11 @@ def test_left_padded_batch_records_like_single_prompts(lmm_of, family):
     lmm = lmm_of(family)
     a = prompt(lmm, 1, "short", seed=1)
     b = prompt(lmm, 3, "a much longer question about the three items", seed=5)
-    with record(lmm.heads) as batch, torch.no_grad():
+    with record_heads(lmm.heads) as batch, torch.no_grad():
         lmm.model(**lmm.prepare([a, b]))
     singles = []
     for p in (a, b):
-        with record(lmm.heads) as one, torch.no_grad():
+        with record_heads(lmm.heads) as one, torch.no_grad():
             lmm.model(**lmm.prepare([p]))
         singles.append(one.values)
     torch.testing.assert_close(batch.values, torch.cat(singles), atol=1e-4, rtol=1e-4)
@@ -108,7 +108,7 @@ def test_generate_policy(lmm_of, family, policy):
         head = args[0][:, -1].view(args[0].shape[0], heads.num_heads, heads.head_dim)[:, 3]
         seen.append(bool(torch.allclose(head, value.to(head.dtype).expand_as(head))))
 
-    with replace(lmm.model, heads, [loc], value, policy=policy):
+    with write_heads(lmm.model, heads, [loc], value, policy=policy):
         handle = heads.projections[1].register_forward_pre_hook(observe)  # runs after ours
         try:
             lmm.generate([prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")], max_new_tokens=4, min_new_tokens=4)
@@ -131,8 +131,8 @@ def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
     later = torch.randn(1, 2, heads.head_dim, generator=torch.Generator().manual_seed(1)) * 3  # (T, K, D)
     prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")]
     cont = later if policy == "prompt_last" else None
-    with replace(lmm.model, heads, locs, values, policy=policy, continuation=cont), torch.no_grad():
-        with replace(lmm.model, heads, locs[:1], values[:1], policy=policy):
+    with write_heads(lmm.model, heads, locs, values, policy=policy, continuation=cont), torch.no_grad():
+        with write_heads(lmm.model, heads, locs[:1], values[:1], policy=policy):
             pass  # a writer entered and left inside leaves the outer one's pass count alone
         inputs = lmm.prepare(prompts, positions=False)
         out = lmm.model.generate(
@@ -156,28 +156,28 @@ def test_per_row_values_and_shape_errors(lmm_of):
     p = [prompt(lmm, 1, "a"), prompt(lmm, 2, "b")]
     locs = [(0, 0)]
     values = torch.stack([torch.zeros(1, lmm.heads.head_dim), torch.ones(1, lmm.heads.head_dim) * 3])
-    with replace(lmm.model, lmm.heads, locs, values):
-        with record(lmm.heads, locs) as rec, torch.no_grad():
+    with write_heads(lmm.model, lmm.heads, locs, values):
+        with record_heads(lmm.heads, locs) as rec, torch.no_grad():
             lmm.model(**lmm.prepare(p))
     # record hooks were registered after replace's, so they see the replaced input
     torch.testing.assert_close(rec.values, values)
     with pytest.raises(ValueError, match="values must have shape"):
-        with replace(lmm.model, lmm.heads, locs, torch.zeros(2, lmm.heads.head_dim)):
+        with write_heads(lmm.model, lmm.heads, locs, torch.zeros(2, lmm.heads.head_dim)):
             pass
     with pytest.raises(ValueError, match="outside this model"):
-        with replace(lmm.model, lmm.heads, [(99, 0)], torch.zeros(1, lmm.heads.head_dim)):
+        with write_heads(lmm.model, lmm.heads, [(99, 0)], torch.zeros(1, lmm.heads.head_dim)):
             pass
 
 
 def test_generate_refuses_no_cache_and_chunked_prefill(lmm_of):
     lmm = lmm_of("llama")
     value = torch.zeros(1, lmm.heads.head_dim)
-    with replace(lmm.model, lmm.heads, [(0, 0)], value):
+    with write_heads(lmm.model, lmm.heads, [(0, 0)], value):
         with pytest.raises(ValueError, match="needs the KV cache"):
             lmm.generate([prompt(lmm, 0, "a")], max_new_tokens=2, use_cache=False)
         with pytest.raises(ValueError, match="chunked prefill"):
             lmm.generate([prompt(lmm, 0, "a")], max_new_tokens=2, prefill_chunk_size=4)
-    with replace(lmm.model, lmm.heads, [(0, 0)], value, policy="prompt_last"):
+    with write_heads(lmm.model, lmm.heads, [(0, 0)], value, policy="prompt_last"):
         assert len(lmm.generate([prompt(lmm, 0, "a")], max_new_tokens=2, use_cache=False)) == 1
 
 
@@ -189,12 +189,12 @@ def test_hooks_removed_after_exit_and_after_exception(lmm_of):
         return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in lmm.model.modules())
 
     before = hook_count()
-    with replace(lmm.model, lmm.heads, [(0, 0)], value), record(lmm.heads):
+    with write_heads(lmm.model, lmm.heads, [(0, 0)], value), record_heads(lmm.heads):
         assert hook_count() > before
         assert "generate" in lmm.model.__dict__
     assert hook_count() == before and "generate" not in lmm.model.__dict__
     with pytest.raises(RuntimeError, match="boom"):
-        with replace(lmm.model, lmm.heads, [(0, 0)], value), record(lmm.heads):
+        with write_heads(lmm.model, lmm.heads, [(0, 0)], value), record_heads(lmm.heads):
             raise RuntimeError("boom")
     assert hook_count() == before and "generate" not in lmm.model.__dict__
 
@@ -216,9 +216,9 @@ def test_module_pattern_override_and_clear_errors(tmp_path):
     heads = stv.HeadMap.from_model(model, pattern="transformer.h.{layer}.attn.c_proj")
     assert (heads.num_layers, heads.num_heads, heads.head_dim) == (2, 4, 8)
     ids = torch.tensor([[1, 2, 3, 4]])
-    with record(heads) as rec, torch.no_grad():
+    with record_heads(heads) as rec, torch.no_grad():
         model(ids)
-    with replace(model, heads, heads.all_locations(), rec.values[0]), torch.no_grad():
+    with write_heads(model, heads, heads.all_locations(), rec.values[0]), torch.no_grad():
         same = model(ids).logits
     torch.testing.assert_close(same, model(ids).logits)
     with pytest.raises(HeadDiscoveryError, match="matched nothing"):
@@ -233,7 +233,7 @@ def test_record_at_given_positions(lmm_of):
     seen = {}
     handle = lmm.heads.projections[1].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
     try:
-        with record(lmm.heads, [(1, 2)], positions=[3, 5]) as rec, torch.no_grad():
+        with record_heads(lmm.heads, [(1, 2)], positions=[3, 5]) as rec, torch.no_grad():
             lmm.model(**inputs)
     finally:
         handle.remove()

@@ -1,6 +1,7 @@
 """The digits tasks, the episode builder and a short retraining of a small lab model."""
 
 import numpy as np
+import pytest
 import torch
 
 from stv.data import DIGIT_TASKS, Example, digit_examples, digit_images
@@ -57,6 +58,7 @@ def test_training_layout_matches_the_processor():
     assert (ids[batch["sep_positions"]] == sep).all()
 
 
+@pytest.mark.slow
 def test_short_retraining_learns_in_context(tmp_path):
     """A minute of training must make demonstrations useful (fails if training or episodes break)."""
     from stv.evaluate import first_token_accuracy

@@ -23,7 +23,8 @@ def test_lora_learns_the_answer_and_leaves_the_model_as_it_was(lmm_of, family, t
     train, test = constant_answer_examples(64), constant_answer_examples(80)[64:]
     task = task_for(train)
     before = {k: v.clone() for k, v in lmm.model.state_dict().items()}
-    adapter, timings = fit_lora(lmm, train, LoRAConfig(steps=30, lr=1e-2), task, progress=False)
+    adapter = fit_lora(lmm, train, LoRAConfig(steps=30, lr=1e-2), task, progress=False)
+    timings = adapter.log
     after = lmm.model.state_dict()
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
     assert generation_accuracy(lmm, test, task, train, 0, None, max_new_tokens=4) == (0.0, 0.0)
@@ -42,12 +43,13 @@ def test_lora_learns_the_answer_and_leaves_the_model_as_it_was(lmm_of, family, t
     assert generation_accuracy(lmm, test, task, train, 0, again, max_new_tokens=4) == (100.0, 100.0)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft itself reads it
 def test_the_folder_is_peft_s_own_format(lmm_of, tmp_path):
     from peft import PeftModel
 
     lmm = lmm_of("llama")
     train = constant_answer_examples(16)
-    adapter, _ = fit_lora(lmm, train, LoRAConfig(steps=2), task_for(train), progress=False)
+    adapter = fit_lora(lmm, train, LoRAConfig(steps=2), task_for(train), progress=False)
     adapter.save_pretrained(tmp_path / "a")
     peft_model = PeftModel.from_pretrained(lmm.model, str(tmp_path / "a"))
     loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
@@ -60,7 +62,7 @@ def test_same_seed_same_adapter_other_seed_other(lmm_of):
     lmm = lmm_of("llama")
     train = constant_answer_examples(32)
     task = task_for(train)
-    a, b, c = (fit_lora(lmm, train, LoRAConfig(steps=3, seed=s), task, progress=False)[0] for s in (0, 0, 1))
+    a, b, c = (fit_lora(lmm, train, LoRAConfig(steps=3, seed=s), task, progress=False) for s in (0, 0, 1))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
@@ -81,7 +83,7 @@ def test_bad_settings_are_refused(change, message):
 def test_damaged_or_foreign_adapters_are_refused(lmm_of, tmp_path):
     lmm, other = lmm_of("llama"), lmm_of("qwen2")
     train = constant_answer_examples(16)
-    adapter, _ = fit_lora(lmm, train, LoRAConfig(steps=1), task_for(train), progress=False)
+    adapter = fit_lora(lmm, train, LoRAConfig(steps=1), task_for(train), progress=False)
     adapter.save_pretrained(tmp_path / "a")
     with pytest.raises(ArtifactMismatchError):
         with adapter.apply(other):
@@ -131,7 +133,8 @@ def test_fast_preset_fits_without_a_scan(lmm_of, tmp_path):
 
     lmm = lmm_of("llama")
     train = constant_answer_examples(96)
-    vectors, log = fit(lmm, train, STVConfig.fast(refine=20, refine_lr=0.5), progress=False, workdir=tmp_path / "scan")
+    vectors = fit(lmm, train, STVConfig.fast(refine=20, refine_lr=0.5), progress=False, workdir=tmp_path / "scan")
+    log = vectors.log
     assert log.scan_result is None and not (tmp_path / "scan").exists()
     assert len(vectors.locations) == lmm.heads.num_layers * lmm.heads.num_heads
     assert set(log.timings) == {"refine"} and np.isfinite(vectors.shifts.numpy()).all()
@@ -149,8 +152,8 @@ def test_artifacts_apply_to_a_plain_transformers_model(lmm_of, family_dir):
 
     lmm = lmm_of("llama")
     train = constant_answer_examples(96)
-    vectors, _ = fit(lmm, train, STVConfig.fast(refine=20, refine_lr=0.5), progress=False)
-    adapter, _ = fit_lora(lmm, train, LoRAConfig(steps=30, lr=1e-2), task_for(train), progress=False)
+    vectors = fit(lmm, train, STVConfig.fast(refine=20, refine_lr=0.5), progress=False)
+    adapter = fit_lora(lmm, train, LoRAConfig(steps=30, lr=1e-2), task_for(train), progress=False)
     model = AutoModelForCausalLM.from_pretrained(family_dir("llama"))
     tokenizer = AutoTokenizer.from_pretrained(family_dir("llama"))
     text = "".join(p for p in task_for(train).prompt([], constant_answer_examples(120)[100]) if isinstance(p, str))

@@ -27,7 +27,8 @@ def test_head_search_drops_heads_whose_vector_hurts(lmm_of):
     good, bad = order[:2], order[-2:]  # the tiny random model's effects are small (~0.1 nat) but real
     assert harm[bad].min() > 0 > harm[good].max()
     cfg = MTVConfig(steps=40, samples=16, queries_per_step=4, final_masks=6, final_items=8, batch_size=8)
-    vectors, log = fit_mtv(lmm, train, cfg, task=task, progress=False, means=means)
+    vectors = fit_mtv(lmm, train, cfg, task=task, progress=False, means=means)
+    log = vectors.log
     keep = log.search.probabilities[:, 1]
     assert log.scan_result is None and len(log.locations) == n and set(log.timings) == {"means", "search"}
     assert keep[bad].max() < 0.15 and keep[good].min() > 0.5  # every head started at 0.27
@@ -43,7 +44,7 @@ def test_shifted_mtv_steers_the_heads_it_keeps(lmm_of):
     n = len(lmm.heads.all_locations())
     shifts = torch.randn(n, lmm.heads.head_dim)
     cfg = MTVConfig(steps=4, samples=8, queries_per_step=2, final_masks=4, final_items=8, batch_size=8)
-    vectors, _ = fit_mtv(lmm, train, cfg, task=task, progress=False, means=torch.zeros_like(shifts), shifts=shifts)
+    vectors = fit_mtv(lmm, train, cfg, task=task, progress=False, means=torch.zeros_like(shifts), shifts=shifts)
     assert len(vectors.locations) > 0 and vectors.shifts is not None
     assert bool(torch.isnan(vectors.vectors).all())  # the kept heads keep their own output ...
     index = {loc: i for i, loc in enumerate(lmm.heads.all_locations())}

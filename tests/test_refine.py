@@ -18,6 +18,11 @@ from stv.tasks import task_for
 from stv.vectors import TaskVectors, TaskVectorsConfig
 
 
+def _steps(steps: int, lr: float, objective: str = "first_token") -> STVConfig:
+    """Refinement settings: ``steps`` Adam steps at ``lr`` on ``objective``."""
+    return STVConfig(refine=steps, refine_lr=lr, refine_objective=objective)  # type: ignore[arg-type]
+
+
 def constant_answer_examples(n: int, answer: str = "yes") -> list[Example]:
     """Queries that all have the same one-word answer: learnable by a correction at the heads alone."""
     rng = np.random.default_rng(0)
@@ -41,7 +46,7 @@ def test_refinement_learns_an_answer_through_the_hooks_and_leaves_the_weights(lm
     task = task_for(train)
     weights = {k: v.clone() for k, v in lmm.model.state_dict().items()}
     start = every_head_left_alone(lmm)
-    refined, log = refine(lmm, start, train, task, 40, 0.5, np.random.default_rng(0), batch=8, progress=False)
+    refined, log = refine(lmm, start, train, task, config=_steps(40, 0.5), batch=8, progress=False)
     assert log.before < 0.5 and log.after > 0.99 and log.kept_step > 0  # every held-out query says "yes"
     assert refined.shifts is not None and bool(refined.shifts.abs().sum() > 0)
     assert bool(torch.isnan(refined.vectors).all())  # still own output + correction: nothing replaced
@@ -81,7 +86,7 @@ def test_the_answer_objective_reaches_later_tokens_through_the_prompts_last_toke
     held = constant_answer_examples(12, "yes no yes")[8:]
     rng = np.random.default_rng(0)
     whole, log = refine(
-        lmm, vectors, train, task, 20, 0.5, rng, batch=4, progress=False, held_out=held, objective="answer"
+        lmm, vectors, train, task, config=_steps(20, 0.5, "answer"), rng=rng, batch=4, progress=False, held_out=held
     )
     assert log.kept_step > 0 and log.after > log.before  # the whole answer's log-prob rose on held-out queries
     assert whole.shifts is not None
@@ -108,11 +113,11 @@ def test_a_correction_that_does_not_help_is_not_kept(lmm_of):
     held = answered_as_the_model_does(lmm, task, constant_answer_examples(240)[40:])
     assert len(held) >= 4
     start = every_head_left_alone(lmm)
-    same, log = refine(lmm, start, train, task, 0, 0.1, np.random.default_rng(0), progress=False)
+    same, log = refine(lmm, start, train, task, config=_steps(0, 0.1), progress=False)
     assert same is start and log.kept_step == 0
-    kept, log = refine(lmm, start, train, task, 20, 0.5, np.random.default_rng(0), progress=False, held_out=held)
+    kept, log = refine(lmm, start, train, task, config=_steps(20, 0.5), progress=False, held_out=held)
     assert log.kept_step == 0 and log.after == log.before and kept is start
-    learned, log = refine(lmm, start, train, task, 20, 0.5, np.random.default_rng(0), progress=False, held_out=train)
+    learned, log = refine(lmm, start, train, task, config=_steps(20, 0.5), progress=False, held_out=train)
     assert log.kept_step > 0 and learned is not start  # the same run, judged on its own task, is kept
 
 
@@ -123,8 +128,9 @@ def test_fit_refines_at_the_written_heads_or_at_every_location(lmm_of, where):
     task = task_for(train)
     cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
     cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_heads=where, refine_start="search")
-    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
-    unrefined, _ = fit(lmm, train, replace(cfg, refine=0), task=task, progress=False)
+    vectors = fit(lmm, train, cfg, task=task, progress=False)
+    state = vectors.log
+    unrefined = fit(lmm, train, replace(cfg, refine=0), task=task, progress=False)
     assert "refine" in vectors.config.extra and "refine" in state.timings
     if where == "every":
         assert vectors.location_list() == [tuple(loc) for loc in state.locations]
@@ -172,7 +178,7 @@ def test_both_starts_keep_the_better_one_on_the_same_held_out_queries(lmm_of):
     task = task_for(train)
     every = lmm.heads.all_locations()
     nothing = every_head_left_alone(lmm)
-    good, log = refine(lmm, nothing, train, task, 20, 0.5, np.random.default_rng(0), progress=False)
+    good, log = refine(lmm, nothing, train, task, config=_steps(20, 0.5), progress=False)
     assert log.after > log.before + 0.5  # the constant answer is learnable from zero
     assert good.shifts is not None
     cfg = replace(STVConfig.plus(), refine=2, refine_lr=1e-6, refine_heads="every", refine_start="both")
@@ -193,7 +199,8 @@ def test_refine_start_zero_drops_the_search(lmm_of):
     task = task_for(train)
     cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
     cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=3, refine_start="zero")
-    vectors, state = fit(lmm, train, cfg, task=task, progress=False)
+    vectors = fit(lmm, train, cfg, task=task, progress=False)
+    state = vectors.log
     assert vectors.location_list() == [tuple(loc) for loc in state.locations]
     assert torch.isnan(vectors.vectors).all() and vectors.config.extra["refine"]["start"] == "zero"
 
@@ -222,7 +229,7 @@ def test_judge_apart_keeps_the_judges_queries_from_the_search(lmm_of, monkeypatc
     train = load_dataset("fv:capitalize", split="train")[:40]
     cfg = STVConfig.plus(top_k=4, clusters=2, pairs=6, shots=2, steps=2, samples=4, batch_size=6, restarts=1)
     cfg = replace(cfg, continuation_search=0, schedule_items=0, refine=2, final_recheck=8, judge_apart=apart)
-    vectors, _ = fit(lmm, train, cfg, task=task_for(train), progress=False)
+    vectors = fit(lmm, train, cfg, task=task_for(train), progress=False)
     assert len(seen["judge"]) == 20 and vectors.config.extra["refine"]["start"] in ("search", "zero")
     assert seen["search"] == ({q.id for q in train} - seen["judge"] if apart else {q.id for q in train})
 

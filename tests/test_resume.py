@@ -4,6 +4,7 @@ right number or a clear refusal (on the shipped lab model, so the numbers are re
 import json
 
 import numpy as np
+import pytest
 
 from stv.cli.main import main
 
@@ -78,6 +79,7 @@ def test_fit_folder_refuses_other_settings_and_recompute_replaces_everything(tmp
     assert json.loads((folder / "settings.json").read_text())["method"] == "mtv"
 
 
+@pytest.mark.slow
 def test_killed_recompute_never_leaves_a_trusted_scan(tmp_path, capsys, monkeypatch):
     from stv.methods import scan as scan_module
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stv.data import digit_examples
-from stv.hooks.heads import replace
+from stv.hooks.heads import write_heads
 from stv.methods.reward import bank_rewards, first_token_ids
 from stv.tasks import DIGITS
 
@@ -25,7 +25,7 @@ def test_prefix_cached_rewards_equal_naive_forward(lmm_of, family):
     naive = []
     for sample in choices:
         values = bank[torch.arange(3), sample]
-        with replace(lmm.model, lmm.heads, locations, values):
+        with write_heads(lmm.model, lmm.heads, locations, values):
             logits = lmm.forward([DIGITS.prompt([], q) for q in queries])
         naive.append(torch.log_softmax(logits, -1).gather(1, targets[:, None]).mean())
     torch.testing.assert_close(fast, torch.stack(naive), atol=1e-4, rtol=0)

@@ -27,7 +27,8 @@ def lab():
 def test_scores_are_evals_exact_match_and_a_tie_keeps_prompt_last(lab):
     train = digit_examples("parity_word")[:100]
     config = STVConfig.paper(steps=3, pairs=32, clusters=8, samples=8, batch_size=16, schedule_items=16)
-    vectors, log = fit(lab, train, config, DIGITS, progress=False)
+    vectors = fit(lab, train, config, DIGITS, progress=False)
+    log = vectors.log
     assert "schedule" in log.timings and set(vectors.config.extra["schedule_scores"]) == set(POLICIES)
     queries = digit_examples("parity_word", "test")[:32]
     scores = schedule_scores(lab, vectors, queries, DIGITS, len(queries), np.random.default_rng(0))

@@ -90,6 +90,7 @@ def test_tiny_lab_learns_to_read_digits(family_dir, tmp_path):
     assert np.isfinite([r["embed"] for r in result["log"]]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (smol.TOWER / "model.safetensors").is_file(), reason="no shipped tower")
 def test_real_lab_smollm2_learns_digit_words_in_context():
     """The shipped tower on the real SmolLM2: assembled once into the cache, 270 heads, and

@@ -18,8 +18,8 @@ _EXPORTS = {
     "Example": "stv.data",
     "load_dataset": "stv.data",
     "HeadMap": "stv.hooks.headmap",
-    "record": "stv.hooks.heads",
-    "replace": "stv.hooks.heads",
+    "record_heads": "stv.hooks.heads",
+    "write_heads": "stv.hooks.heads",
     "STVConfig": "stv.config",
     "fit": "stv.methods.fit",
     "refine": "stv.methods.refine",
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .errors import StvError
     from .evaluate import first_token_accuracy, generation_accuracy, run_eval
     from .hooks.headmap import HeadMap
-    from .hooks.heads import record, replace
+    from .hooks.heads import record_heads, write_heads
     from .methods.fit import fit
     from .methods.lora import LoRAAdapter, LoRAConfig, fit_lora, load_fitted
     from .methods.mtv import MTVConfig, fit_mtv
@@ -59,7 +59,19 @@ if TYPE_CHECKING:
     from .vectors import TaskVectors, TaskVectorsConfig
 
 
+_RENAMED = {"record": "record_heads", "replace": "write_heads"}  # old names, kept for one release
+
+
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(
+            f"stv.{name} is deprecated; use stv.{_RENAMED[name]} (the old name goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(_RENAMED[name])
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

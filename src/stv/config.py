@@ -1,13 +1,13 @@
-"""Settings of a fit, importable without torch (the command line's help reads them).
-
-``STVConfig.paper()`` is the paper's method as first read; ``STVConfig.plus()`` is ours.
-Where the paper is ambiguous each reading is an option here, measured by ``stv compare``.
+"""Settings of an STV fit and its named presets, importable without torch (the command line's
+help reads them). Where the paper is ambiguous each reading is an option here; which won is in
+docs/research-log.md.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import StvError
@@ -21,7 +21,6 @@ SENSITIVITIES: tuple[Sensitivity, ...] = get_args(Sensitivity)
 Objective = Literal["log_prob", "hits", "margin"]  # what a search or a final selection maximises
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 RefineHeads = Literal["written", "every"]  # where gradient refinement learns a correction
-REFINE_STEPS = 180  # stv+'s gradient steps of refinement (v9; v8 took 60: the lab's low seeds had not converged)
 REFINE_HEADS: tuple[RefineHeads, ...] = get_args(RefineHeads)
 RefineObjective = Literal["first_token", "answer"]  # which tokens refinement's cross-entropy covers
 REFINE_OBJECTIVES: tuple[RefineObjective, ...] = get_args(RefineObjective)
@@ -29,58 +28,28 @@ RefineStart = Literal["search", "zero", "both", "steer", "all"]  # what refineme
 REFINE_STARTS: tuple[RefineStart, ...] = get_args(RefineStart)
 
 
-# help of each STVConfig field as a command-line flag (what it does, its unit)
-FIELD_HELP: dict[str, str] = {
-    "top_k": "K, heads to write (count; 0 or unset: from the model, every head with a keep arm, else a quarter, 8-64)",
-    "clusters": "M, k-means candidates per head (count; 0 with the mean or shift arm: the centroids ablated)",
-    "pairs": "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)",
-    "shots": "demonstrations per scan context (count)",
-    "steps": "REINFORCE steps (optimiser updates)",
-    "samples": "joint choices sampled per REINFORCE step (count)",
-    "lr": "Adam learning rate of the policy logits",
-    "queries_per_step": "zero-shot training queries scored per REINFORCE step (count)",
-    "sensitivity": "head ranking: l2 (paper: mean ||delta||), mean_delta (||mean delta||), consistency, relative",
-    "prefix_pool": "draw each step's queries from this many fixed groups with cached prefixes (0: fresh queries)",
-    "keep_arm": "add a 'leave this head alone' arm to every head's bank",
-    "mean_arm": "add the mean with-context activation (MTV's vector) as an arm",
-    "shift_arm": "add an arm that adds the mean change the demonstrations make to the head's own output (a steering vector) instead of replacing it",
-    "arm_prior": "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform",
-    "ranked_prior": "with arm_prior: P(keep) from 1/4 (most sensitive head) to 3/4 (least) instead of 1/2 everywhere",
-    "restarts": "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)",
-    "final_samples": "draws from the trained policy scored against its argmax at the end (count; 0: argmax)",
-    "final_items": "training queries that score those final candidates (count)",
-    "final_recheck": "re-score the best quarter of the final candidates on this many more training queries; the best over all wins (count; 0: off)",
-    "objective": "what REINFORCE maximises on its queries: log_prob (the answer's first token; paper, MTV), margin (its log-prob minus the best other token's) or hits (queries whose top token is the answer's; ties by log_prob)",
-    "final_objective": "what the final selection maximises: log_prob, margin or hits, as --objective",
-    "final_keep": "with keep_arm: writing nothing at all also competes in the final selection",
-    "continuation": "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)",
-    "continuation_objective": "what the continuation search and its final selection maximise on the token after the first: log_prob, margin or hits",
-    "continuation_search": "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; 0: none)",
-    "refine": "gradient steps of a correction added at the heads after the search, on the answer's cross-entropy (--refine-objective); judged on held-out training queries, kept only if better (steps; 0: none)",
-    "refine_lr": "Adam learning rate of that correction, in units of each head's typical output size",
-    "refine_heads": "where the correction is learned: written (heads the search writes) or every (all K locations, unwritten ones from their own output)",
-    "refine_start": "what the correction is added to: search (the searched vectors), zero (every head's own output: the search's result is dropped), steer (the searched vectors as steering: each written head keeps its own output, moved by the vector minus its mean output on zero-shot prompts), both (search and zero) or all (search, zero and steer); several starts are judged on the same held-out queries against the search's result and the best is kept",
-    "steer_margin": "with refine_start all: the steer start replaces the best of the others only when it answers at least this many more held-out queries (count; 0: any higher score, log-prob tie-breaks included)",
-    "unreplace": "with refine and held-out judging (refine_start other than search, or judge_apart): after refinement each head that replaces its output is turned, one at a time, into steering (own output + its written value - its mean own output) where that answers at least one more held-out query",
-    "judge_apart": "with refine: hold the 64 training queries that judge refinement out of the search and its final selection too, so the search's result is not judged on queries it was chosen on",
-    "refine_objective": "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first token) or answer (every token of the answer and the line break that ends it, teacher-forced under the fitted schedule)",
-    "policy": "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
-    "schedule_items": "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
-    "batch_size": "prompts per forward pass (count)",
-    "seed": "seed of every random draw (queries, demonstrations, k-means, REINFORCE)",
-}
+STAGES = ("scan", "bank", "search", "selection", "refinement", "continuation", "schedule", "run")
+
+
+def _option(default, stage: str, help: str):
+    """A field with its pipeline stage and help in its metadata (the command line reads both)."""
+    return field(default=default, metadata={"stage": stage, "help": help})
+
+
+def field_help(name: str) -> str:
+    """The help text of STVConfig field ``name``."""
+    return STVConfig.__dataclass_fields__[name].metadata.get("help", "")
+
+
 # the fields the sensitivity scan reads (`stv scan` takes only these)
 SCAN_FIELDS: tuple[str, ...] = ("pairs", "shots", "sensitivity", "top_k", "batch_size", "seed")
 
 
 def default_top_k(heads: int, keep_arm: bool) -> int:
-    """K when none is given (``top_k`` 0). With a keep arm REINFORCE can leave heads alone, and
-    more heads helped on every model measured: SmolLM2 68.1 / 72.8 / 79.2 at K = 16 / 32 / 64
-    of 270 (stv+ v1) and 85.3 / 87.5 at K = 64 / 256 (stv+, 3 seeds); Gemma-3 7.8 -> 92.2 and
-    20.0 -> 83.3 at K = 16 -> 64 of 72; the lab 79.9 -> 80.0 / 82.5 (two runs) at K = 8 -> 16
-    of 16. Every head, then.
-    Without one every chosen head is overwritten and the paper's reading collapsed at K = 64 on
-    SmolLM2 (26.2 at 16, 4.7 at 64): a quarter of the heads, 8 to 64."""
+    """K when none is given (``top_k`` 0): with a keep arm every head, since the search can leave
+    heads alone and more heads helped on every model measured; without one every chosen head is
+    overwritten, and too many collapse the model, so a quarter of the heads, 8 to 64
+    (docs/research-log.md, rounds one to three)."""
     if keep_arm:
         return heads
     return min(heads, 64, max(8, round(heads / 4)))
@@ -88,164 +57,194 @@ def default_top_k(heads: int, keep_arm: bool) -> int:
 
 @dataclass
 class STVConfig:
-    """Defaults from the STV paper (arXiv 2511.08246: K = 64-300, M = 32, argmax after REINFORCE)
-    and MTV's public code (Huang et al. 2024: Adam lr 0.1, 600 steps x 32 samples, first answer
-    token as the reward)."""
+    """Settings of an STV fit, grouped by the stage that reads them. ``STVConfig()`` is the
+    recommended default (``fast``: a correction learned at every head's last-token output, no
+    scan, no search); :meth:`preset` gives ``paper``, ``stv+`` and ``forward``."""
 
-    top_k: int = 64  # 0: from the model (default_top_k)
-    clusters: int = 32
-    pairs: int = 100  # T query/context pairs of the scan (and bank size)
-    shots: int = 4  # S demonstrations per context
-    steps: int = 600
-    samples: int = 32
-    lr: float = 0.1
-    queries_per_step: int = 1  # zero-shot training queries per REINFORCE step (MTV: 1)
-    objective: Objective = "log_prob"  # REINFORCE's reward on those queries (MTV: log_prob)
-    sensitivity: Sensitivity = "l2"  # how heads are ranked: l2 (paper), mean_delta, consistency, relative
-    prefix_pool: int = 0  # >0: draw each step's queries from this many fixed groups whose prefixes are cached once
-    keep_arm: bool = False  # add a "leave the head as it is" arm to every location (not in the paper)
-    mean_arm: bool = False  # add the mean with-context activation (MTV's vector) as an arm (not in the paper)
-    shift_arm: bool = False  # add an arm "own output + mean delta" (steering, not replacement; not in the paper)
-    arm_prior: bool = False  # start REINFORCE at P(keep)=1/2, P(mean)=1/4 (MTV's start), not uniform (not in the paper)
-    ranked_prior: bool = False  # with arm_prior: P(keep) rises with the sensitivity rank, 1/4 -> 3/4 (not in the paper)
-    restarts: int = (
-        1  # REINFORCE runs (each with its own seed); the final selection picks across them (not in the paper)
+    # scan: which heads move when demonstrations are added
+    pairs: int = _option(
+        100, "scan", "T, query/context pairs of the sensitivity scan (prompts; also the bank's activations)"
     )
-    final_samples: int = 0  # >0: also draw this many choices from the trained policy and keep the best of them and the argmax (MTV's last step; not in the paper)
-    final_items: int = 32  # training queries that score those final candidates
-    final_recheck: int = 0  # >0: the best quarter re-scored on this many more queries (not in the paper)
-    final_objective: Objective = "log_prob"  # "hits": top-token accuracy, ties by log-prob (not in the paper)
-    final_keep: bool = False  # with keep_arm: "write nothing" is a final candidate too (not in the paper)
-    continuation: int = (
-        0  # >0: also write continuation vectors at generated tokens 1..T (prompt_last; not in the paper)
+    shots: int = _option(4, "scan", "demonstrations per scan context (count)")
+    sensitivity: Sensitivity = _option(
+        "mean_delta",
+        "scan",
+        "head ranking: l2 (paper: mean ||delta||), mean_delta (||mean delta||), consistency, relative",
     )
-    continuation_search: int = (
-        0  # >0: search which heads get their many-shot mean at the first generated token (not in the paper)
+    top_k: int = _option(
+        0, "scan", "K, heads to write (count; 0: from the model, every head with a keep arm, else a quarter, 8-64)"
     )
-    continuation_objective: Objective = "log_prob"  # that search's reward and final criterion
-    refine: int = 0  # >0: gradient steps of a correction at the chosen heads (methods/refine.py; not in the paper)
-    refine_lr: float = 0.05
-    refine_heads: RefineHeads = "written"
-    refine_objective: RefineObjective = "first_token"
-    refine_start: RefineStart = "search"
-    steer_margin: int = 0  # refine_start all: steering must answer this many more held-out queries to be kept
-    judge_apart: bool = False  # with refine: the judge's queries kept from the search too (not in the paper)
-    unreplace: bool = (
-        False  # with refine: replaced heads turned into steering where held-out queries gain (not in the paper)
+    # bank: the candidates each head may be written with
+    clusters: int = _option(
+        32, "bank", "M, k-means candidates per head (count; 0 with the mean or shift arm: the centroids ablated)"
     )
-    policy: Policy = "every_step"
-    schedule_items: int = (
-        0  # >0: generate this many training answers under each schedule and keep the better (not in the paper)
+    keep_arm: bool = _option(True, "bank", "add a 'leave this head alone' arm to every head's bank")
+    mean_arm: bool = _option(True, "bank", "add the mean with-context activation (MTV's vector) as an arm")
+    shift_arm: bool = _option(
+        False,
+        "bank",
+        "add an arm that adds the mean change the demonstrations make to the head's own output (a steering "
+        "vector) instead of replacing it",
     )
-    batch_size: int = 8
-    seed: int = 0
-    variant: str = "paper"  # the preset these settings started from (recorded in artifacts)
+    # search: REINFORCE over the banks
+    steps: int = _option(0, "search", "REINFORCE steps (optimiser updates; 0: no search)")
+    samples: int = _option(32, "search", "joint choices sampled per REINFORCE step (count)")
+    lr: float = _option(0.1, "search", "Adam learning rate of the policy logits")
+    queries_per_step: int = _option(2, "search", "zero-shot training queries scored per REINFORCE step (count)")
+    objective: Objective = _option(
+        "hits",
+        "search",
+        "what REINFORCE maximises on its queries: log_prob (the answer's first token; paper, MTV), margin (its "
+        "log-prob minus the best other token's) or hits (queries whose top token is the answer's; ties by log_prob)",
+    )
+    prefix_pool: int = _option(
+        0, "search", "draw each step's queries from this many fixed groups with cached prefixes (0: fresh queries)"
+    )
+    arm_prior: bool = _option(True, "search", "start REINFORCE at P(keep) 1/2, P(mean) 1/4 instead of uniform")
+    ranked_prior: bool = _option(
+        False, "search", "with arm_prior: P(keep) from 1/4 (most sensitive head) to 3/4 (least) instead of 1/2"
+    )
+    restarts: int = _option(
+        1, "search", "independent REINFORCE runs whose argmaxes and draws compete in the final selection (count)"
+    )
+    # selection: the final choice among the search's candidates
+    final_samples: int = _option(
+        0, "selection", "draws from the trained policy scored against its argmax at the end (count; 0: argmax)"
+    )
+    final_items: int = _option(32, "selection", "training queries that score those final candidates (count)")
+    final_recheck: int = _option(
+        0,
+        "selection",
+        "re-score the best quarter of the final candidates on this many more training queries; the best over "
+        "all wins (count; 0: off)",
+    )
+    final_objective: Objective = _option(
+        "hits", "selection", "what the final selection maximises: log_prob, margin or hits, as --objective"
+    )
+    final_keep: bool = _option(
+        True, "selection", "with keep_arm: writing nothing at all also competes in the final selection"
+    )
+    # refinement: a correction learned by gradient (a backward pass)
+    refine: int = _option(
+        60,
+        "refinement",
+        "gradient steps of a correction added at the heads, on the answer's cross-entropy (--refine-objective); "
+        "judged on held-out training queries, the best step kept (steps; 0: none, no backward pass)",
+    )
+    refine_lr: float = _option(
+        0.05, "refinement", "Adam learning rate of that correction, in units of each head's typical output size"
+    )
+    refine_heads: RefineHeads = _option(
+        "every",
+        "refinement",
+        "where the correction is learned: written (heads the search writes) or every (all K locations, "
+        "unwritten ones from their own output)",
+    )
+    refine_objective: RefineObjective = _option(
+        "answer",
+        "refinement",
+        "the cross-entropy refinement lowers and the held-out score it keeps: first_token (the answer's first "
+        "token) or answer (every token of the answer and the line break that ends it, teacher-forced)",
+    )
+    refine_start: RefineStart = _option(
+        "zero",
+        "refinement",
+        "what the correction is added to: zero (every head's own output; the search's result is dropped), search "
+        "(the searched vectors), steer (the searched vectors as steering: own output + vector - its mean output), "
+        "both (search and zero) or all (search, zero and steer); several starts are judged on the same held-out "
+        "queries and the best is kept",
+    )
+    steer_margin: int = _option(
+        0,
+        "refinement",
+        "with refine_start all: the steer start wins only when it answers at least this many more held-out "
+        "queries (count; 0: any higher score)",
+    )
+    judge_apart: bool = _option(
+        False,
+        "refinement",
+        "hold the training queries that judge refinement out of the search and its final selection too",
+    )
+    unreplace: bool = _option(
+        False,
+        "refinement",
+        "after refinement turn each replacing head, one at a time, into steering where that answers at least one "
+        "more held-out query (needs held-out judging)",
+    )
+    # continuation: what is written at generated tokens
+    continuation: int = _option(
+        0, "continuation", "write continuation vectors at generated tokens 1..T (tokens; needs prompt_last)"
+    )
+    continuation_search: int = _option(
+        0,
+        "continuation",
+        "REINFORCE steps of a second search, over every head, for the first generated token (needs prompt_last; "
+        "0: none)",
+    )
+    continuation_objective: Objective = _option(
+        "log_prob",
+        "continuation",
+        "what the continuation search and its final selection maximise on the token after the first: log_prob, "
+        "margin or hits",
+    )
+    # schedule: when the written outputs apply
+    policy: Policy = _option(
+        "prompt_last",
+        "schedule",
+        "insertion schedule: every_step (every generated token) or prompt_last (the prompt's last token)",
+    )
+    schedule_items: int = _option(
+        0,
+        "schedule",
+        "training queries whose generated answers choose the schedule after the fit (count; 0: keep --policy)",
+    )
+    # run
+    batch_size: int = _option(8, "run", "prompts per forward pass (count)")
+    seed: int = _option(0, "run", "seed of every random draw (queries, demonstrations, k-means, REINFORCE)")
+    variant: str = _option("fast", "run", "the preset these settings started from (recorded in artifacts)")
+
+    def __post_init__(self) -> None:
+        problems = self._field_problems()
+        if problems:
+            raise StvError("STVConfig: " + "; ".join(problems))
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "STVConfig":
-        """``"paper"`` or ``"stv+"``, with ``overrides`` winning over the preset's own settings."""
-        presets = {"paper": cls.paper, "stv+": cls.plus, "fast": cls.fast, "forward": cls.forward}
-        if name not in presets:
-            raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(presets)}")
-        return presets[name](**overrides)
+        """Preset ``name`` (see :data:`PRESETS`) with ``overrides`` winning over its settings."""
+        if name not in PRESETS:
+            raise StvError(f"unknown STV variant {name!r}; choose from {', '.join(PRESETS)}")
+        settings = {**PRESETS[name], **overrides}
+        return cls(**{key: linked(value, settings) for key, value in settings.items()})
 
     @classmethod
     def fast(cls, **overrides) -> "STVConfig":
-        """No head search: a correction learned by gradient at every head's last-token output
-        from zero (the answer line's cross-entropy, 60 steps of 16 queries, the best held-out
-        step kept), inserted at the prompt's last token. Needs a backward pass; no scan."""
-        return cls.plus(
-            **{
-                "steps": 0,
-                "restarts": 1,
-                "final_samples": 0,
-                "final_recheck": 0,
-                "continuation_search": 0,
-                "schedule_items": 0,
-                "refine": 60,
-                "refine_start": "zero",
-                "steer_margin": 0,
-                "variant": "fast",
-                **overrides,
-            }
-        )
+        """The default: no head search; a correction learned by gradient at every head's
+        last-token output from zero (the answer line's cross-entropy, 60 steps, the best
+        held-out step kept), inserted at the prompt's last token. Needs a backward pass."""
+        return cls.preset("fast", **overrides)
 
     @classmethod
     def forward(cls, **overrides) -> "STVConfig":
-        """stv+'s search with forward passes only (no refinement, so no backward pass and
-        memory as at inference): one REINFORCE run, its final selection on 32 queries, the
-        search for the first generated token and the schedule check."""
-        return cls.plus(**{"refine": 0, "restarts": 1, "final_recheck": 0, "variant": "forward", **overrides})
+        """stv+'s search with forward passes only (memory as at inference, no gradients): one
+        REINFORCE run, its final selection, the search for the first generated token and the
+        schedule check."""
+        return cls.preset("forward", **overrides)
 
     @classmethod
     def paper(cls, **overrides) -> "STVConfig":
         """The paper's method as first read: heads ranked by mean ||delta|| (L2), a k-means bank
-        only, every head overwritten, MTV's insertion at every generated token."""
-        return cls(
-            **{
-                "sensitivity": "l2",
-                "top_k": 0,  # from the model: a quarter of the heads, 8 to 64 (the paper's K on 270)
-                "keep_arm": False,
-                "mean_arm": False,
-                "policy": "every_step",
-                "variant": "paper",
-                **overrides,
-            }
-        )
+        only, every chosen head overwritten, REINFORCE's argmax, MTV's insertion at every
+        generated token (arXiv 2511.08246; MTV's lr and steps)."""
+        return cls.preset("paper", **overrides)
 
     @classmethod
     def plus(cls, **overrides) -> "STVConfig":
-        """``stv+``, our variant: heads ranked by ||mean delta|| (a shift consistent across
-        queries, not answer-specific), the bank extended by the mean activation and a "leave
-        the head alone" arm so REINFORCE can prune heads, REINFORCE started where MTV starts
-        (most heads left alone), rewarded by hits (queries whose top token is the answer's,
-        ties by log-prob: the log-prob also rewards mass on wrong answers of the task's
-        format; the continuation search below keeps the log-prob, whose hits lost one Gemma-3
-        seed's stop token), fresh training queries at every step, three independent REINFORCE runs whose
-        argmaxes and 10 draws each compete with writing nothing on 32 training queries at
-        the end, the best quarter judged again on 224 more (the best of ~30 on 32 is luck),
-        insertion at the prompt's last token (multi-token answers are not
-        overwritten token after token), a second search for the first generated token (where
-        a zero-shot query decides whether to stop), and the schedule checked against every
-        token's insertion on training answers. K defaults to every head (``top_k`` 0): the
-        keep arm decides which to write. Since v7 the heads then get a correction learned
-        by gradient (``refine``, kept only where held-out training queries gain), the largest
-        single gain measured: SmolLM2 89.2 -> 96.7 first token (compare24). Since v8 it is
-        trained on every token of the answer (exact match: Gemma-3 capitalize 51 -> 92 from
-        zero), at every head, from the search's choice and from zero (the searched vectors
-        are a worse start on real models' capitalize, the only start on the lab's mapping
-        tasks), the better start on held-out queries kept (README, thirteenth round). Since v9
-        a third start, the searched vectors as steering, competes too but is kept only when it
-        answers 2 more held-out queries, and refinement takes three times v8's steps: over twenty
-        lab seeds 96.8 +- 1.0 / 97.9 +- 0.4 on the mapping tasks against v8's 93.0 +- 4.4 /
-        94.1 +- 5.0, level with v8 on the real models to within a query per fit (rounds 16-18)."""
-        return cls(
-            **{
-                "sensitivity": "mean_delta",
-                "keep_arm": True,
-                "mean_arm": True,
-                "arm_prior": True,
-                "final_samples": 10,
-                "objective": "hits",
-                "final_objective": "hits",
-                "final_keep": True,
-                "final_recheck": 224,  # with final_items 32: the shortlist judged on 256 queries
-                "queries_per_step": 2,
-                "prefix_pool": 0,
-                "restarts": 3,
-                "continuation_search": overrides.get("steps", cls.steps),  # as many steps as the first search
-                "schedule_items": 24,
-                "refine": REFINE_STEPS,
-                "refine_heads": "every",
-                "refine_objective": "answer",
-                "refine_start": "all",
-                "steer_margin": 2,
-                "top_k": 0,
-                "policy": "prompt_last",
-                "variant": "stv+",
-                **overrides,
-            }
-        )
+        """``stv+``: ranking by ||mean delta||, a bank with keep and mean arms, REINFORCE on hits
+        from three starts, a rechecked final selection, a search for the first generated token,
+        a schedule check, then refinement from three starts (search, zero, steering), the best
+        on held-out training queries kept. The most accurate on the tasks it was tuned on, at
+        about five times LoRA's fit time (docs/research-log.md)."""
+        return cls.preset("stv+", **overrides)
 
     def needs_scan(self, heads: int) -> bool:
         """Whether a fit under these settings reads the sensitivity scan: not when it searches
@@ -268,71 +267,65 @@ class STVConfig:
         if problems:
             raise StvError("STVConfig: " + "; ".join(problems))
 
-    def _problems(self, scan_only: bool = False) -> list[str]:
+    def _field_problems(self) -> list[str]:
+        """Values no setting of the other fields could make work (checked on construction)."""
         problems = []
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
-        for name, low in (("samples", 1), ("pairs", 1), ("batch_size", 1), ("steps", 0), ("seed", 0)):
+        minimum = {"samples": 1, "pairs": 1, "batch_size": 1, "final_items": 1, "restarts": 1, "shots": 1}
+        for name in ("steps", "seed", "final_samples", "final_recheck", "schedule_items", "clusters", "prefix_pool"):
+            minimum[name] = 0
+        for name in ("continuation", "continuation_search", "refine", "steer_margin"):
+            minimum[name] = 0
+        for name, low in minimum.items():
             if getattr(self, name) < low:
                 problems.append(f"{name}={getattr(self, name)} (--{name.replace('_', '-')}) must be >= {low}")
         for name in ("lr", "refine_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 problems.append(f"{name}={value} (--{name.replace('_', '-')}) must be a finite number > 0")
-        if self.clusters < 0 or (self.clusters == 0 and not (self.mean_arm or self.shift_arm)):
+        choices = {
+            "objective": OBJECTIVES,
+            "final_objective": OBJECTIVES,
+            "continuation_objective": OBJECTIVES,
+            "refine_heads": REFINE_HEADS,
+            "refine_objective": REFINE_OBJECTIVES,
+            "refine_start": REFINE_STARTS,
+            "sensitivity": SENSITIVITIES,
+            "policy": POLICIES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(allowed)}")
+        return problems
+
+    def _problems(self, scan_only: bool = False) -> list[str]:
+        problems = self._field_problems()
+        if self.clusters == 0 and not (self.mean_arm or self.shift_arm):
             problems.append(
-                f"clusters={self.clusters}: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm) "
+                "clusters=0: a bank needs >= 1 k-means candidate, or 0 with the mean arm (--mean-arm) "
                 "or the shift arm (--shift-arm)"
             )
-        if self.shots < 1:
-            problems.append(f"shots={self.shots}: the scan's contexts need at least 1 demonstration (--context-shots)")
         if self.clusters > self.pairs and not scan_only:
             problems.append(
                 f"clusters={self.clusters} exceeds pairs={self.pairs}: k-means of {self.pairs} activations "
                 f"gives at most {self.pairs} candidates; lower --clusters or raise --pairs"
             )
-        if self.final_samples < 0 or self.final_items < 1 or self.restarts < 1 or self.final_recheck < 0:
-            problems.append("final_samples and final_recheck must be >= 0, final_items >= 1 and restarts >= 1")
-        if self.continuation_search < 0 or (
-            self.continuation_search and (self.policy != "prompt_last" or self.continuation)
-        ):
+        if self.continuation_search and (self.policy != "prompt_last" or self.continuation):
             problems.append(
-                f"continuation_search={self.continuation_search} must be >= 0, and > 0 only with policy prompt_last "
-                "and without --continuation"
+                f"continuation_search={self.continuation_search} needs policy prompt_last and no --continuation"
             )
-        if self.schedule_items < 0:
-            problems.append(f"schedule_items={self.schedule_items} must be >= 0")
-        if self.continuation < 0 or (self.continuation and self.policy != "prompt_last"):
-            problems.append(f"continuation={self.continuation} must be >= 0, and > 0 only with policy prompt_last")
+        if self.continuation and self.policy != "prompt_last":
+            problems.append(f"continuation={self.continuation} needs policy prompt_last")
         if self.final_keep and not self.keep_arm:
             problems.append(
                 "final_keep needs keep_arm (writing nothing is the keep arm everywhere): add --keep-arm or --no-final-keep"
-            )
-        for name in ("objective", "final_objective", "continuation_objective"):
-            if getattr(self, name) not in OBJECTIVES:
-                problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(OBJECTIVES)}")
-        if (
-            self.refine < 0
-            or self.steer_margin < 0
-            or self.refine_heads not in REFINE_HEADS
-            or self.refine_objective not in REFINE_OBJECTIVES
-            or self.refine_start not in REFINE_STARTS
-        ):
-            problems.append(
-                f"refine={self.refine} and steer_margin={self.steer_margin} must be >= 0, "
-                f"refine_heads={self.refine_heads!r} one of {', '.join(REFINE_HEADS)}, "
-                f"refine_objective={self.refine_objective!r} one of {', '.join(REFINE_OBJECTIVES)} and "
-                f"refine_start={self.refine_start!r} one of {', '.join(REFINE_STARTS)}"
             )
         if self.unreplace and not (self.refine and (self.refine_start != "search" or self.judge_apart)):
             problems.append(
                 "unreplace needs refinement judged on held-out queries: --refine > 0 and --refine-start other than "
                 "search (or --judge-apart)"
             )
-        if self.sensitivity not in SENSITIVITIES:
-            problems.append(f"sensitivity={self.sensitivity!r} must be one of {', '.join(SENSITIVITIES)}")
-        if self.policy not in POLICIES:
-            problems.append(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
         return problems
 
     def validate(self, lmm: "LMM", n_train: int) -> None:
@@ -343,11 +336,64 @@ class STVConfig:
             problems.append(
                 f"top_k={self.top_k} must be between 0 (chosen from the model) and the model's {heads} heads"
             )
-        if self.clusters > n_train:
-            problems.append(f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from")
-        if n_train <= self.shots:
-            problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
-        if not 1 <= self.queries_per_step <= n_train:
-            problems.append(f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)")
+        if self.needs_scan(heads):  # a fit with no scan builds no bank and samples no context
+            if self.clusters > n_train:
+                problems.append(
+                    f"clusters={self.clusters} exceeds the {n_train} training examples the bank is built from"
+                )
+            if n_train <= self.shots:
+                problems.append(f"shots={self.shots} needs more than {self.shots} training examples, got {n_train}")
+            if not 1 <= self.queries_per_step <= n_train:
+                problems.append(
+                    f"queries_per_step={self.queries_per_step} must be between 1 and {n_train} (training size)"
+                )
         if problems:
             raise StvError("STVConfig: " + "; ".join(problems))
+
+
+def linked(value, settings: dict):
+    """A preset's value: itself, or for a string ``"steps"`` / ``"3*top_k"`` (a multiple of)
+    that field's value in ``settings`` (STVConfig's default where ``settings`` lacks it)."""
+    match = re.fullmatch(r"(?:(\d+)\*)?(steps|top_k)", value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    factor, name = match.groups()
+    return int(factor or 1) * settings.get(name, STVConfig.__dataclass_fields__[name].default)
+
+
+# The presets, as the settings each changes from STVConfig()'s (the default, "fast").
+_PAPER: dict = {
+    "sensitivity": "l2",
+    "keep_arm": False,
+    "mean_arm": False,
+    "steps": 600,
+    "queries_per_step": 1,
+    "objective": "log_prob",
+    "arm_prior": False,
+    "final_objective": "log_prob",
+    "final_keep": False,
+    "refine": 0,
+    "refine_heads": "written",
+    "refine_objective": "first_token",
+    "refine_start": "search",
+    "policy": "every_step",
+    "variant": "paper",
+}
+_PLUS: dict = {
+    "steps": 600,
+    "restarts": 3,
+    "final_samples": 10,
+    "final_recheck": 224,  # with final_items 32: the shortlist judged on 256 queries
+    "continuation_search": "steps",  # as many steps as the first search
+    "schedule_items": 24,
+    "refine": 180,
+    "refine_start": "all",
+    "steer_margin": 2,
+    "variant": "stv+",
+}
+PRESETS: dict[str, dict] = {
+    "fast": {},
+    "forward": {**_PLUS, "refine": 0, "restarts": 1, "final_recheck": 0, "variant": "forward"},
+    "stv+": _PLUS,
+    "paper": _PAPER,
+}

@@ -8,14 +8,15 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .artifact import Artifact, local_folder
 from .config import Policy
 from .errors import StvError
-from .hooks.heads import replace
+from .hooks.heads import write_heads
 from .io import atomic_write_folder
 from .version import stv_version
 
@@ -106,7 +107,7 @@ class ArtifactMismatchError(StvError):
 
 
 @dataclass
-class TaskVectors:
+class TaskVectors(Artifact):
     """Vectors written into given (layer, head) locations at the last position."""
 
     locations: torch.Tensor  # (K, 2) int64: layer, head
@@ -117,6 +118,7 @@ class TaskVectors:
     continuation: torch.Tensor | None = None  # (T, K, head_dim) written at generated tokens 1..T (prompt_last)
     shifts: torch.Tensor | None = None  # (K, head_dim) added after the write (NaN vector: to own output)
     allow_other_weights: bool = False  # insert into another checkpoint of the same layout (not saved)
+    log: Any = field(default=None, repr=False, compare=False)  # the fit's FitLog (scan, bank, search; not saved)
 
     def __post_init__(self) -> None:
         if isinstance(self.config, dict):
@@ -181,9 +183,10 @@ class TaskVectors:
         return atomic_write_folder(directory, write, (WEIGHTS_NAME, CONFIG_NAME))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TaskVectors":
-        """Load a folder written by :meth:`save_pretrained`, refusing damaged or mismatched files."""
-        directory = Path(directory)
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> "TaskVectors":
+        """Load a folder written by :meth:`save_pretrained` (or a hub repo id, at ``revision``),
+        refusing damaged or mismatched files."""
+        directory = local_folder(directory, (WEIGHTS_NAME, CONFIG_NAME), revision)
         if not (directory / WEIGHTS_NAME).is_file() or not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"{directory} holds no task vectors ({WEIGHTS_NAME} + {CONFIG_NAME}); "
@@ -253,7 +256,7 @@ class TaskVectors:
         self.check_model(lmm, allow_other_weights)
         policy = policy or self.config.policy
         later = self.continuation if policy == "prompt_last" else None  # every_step writes step 0's values
-        with replace(
+        with write_heads(
             lmm.model, lmm.heads, self.location_list(), self.vectors, policy, continuation=later, shifts=self.shifts
         ):
             yield

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import SCAN_FIELDS
 from ..errors import StvError
 
-DEFAULT_VARIANT = "fast"  # what `stv fit` uses unless --variant says otherwise (docs/research-log.md, twentieth round)
+DEFAULT_VARIANT = "fast"  # STVConfig()'s preset: what `stv fit` uses unless --variant says otherwise
 
 
 def _add_model(p) -> None:
@@ -49,9 +49,9 @@ def _add_data(p) -> None:
     p.add_argument("--normalize", action="store_true", help="text tasks: exact match ignores case and extra spaces")
 
 
-def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
+def _add_stv(p: "StvParser", only: tuple[str, ...] | None = None) -> None:
     """One flag per STVConfig field (``only``: just these), with the preset switch."""
-    from ..config import FIELD_HELP, STVConfig
+    from ..config import STVConfig
 
     if only is None:
         p.add_argument(
@@ -66,18 +66,23 @@ def _add_stv(p, only: tuple[str, ...] | None = None) -> None:
             "paper's method as first read (L2 ranking, k-means bank, every-step insertion)",
         )
     renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
-    plus, paper = STVConfig.preset(DEFAULT_VARIANT), STVConfig.paper()
+    ours, paper = STVConfig.preset(DEFAULT_VARIANT), STVConfig.paper()
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(STVConfig):
         if f.name == "variant" or (only is not None and f.name not in only):
             continue
+        stage = f.metadata["stage"]
+        if stage not in groups:
+            groups[stage] = p.add_argument_group(f"STV settings: {stage}")
         flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
-        ours, theirs = getattr(plus, f.name), getattr(paper, f.name)
-        default = f"default {ours}" if ours == theirs else f"{DEFAULT_VARIANT}: {ours}, paper: {theirs}"
-        text = f"{FIELD_HELP.get(f.name, '')} ({default})"
+        mine, theirs = getattr(ours, f.name), getattr(paper, f.name)
+        default = f"default {mine}" if mine == theirs else f"{DEFAULT_VARIANT}: {mine}, paper: {theirs}"
+        text = f"{f.metadata['help']} ({default})"
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=text)
+            kind: dict = {"action": argparse.BooleanOptionalAction, "default": None}
         else:
-            p.add_argument(flag, type=type(f.default), dest=f.name, help=text)
+            kind = {"type": type(f.default)}
+        p.options.append(groups[stage].add_argument(flag, dest=f.name, help=text, **kind))  # --config reads p.options
 
 
 class StvParser(argparse.ArgumentParser):
@@ -133,6 +138,13 @@ def build_parser() -> StvParser:
         "last finished (task, seed), and a folder holding other settings is refused)",
     )
     p.add_argument("--quick", action="store_true", help="a shorter version (2 tasks, 1 seed, smaller fits)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="(task, seed) units run side by side, one process and one torch thread each (default: one per "
+        "CPU core, at most 4, on the lab models; 1 on a real model, whose every copy takes gigabytes)",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",

@@ -24,7 +24,9 @@ def _cmd_demo(args) -> int:
     out = args.out or ("runs/demo" if not args.model else f"runs/demo-{Path(args.model).name}")
     if args.report_only and args.recompute:
         raise StvError("--report-only rewrites the report from --out's units and --recompute deletes them; pass one")
-    summary = run_demo(out, config, recompute=args.recompute, report_only=args.report_only)
+    if args.jobs < 0:
+        raise StvError(f"--jobs {args.jobs}: give a number of processes >= 1 (0: the default)")
+    summary = run_demo(out, config, recompute=args.recompute, report_only=args.report_only, jobs=args.jobs)
     for metric, per_method in summary["results"].items():
         print(f"\n{summary['metric'][metric]}\n{results_table(per_method, summary.get('costs'))}")
     args.out = out
@@ -48,7 +50,7 @@ def _cmd_compare(args) -> int:
         variant_config(name, STVConfig())  # an unknown name fails before the model loads
     for task in tasks:
         fv_task(task, args.test_per_task)  # so does an unknown task
-    base = STVConfig(
+    base = STVConfig.paper(
         top_k=args.top_k or 0,  # 0: each variant's own default for this model
         clusters=args.clusters,
         pairs=args.pairs,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.digits import digit_examples
-from ..hooks.heads import replace
+from ..hooks.heads import write_heads
 from ..methods.bank import build_bank
 from ..methods.fit import scan_pairs
 from ..methods.mtv import MTVConfig, fit_mtv
@@ -128,7 +128,7 @@ def bench_scoring(subject: Subject, images=(1, 4, 16), samples: int = 32, k: int
         def naive():
             out = []
             for s in range(samples):
-                with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
+                with write_heads(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
                     logits = lmm.model(**inputs, use_cache=False).logits[:, -1].float()
                 out.append(torch.log_softmax(logits, -1)[0, target[0]])
             return torch.stack(out)
@@ -178,9 +178,9 @@ def bench_location_search(
     t_scan = time.perf_counter() - start
     build_bank(scan.activations_at(scan.top_k(k)), 32)
     t_stv = time.perf_counter() - start
-    _, log = fit_mtv(
+    log = fit_mtv(
         lmm, train, MTVConfig(prompts=pairs, shots=shots, steps=steps, samples=samples, batch_size=25), progress=False
-    )
+    ).log
     t_mtv = log.timings["means"] + log.timings["search"]
     return {
         "subject": subject.name,
@@ -217,7 +217,7 @@ def bench_inference(
         return lambda: lmm.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
     def with_vectors():
-        with replace(lmm.model, lmm.heads, locs, vecs):
+        with write_heads(lmm.model, lmm.heads, locs, vecs):
             lmm.generate(zero, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
     # interleave the two zero-shot variants so drift on a shared machine hits both alike

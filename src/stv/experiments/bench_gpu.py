@@ -106,7 +106,7 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
             row.update({k: round(v, 3) for k, v in log.timings.items()})
     mtv = MTVConfig(prompts=sizes.pairs, shots=sizes.shots, steps=sizes.steps, samples=sizes.samples)
     with stage(f"MTV (means of {sizes.pairs} x {sizes.shots}-shot + {sizes.steps}-step search)", rows, device) as row:
-        _, log = fit_mtv(lmm, train, mtv, DIGITS, progress=False)
+        log = fit_mtv(lmm, train, mtv, DIGITS, progress=False).log
         row.update({k: round(v, 3) for k, v in log.timings.items()})
     subject = Subject(lmm.name, lmm, image_size=image_size)
     with stage(f"generate with {sizes.top_k} vectors (16 zero-shot prompts, 8 tokens)", rows, device):
@@ -123,11 +123,11 @@ def pipeline(lmm: LMM, sizes: Sizes, image_size: int = 448) -> dict:
 
 def _generate_with_vectors(lmm: LMM, heads: int, image_size: int) -> None:
     """What STV costs at inference: zero-shot prompts with ``heads`` vectors written."""
-    from ..hooks.heads import replace
+    from ..hooks.heads import write_heads
 
     queries = digit_examples("size_word", size=image_size)[:16]
     vectors = torch.randn(heads, lmm.heads.head_dim)
-    with replace(lmm.model, lmm.heads, lmm.heads.all_locations()[:heads], vectors):
+    with write_heads(lmm.model, lmm.heads, lmm.heads.all_locations()[:heads], vectors):
         lmm.generate([DIGITS.prompt([], q) for q in queries], max_new_tokens=8, min_new_tokens=8)
 
 
@@ -142,7 +142,7 @@ def agreement(lmm: LMM, samples: int, heads: int, prompt: Prompt) -> dict:
     the prefix-cached, fanned-out batch. In bf16 the two paths use different attention
     kernels (causal vs a 4D mask), so they agree to rounding, not bit for bit; run in float32
     (or float64) to see the arithmetic agree."""
-    from ..hooks.heads import replace
+    from ..hooks.heads import write_heads
     from ..methods.reward import first_token_ids
 
     locations = lmm.heads.random_locations(heads, np.random.default_rng(1))
@@ -151,7 +151,7 @@ def agreement(lmm: LMM, samples: int, heads: int, prompt: Prompt) -> dict:
     inputs = lmm.prepare([prompt])
     naive = []
     for s in range(samples):
-        with replace(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
+        with write_heads(lmm.model, lmm.heads, locations, rows[s]), torch.inference_mode():
             logits = lmm.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1]
             naive.append(logits.to(torch.promote_types(logits.dtype, torch.float32)))
     reference = torch.stack(naive)  # (S, V)

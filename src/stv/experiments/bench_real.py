@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..evaluate import generation_accuracy
-from ..hooks.heads import replace
+from ..hooks.heads import write_heads
 from ..methods.fit import STVConfig, fit, fit_at
 from ..report import section, table
 
@@ -55,7 +55,7 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
         }
     ]
 
-    config = STVConfig(
+    config = STVConfig.paper(
         top_k=16,
         clusters=16,
         pairs=16 if quick else 40,
@@ -65,7 +65,8 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
         queries_per_step=2,
         batch_size=8,
     )
-    vectors, state = fit(lmm, train, config, task=task, progress=False)
+    vectors = fit(lmm, train, config, task=task, progress=False)
+    state = vectors.log
     stages = [{"stage": k, "seconds": v} for k, v in state.timings.items()]
     steps = []
     for pool in (0, 8):
@@ -81,7 +82,7 @@ def bench_smollm2(quick: bool = False) -> dict[str, list[dict]]:
         lmm.generate(zero, max_new_tokens=8, min_new_tokens=8)
 
     def generate_inserted():
-        with replace(lmm.model, lmm.heads, vectors.location_list(), vectors.vectors):
+        with write_heads(lmm.model, lmm.heads, vectors.location_list(), vectors.vectors):
             generate()
 
     plain, inserted = [], []

@@ -29,7 +29,7 @@ from ..methods.schedule import choose_schedule
 from ..report import COST_HEADER, cost_cells, cost_front
 from ..runs.costs import cost_summary, measured, needs_backward, stored_numbers
 from ..runs.fingerprint import model_identity, prepare_folder, stored_unit, unit_data, unit_path
-from .variants import CONTINUATION_STEPS, SCHEDULE_ITEMS, draws_of, variant_config, variant_settings
+from .variants import VARIANTS, variant_config, variant_settings, variant_spec
 
 FIT_LOG = ("arms", "refine", "continuation_search", "schedule_scores")  # what a fit chose, kept beside its scores
 
@@ -46,7 +46,7 @@ def fit_variant(lmm, train, template, scan: ScanResult, name: str, base: STVConf
     name change the variant but not its random draws (``stv+:refine=0`` searches as stv+)."""
     cfg = variant_config(name, replace(base, seed=seed)).resolved(lmm)  # top_k 0: the variant's own default
     start = time.perf_counter()
-    rng = np.random.default_rng(seed + 1_000 + sum(map(ord, draws_of(name))))
+    rng = np.random.default_rng(seed + 1_000 + sum(map(ord, variant_spec(name)[0])))
     if cfg.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
         vectors, _ = fit_at(
             lmm, train, cfg, template, scan, scan.top_k(cfg.top_k, cfg.sensitivity), rng, progress=False
@@ -151,7 +151,7 @@ def _compare_unit(
     for method, vectors, policy, seconds in _mtv_fits(lmm, train, template, scan, mtv_base, seed, mtv_extras, recheck):
         add(method, vectors, policy=policy, fit_s=scan_s + seconds, cost=forward_only)
     with measured(lmm.device) as cost:
-        adapter, _ = fit_lora(lmm, train, LoRAConfig(seed=seed), task=template, progress=False)
+        adapter = fit_lora(lmm, train, LoRAConfig(seed=seed), task=template, progress=False)
     add(
         "lora",
         adapter,
@@ -232,21 +232,23 @@ def _mtv_fits(
     )
     start = time.perf_counter()
     means = scan.mean_activations()  # (L*H, D) once: every MTV search below starts from them
-    mtv, _ = fit_mtv(lmm, train, config, task=template, progress=False, means=means)
+    mtv = fit_mtv(lmm, train, config, task=template, progress=False, means=means)
     seconds = time.perf_counter() - start
     fits = [("mtv", mtv, "every_step", seconds), ("mtv_prompt_last", mtv, "prompt_last", seconds)]
     for extra in extras:
         start, built_on = time.perf_counter(), seconds  # cont and auto build on the MTV fit
         if extra == "cont":
-            args = (CONTINUATION_STEPS, base.pairs, base.shots, base.batch_size, seed)
+            args = (VARIANTS["stv+_cont"].settings["continuation"], base.pairs, base.shots, base.batch_size, seed)
             vectors, policy = with_continuation(mtv, lmm, train, template, *args), "prompt_last"
         elif extra == "auto":
-            vectors = choose_schedule(lmm, mtv, train, template, SCHEDULE_ITEMS, np.random.default_rng(seed + 2_000))
+            vectors = choose_schedule(
+                lmm, mtv, train, template, STVConfig.plus().schedule_items, np.random.default_rng(seed + 2_000)
+            )
             policy = vectors.config.policy
         else:  # an objective: a search of its own on the same means (or shifts)
             objective, shifts = extra.removeprefix("shift_"), scan.mean_shift if extra.startswith("shift_") else None
             other = replace(config, objective=cast(Objective, objective), final_recheck=recheck)
-            vectors, _ = fit_mtv(lmm, train, other, task=template, progress=False, means=means, shifts=shifts)
+            vectors = fit_mtv(lmm, train, other, task=template, progress=False, means=means, shifts=shifts)
             policy, built_on = "prompt_last", 0.0
             extra += "_recheck" * bool(recheck)
         fits.append((f"mtv_{extra}", vectors, policy, built_on + time.perf_counter() - start))

@@ -39,6 +39,7 @@ from ..runs.fingerprint import (
 from ..runs.folder import save_fit
 from ..tasks import task_for
 from .compare import fit_choices, fit_variant, fv_task
+from .demo_jobs import default_jobs, run_units
 from .demo_report import write_results
 from .variants import variant_config, variant_settings
 
@@ -74,7 +75,7 @@ class DemoConfig:
     # top_k 0: each method's default for the model (config.default_top_k): the paper's STV a
     # quarter of the heads (8 of the lab's 16, 64 of SmolLM2's 270), stv+ every head.
     stv: STVConfig = field(
-        default_factory=lambda: STVConfig(
+        default_factory=lambda: STVConfig.paper(
             top_k=0, clusters=16, pairs=100, shots=16, steps=150, samples=32, queries_per_step=2, batch_size=25
         )
     )
@@ -110,7 +111,7 @@ class DemoConfig:
             tasks=("parity_word", "parity_AB"),
             seeds=(0,),
             test_per_task=100,
-            stv=STVConfig(
+            stv=STVConfig.paper(
                 top_k=0, clusters=8, pairs=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20
             ),
             mtv=MTVConfig(prompts=40, shots=16, steps=100, samples=16, queries_per_step=2, batch_size=20),
@@ -121,7 +122,7 @@ class DemoConfig:
         """A real pretrained LM on five Function Vectors tasks (bundled), 10-shot contexts."""
         # top_k 0: the paper's STV gets 64 of SmolLM2's 270 heads (the paper's K), stv+ all 270
         # (more heads helped stv+ at every step measured: benchmarks/compare2-smollm2, smol-k).
-        stv = STVConfig(
+        stv = STVConfig.paper(
             top_k=0,
             clusters=16,
             pairs=40,
@@ -212,8 +213,10 @@ def run_demo(
     progress: bool = True,
     recompute: bool = False,
     report_only: bool = False,
+    jobs: int = 0,
 ) -> dict:
     """Every method on every task and seed; writes results.json, report.md and plots into ``out``.
+    ``jobs``: (task, seed) units run side by side in worker processes (0: :func:`default_jobs`).
 
     Each finished (task, seed) is kept in ``out/units/`` and the results are rewritten
     (labelled partial until the last unit): a killed run loses one unit at most, a rerun
@@ -232,33 +235,35 @@ def run_demo(
     model = model_label(str(lmm.name))
     methods = config.methods()
     start = time.perf_counter()
-    estimate = MEASURED_SECONDS[config.subject] * len(config.tasks) * len(config.seeds)
-    if progress:
-        print(
-            f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods; "
-            f"about {estimate / 60:.0f} min on 2 CPU cores (less for units already in {out})",
-            file=sys.stderr,
-        )
-    bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
+    estimate = MEASURED_SECONDS[config.subject]  # a unit's seconds
     units: dict[tuple[str, int], dict] = {}
+    pending = []
     for task in config.tasks:
-        train, test, template = _data(config, task)
-        data = unit_data(train, test)
-        bar.set_description(f"demo {task}")
+        data = unit_data(*_data(config, task)[:2])
         for seed in config.seeds:
             unit = stored_unit(out, task, seed, data)
             if unit is None:
-                unit = _run_unit(
-                    lmm, config, (train, test, template), seed, out / "vectors" / f"{task}.seed{seed}", bar
-                )
-                units[(task, seed)] = {"task": task, "seed": seed, "data": data, **unit}
-                atomic_write_json(unit_path(out, task, seed), units[(task, seed)])
-                write_results(out, config, model, units, time.perf_counter() - start, redraw=[task])
+                pending.append((task, seed, data))
             else:
                 units[(task, seed)] = unit
-                bar.update(len(methods))
+    jobs = jobs or default_jobs(config, len(pending))
+    if progress:
+        print(
+            f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods, "
+            f"{len(pending)} (task, seed) to run in {jobs} process(es); about "
+            f"{estimate * len(pending) / max(1, min(jobs, len(pending), 2)) / 60:.0f} min on 2 CPU cores",
+            file=sys.stderr,
+        )
+    bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
+    bar.update(len(methods) * len(units))
+    steps = (_load, _data, _run_unit)
+    for (task, seed, data), unit in run_units(steps, lmm, config, checkpoint, out, pending, jobs, bar):
+        units[(task, seed)] = {"task": task, "seed": seed, "data": data, **unit}
+        atomic_write_json(unit_path(out, task, seed), units[(task, seed)])
+        write_results(out, config, model, units, time.perf_counter() - start, redraw=[task])
     bar.close()
-    return write_results(out, config, model, units, time.perf_counter() - start)
+    ordered = {(t, s): units[(t, s)] for t in config.tasks for s in config.seeds if (t, s) in units}
+    return write_results(out, config, model, ordered, time.perf_counter() - start)
 
 
 def _report_only(out: Path, config: DemoConfig) -> dict:
@@ -334,21 +339,22 @@ def _run_unit(lmm, config: DemoConfig, data, seed: int, vectors_folder: Path, ba
         record(f"icl_{k}", shots=k)
     stv_cfg = replace(config.stv, seed=seed).resolved(lmm)
     with measured(lmm.device) as spent:
-        vectors, state = fit(lmm, train, stv_cfg, task=template, progress=False)
+        vectors = fit(lmm, train, stv_cfg, task=template, progress=False)
+        state = vectors.log
     cost("stv", spent, "stv", stv_cfg)
     timings.update({f"stv_{stage}": seconds for stage, seconds in state.timings.items()})
     top_k["stv"] = stv_cfg.top_k
     save_fit(vectors_folder, vectors, stv_cfg)
     means = state.scan.mean_activations() if config.mtv_means_from_scan else None
     with measured(lmm.device) as spent:
-        mtv_vectors, mtv_log = fit_mtv(
-            lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means
-        )
+        mtv_vectors = fit_mtv(lmm, train, replace(config.mtv, seed=seed), task=template, progress=False, means=means)
+        mtv_log = mtv_vectors.log
     cost("mtv", spent, "mtv", config.mtv)  # with means from the scan: the scan's time is in stv's
     timings.update({f"mtv_{stage}": seconds for stage, seconds in mtv_log.timings.items()})
     record("mtv", vectors=mtv_vectors)
     with measured(lmm.device) as spent:
-        adapter, lora_log = fit_lora(lmm, train, replace(config.lora, seed=seed), task=template, progress=False)
+        adapter = fit_lora(lmm, train, replace(config.lora, seed=seed), task=template, progress=False)
+        lora_log = adapter.log
     cost("lora", spent, "lora", config.lora)
     timings["lora_train"] = lora_log["train"]
     record("lora", vectors=adapter)

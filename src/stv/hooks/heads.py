@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -71,7 +72,7 @@ class Recording:
 
 
 @contextlib.contextmanager
-def record(
+def record_heads(
     heads: HeadMap,
     locations: Sequence[Location] | None = None,
     positions: torch.Tensor | Sequence[int] | None = None,
@@ -163,7 +164,7 @@ def _check_values(values, n: int, head_dim: int) -> torch.Tensor:
 
 @dataclass
 class _Writer:
-    """The write hooks of :func:`replace`: which values go where, at which forward pass."""
+    """The write hooks of :func:`write_heads`: which values go where, at which forward pass."""
 
     heads: HeadMap
     locations: list[Location]
@@ -285,7 +286,7 @@ def _guarded_generate(model: nn.Module, step: _Step, writes_generated: str | Non
 
 
 @contextlib.contextmanager
-def replace(
+def write_heads(
     model: nn.Module,
     heads: HeadMap,
     locations: Sequence[Location],
@@ -341,3 +342,17 @@ def replace(
         _ACTIVE[model].remove(writer.step)
         for h in handles:
             h.remove()
+
+
+_RENAMED = {"record": "record_heads", "replace": "write_heads"}  # old names, kept for one release
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        warnings.warn(
+            f"stv.hooks.heads.{name} is deprecated; use {_RENAMED[name]} (the old name goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,8 @@ from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors, TaskVectorsConfig
-from .fit import FitLog, STVConfig, fit_at
+from .fit import STVConfig, fit_at
+from .log import FitLog
 
 
 def mean_at_top_k(state: FitLog, config: TaskVectorsConfig) -> TaskVectors:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.example import Example
-from ..hooks.heads import record
+from ..hooks.heads import record_heads
 from ..models import LMM
 from ..tasks import Task, sample_demos
 from ..vectors import TaskVectors
@@ -66,7 +66,7 @@ def _record_steps(lmm: LMM, prompts, answers: Sequence[str], locations, steps: i
     and valid (steps, B), true where the answer has a token t to predict."""
     target, valid = lmm.answer_targets(answers, steps + 1)  # (B, width)
     width = target.shape[1]
-    with record(lmm.heads, locations, passes=steps + 1) as rec:
+    with record_heads(lmm.heads, locations, passes=steps + 1) as rec:
         for _ in lmm.teacher_forced(lmm.prepare(prompts), target, valid):
             pass
     values = torch.zeros(steps, len(answers), len(locations), lmm.heads.head_dim)

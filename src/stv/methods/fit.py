@@ -20,30 +20,13 @@ from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
 from .bank import build_bank
 from .continuation import search_continuation, with_continuation
+from .log import FitLog
 from .refine import refined, split_held_out
 from .reinforce import ReinforceResult, reinforce
 from .reward import bank_rewards
 from .scan import ScanResult, sensitivity_scan
 from .schedule import choose_schedule
 from .select import select_best
-
-
-@dataclass
-class FitLog:
-    """What a fit (STV or MTV) produced besides its vectors, for reports and ablations."""
-
-    scan_result: ScanResult | None  # None for MTV (its means need no scan)
-    locations: list[Location]  # where the search chose (STV: the top-K; MTV: every head)
-    bank: torch.Tensor
-    search: ReinforceResult | None  # the REINFORCE run (not the insertion policy)
-    timings: dict[str, float]
-
-    @property
-    def scan(self) -> ScanResult:
-        """The sensitivity scan of an STV fit."""
-        if self.scan_result is None:
-            raise StvError("this fit ran no sensitivity scan (MTV)")
-        return self.scan_result
 
 
 def scan_pairs(train: Sequence[Example], task: Task, pairs: int, shots: int, rng: np.random.Generator):
@@ -59,15 +42,18 @@ def fit(
     task: Task | None = None,
     progress: bool = True,
     workdir=None,
-) -> tuple[TaskVectors, FitLog]:
-    """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers);
-    ``config`` defaults to ``stv fit``'s preset, :meth:`STVConfig.fast`."""
-    config = (config or STVConfig.fast()).resolved(lmm)
+) -> TaskVectors:
+    """Fit sensitivity-aware task vectors on ``train`` (examples with reference answers) under
+    ``config`` (default ``STVConfig()``, as ``stv fit``). What the fit produced besides the
+    vectors (scan, bank, search, timings) is on the result's ``log``."""
+    config = (config or STVConfig()).resolved(lmm)
     task = task or task_for(train)
     config.validate(lmm, len(train))
     rng = np.random.default_rng(config.seed)
     if not config.needs_scan(lmm.heads.num_layers * lmm.heads.num_heads):
-        return fit_without_search(lmm, train, config, task, rng, progress)
+        artifact, state = fit_without_search(lmm, train, config, task, rng, progress)
+        artifact.log = state
+        return artifact
     t = time.perf_counter()
     pairs = scan_pairs(train, task, config.pairs, config.shots, rng)
     key = json.dumps(
@@ -87,7 +73,8 @@ def fit(
         lmm, train, config, task, scan, scan.top_k(config.top_k, config.sensitivity), rng, progress
     )
     state.timings = {"scan": scan_seconds, **state.timings}
-    return artifact, state
+    artifact.log = state
+    return artifact
 
 
 def fit_without_search(

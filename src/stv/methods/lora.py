@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..artifact import Artifact, local_folder
 from ..data.example import Example
 from ..errors import StvError
 from ..io import atomic_write_folder
@@ -93,13 +95,16 @@ def target_modules(lmm: LMM, targets: Sequence[str] = PROJECTIONS) -> list[str]:
 
 
 @dataclass
-class LoRAAdapter:
+class LoRAAdapter(Artifact):
     """A fitted LoRA adapter: peft's tensors and config, plus what it was fitted on."""
+
+    HUB_KIND = "LoRA adapter"
 
     tensors: dict[str, torch.Tensor]  # peft's state-dict names -> (r, in) / (out, r)
     peft_config: dict  # peft LoraConfig.to_dict()
     config: TaskVectorsConfig
     allow_other_weights: bool = False
+    log: dict = field(default_factory=dict, repr=False, compare=False)  # the fit's timings (not saved)
 
     def fingerprint(self) -> str:
         """Hash of the adapter's tensors (16 hex digits)."""
@@ -142,9 +147,10 @@ class LoRAAdapter:
         return atomic_write_folder(directory, write, (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "LoRAAdapter":
-        """Load a folder written by :meth:`save_pretrained`, refusing damaged files."""
-        directory = Path(directory)
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> "LoRAAdapter":
+        """Load a folder written by :meth:`save_pretrained` (or a hub repo id, at ``revision``),
+        refusing damaged files."""
+        directory = local_folder(directory, (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG), revision)
         missing = [name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, STV_CONFIG) if not (directory / name).is_file()]
         if missing:
             raise ArtifactError(
@@ -177,7 +183,9 @@ def attached(lmm: LMM, peft_config: dict) -> Iterator:
     from peft import LoraConfig, get_peft_model
 
     known = {k: v for k, v in peft_config.items() if k in LoraConfig.__dataclass_fields__}
-    peft_model = get_peft_model(lmm.model, LoraConfig(**known))
+    with warnings.catch_warnings():  # peft reads a property transformers 5.x deprecates: not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lmm.model, LoraConfig(**known))
     try:
         yield peft_model
     finally:
@@ -190,8 +198,8 @@ def fit_lora(
     config: LoRAConfig | None = None,
     task: Task | None = None,
     progress: bool = True,
-) -> tuple[LoRAAdapter, dict[str, float]]:
-    """Train LoRA adapters on ``train``'s zero-shot prompts: (adapter, {"train": seconds})."""
+) -> LoRAAdapter:
+    """Train LoRA adapters on ``train``'s zero-shot prompts; ``.log`` holds {"train": seconds}."""
     config = config or LoRAConfig()
     config.check()
     task = task or task_for(train)
@@ -230,7 +238,7 @@ def fit_lora(
 
         tensors = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
     seconds = time.perf_counter() - start
-    return LoRAAdapter(tensors, peft_config, stv_config), {"train": seconds}
+    return LoRAAdapter(tensors, peft_config, stv_config, log={"train": seconds})
 
 
 def load_fitted(directory: str | Path):

@@ -23,7 +23,7 @@ from ..data.example import Example
 from ..models import LMM
 from ..tasks import Task, sample_demos, task_for
 from ..vectors import TaskVectors, TaskVectorsConfig
-from .fit import FitLog
+from .log import FitLog
 from .reinforce import reinforce
 from .reward import bank_rewards
 from .scan import record_prompts
@@ -91,7 +91,7 @@ def fit_mtv(
     progress: bool = True,
     means: torch.Tensor | None = None,
     shifts: torch.Tensor | None = None,
-) -> tuple[TaskVectors, FitLog]:
+) -> TaskVectors:
     """MTV on ``train``. ``means`` (L*H, head_dim), when given, are the mean many-shot
     activations already recorded elsewhere (e.g. the mean of an STV scan's with-context
     activations, which is the same quantity), so they are not recorded twice. ``shifts``
@@ -147,4 +147,5 @@ def fit_mtv(
     written = means[best] if shifts is None else torch.full_like(means[best], float("nan"))
     steer = None if shifts is None else shifts[best]
     vectors = TaskVectors(loc_tensor[best], written, config=cfg, probabilities=search.probabilities, shifts=steer)
-    return vectors, FitLog(None, locations, bank, search, {"means": t_means, "search": t_search})
+    vectors.log = FitLog(None, locations, bank, search, {"means": t_means, "search": t_search})
+    return vectors

@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 from ..config import RefineObjective, RefineStart, STVConfig
 from ..data.example import Example
 from ..hooks.headmap import Location
-from ..hooks.heads import record
-from ..hooks.heads import replace as replace_heads
+from ..hooks.heads import record_heads, write_heads
 from ..models import LMM
 from ..tasks import Task
 from ..vectors import TaskVectors
@@ -65,17 +64,20 @@ def refine(
     vectors: TaskVectors,
     train: Sequence[Example],
     task: Task,
-    steps: int,
-    lr: float,
-    rng: np.random.Generator,
+    *,
+    config: STVConfig | None = None,
+    rng: np.random.Generator | int = 0,
     batch: int = BATCH,
     progress: bool = True,
     held_out: Sequence[Example] | None = None,
-    objective: RefineObjective = "first_token",
 ) -> tuple[TaskVectors, RefineLog]:
     """``vectors`` with a learned correction at their heads (the first generated token's
     insertion: the prompt's last token), and what it did on the held-out queries (``held_out``,
-    or up to 64 of ``train`` set aside, never trained on), scored by ``objective``."""
+    or up to 64 of ``train`` set aside, never trained on). ``config`` gives the steps, learning
+    rate and objective (``refine``, ``refine_lr``, ``refine_objective``; default STVConfig())."""
+    config = config or STVConfig()
+    steps, lr, objective = config.refine, config.refine_lr, config.refine_objective
+    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
     if steps <= 0 or not len(vectors.locations):
         return vectors, RefineLog(0.0, 0.0, 0, 0)
     held, pool = split_held_out(train, rng) if held_out is None else (list(held_out), list(train))
@@ -129,8 +131,8 @@ def head_outputs(
     writes: contextlib.AbstractContextManager = contextlib.nullcontext()
     if written is not None:
         where = written.location_list()
-        writes = replace_heads(lmm.model, lmm.heads, where, written.vectors, "prompt_last", shifts=written.shifts)
-    with record(lmm.heads, locations) as rec, writes, torch.inference_mode():  # recorded before written over
+        writes = write_heads(lmm.model, lmm.heads, where, written.vectors, "prompt_last", shifts=written.shifts)
+    with record_heads(lmm.heads, locations) as rec, writes, torch.inference_mode():  # recorded before written over
         lmm.model(**inputs, use_cache=False, logits_to_keep=1)
     assert rec.values is not None  # the pass above reached every layer
     return rec.values
@@ -148,7 +150,7 @@ def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Quer
     policy = vectors.config.policy if queries.valid is not None else "prompt_last"
     later = vectors.continuation if policy == "prompt_last" and queries.valid is not None else None
     locations = vectors.location_list()
-    with replace_heads(lmm.model, lmm.heads, locations, vectors.vectors, policy, continuation=later, shifts=shifts):
+    with write_heads(lmm.model, lmm.heads, locations, vectors.vectors, policy, continuation=later, shifts=shifts):
         if queries.valid is None:
             return lmm.model(**queries.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         steps = lmm.teacher_forced(queries.inputs, queries.target, queries.valid)
@@ -215,23 +217,11 @@ def refined(
         held, train = split_held_out(train, rng)
     writes = bool(len(searched.locations)) and not torch.isnan(searched.vectors).all()
     if "steer" in names and (writes or "zero" not in starts):  # writing nothing, steering is the zero start
-        starts["steer"] = steered(lmm, searched, task, train[:STEER_QUERIES])  # last: the others' draws unchanged
-    # steering draws from a generator of its own: the other starts, and every draw after
-    # refinement, are exactly v8's ("both"), whichever start is kept
-    draws = {name: rng.spawn(1)[0] if name == "steer" else rng for name in starts}
+        starts["steer"] = steered(lmm, searched, task, train[:STEER_QUERIES])
+    # one stream of draws, or independent ones when several starts compete
+    draws = dict(zip(starts, rng.spawn(len(starts)))) if len(starts) > 1 else {name: rng for name in starts}
     results = {
-        name: refine(
-            lmm,
-            start,
-            train,
-            task,
-            config.refine,
-            config.refine_lr,
-            draws[name],
-            progress=progress,
-            held_out=held,
-            objective=config.refine_objective,
-        )
+        name: refine(lmm, start, train, task, config=config, rng=draws[name], progress=progress, held_out=held)
         for name, start in starts.items()
     }
     judged = {name: result[1].after for name, result in results.items()}  # each start's best held-out score
@@ -254,8 +244,8 @@ def _best_start(judged: dict[str, float], steer_margin: int, queries: int) -> st
     search, zero, steer). With ``steer_margin`` > 0 steering is kept only when it answers at
     least that many more of the ``queries`` held-out queries than the best of the others (a
     "hits" score is hits / queries plus a log-prob tie-break far below 1 / queries, so rounding
-    recovers the count): the other starts are v8's, and steering won on the real models by
-    0-2 queries with test changes of -10 to +6.7 points (the fourteenth round)."""
+    recovers the count): steering tends to win on the held-out queries by a query or two that
+    the test does not confirm (docs/research-log.md)."""
     best = max(judged, key=judged.__getitem__)
     if best != "steer" or steer_margin <= 0:
         return best
@@ -286,9 +276,9 @@ def unreplaced(
     """``artifact`` with some replaced heads turned into steering (as :func:`steered` turns
     them, means on ``queries``), and how many: one head at a time in layer order, kept where
     ``held`` answers at least one more query. A replacement erases what the head said about
-    the query; on the lab it can cost a whole digit class that no added correction brings
-    back (README, fourteenth round), while steering every head loses tasks that need a fixed
-    answer written: this keeps replacement head by head where it is not needed."""
+    the query (on the lab it can cost a whole digit class that no added correction brings
+    back), while steering every head loses tasks that need a fixed answer written: this keeps
+    replacement only where it is needed, head by head."""
     rows = (~torch.isnan(artifact.vectors).any(-1)).nonzero().flatten().tolist()
     if not rows:
         return artifact, 0

@@ -25,7 +25,7 @@ from ..config import SENSITIVITIES, Sensitivity
 from ..distributed import assemble
 from ..errors import StvError
 from ..hooks.headmap import Location
-from ..hooks.heads import record
+from ..hooks.heads import record_heads
 from ..io import atomic_write_json
 from ..models import LMM, Prompt
 
@@ -109,7 +109,7 @@ class ScanResult:
 
 def record_prompts(lmm: LMM, prompts: Sequence[Prompt]) -> torch.Tensor:
     """Every head's output at each prompt's last token: (batch, layers*heads, head_dim)."""
-    with record(lmm.heads) as rec, torch.inference_mode():
+    with record_heads(lmm.heads) as rec, torch.inference_mode():
         lmm.model(**lmm.prepare(prompts), use_cache=False, logits_to_keep=1)  # no full-sequence logits
     return rec.values
 

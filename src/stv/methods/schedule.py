@@ -3,14 +3,11 @@
 Both schedules write the same vectors at the prompt's last token, so the first answer token
 (what REINFORCE optimised) is the same under both; they differ in what the model writes after
 it. ``prompt_last`` leaves the later tokens alone and keeps multi-token answers whole
-(capitalize: "Travel", not "Travel Travel Travel"); ``every_step`` keeps steering them and is
-what stops a zero-shot query from going on in its own format (choose_first_of_5: "ostrich",
-not "ostrich, since, out, ..."; stv+_v2 on SmolLM2: 50.0 exact match vs 0.0). Neither is
-right for every task, so the fit generates a few training answers under each and keeps the
-one whose answers score best under the task's own metric. With the continuation search
-(``continuation_search``) in stv+, ``prompt_last`` won on every task and seed measured
-(benchmarks/compare10, compare11): a cheap guard, not a gain so far. Not in the STV or MTV
-papers.
+(capitalize: "Travel", not "Travel Travel Travel"); ``every_step`` keeps steering them and can
+stop a zero-shot query from going on in its own format (choose_first_of_5: "ostrich", not
+"ostrich, since, out, ..."). Neither is right for every task, so the fit generates a few
+training answers under each and keeps the one whose answers score best under the task's own
+metric. Not in the STV or MTV papers; what it gained is in docs/research-log.md.
 """
 
 from __future__ import annotations

@@ -48,8 +48,7 @@ def select_best(
 
     With ``recheck`` > 0 the best quarter (at least two) are scored again on another draw of
     ``recheck`` queries and the best over both draws wins: the maximum of ~30 scores on 32
-    queries is mostly luck (SmolLM2 capitalize, seed 1: the winner at 91% on its 32 queries
-    was 78% on 256 others and 70% on the test queries; README, seventh round)."""
+    queries is mostly luck."""
     gen = torch.Generator().manual_seed(seed)
     candidates: list[torch.Tensor] = []
     origin: list[int | None] = []

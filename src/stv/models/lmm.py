@@ -8,6 +8,7 @@ user turn and the generation prompt).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..errors import StvError
 from ..hooks.headmap import HeadMap
-from ..hooks.heads import decoding, replace
+from ..hooks.heads import decoding, write_heads
 from .compat import attention_implementation, cache_keyword, cache_of, croppable
 
 Piece = Union[str, Image.Image]
@@ -151,6 +152,38 @@ class LMM:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, images
 
+    @contextlib.contextmanager
+    def _left_padding(self) -> Iterator[None]:
+        """The tokenizer pads on the left (with EOS where it has no pad token) inside the block
+        only: the caller's tokenizer is left as it was."""
+        tokenizer = self.tokenizer
+        side, pad = tokenizer.padding_side, tokenizer.pad_token
+        tokenizer.padding_side = "left"
+        if pad is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        try:
+            yield
+        finally:
+            tokenizer.padding_side = side
+            if pad is None:
+                tokenizer.pad_token = None
+
+    @property
+    def pad_token_id(self) -> int:
+        """What padding uses: the tokenizer's pad token, else EOS (as :meth:`prepare` pads)."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def _tokenized(self, texts: list[str], images: list[list[Image.Image]]):
+        """The processor's (or tokenizer's) padded batch of ``texts`` with each row's ``images``."""
+        if self.is_multimodal and any(images):
+            # processors take a nested list only when every row has an image
+            given = [im for imgs in images for im in imgs] if any(not imgs for imgs in images) else images
+            return self.processor(text=texts, images=given, padding=True, return_tensors="pt")
+        if self.is_multimodal:
+            return self.processor(text=texts, padding=True, return_tensors="pt")
+        return self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+
     def prepare(self, prompts: Sequence[Prompt], mode: Render = "raw", positions: bool = True) -> dict:
         """Render, tokenize and left-pad a batch; returns tensors on the model's device.
 
@@ -159,22 +192,8 @@ class LMM:
         """
         rendered = [self.render(p, mode) for p in prompts]
         texts = [t for t, _ in rendered]
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.is_multimodal and any(imgs for _, imgs in rendered):
-            images = [imgs for _, imgs in rendered]
-            if any(not imgs for imgs in images):
-                # processors take a nested list only when every row has an image
-                flat = [im for imgs in images for im in imgs]
-                inputs = self.processor(text=texts, images=flat, padding=True, return_tensors="pt")
-            else:
-                inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        elif self.is_multimodal:
-            inputs = self.processor(text=texts, padding=True, return_tensors="pt")
-        else:
-            inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
-        inputs = dict(inputs)
+        with self._left_padding():
+            inputs = dict(self._tokenized(texts, [images for _, images in rendered]))
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and inputs["input_ids"].shape[1] > limit:
             raise StvError(
@@ -217,8 +236,7 @@ class LMM:
         accuracy and the generated answer."""
         inputs = self.prepare(prompts, mode, positions=False)
         kwargs.setdefault("do_sample", False)
-        pad = self.tokenizer.pad_token_id
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=self.pad_token_id, **kwargs)
         return out[:, inputs["input_ids"].shape[1] :].cpu()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
@@ -239,7 +257,7 @@ class LMM:
         """Each answer's tokens (at most ``max_tokens``), right-padded for :meth:`teacher_forced`:
         ``target`` (B, T) and ``valid`` (B, T), true where a row has a token."""
         ids = [row[:max_tokens] for row in self.answer_ids(answers)]
-        pad = self.tokenizer.pad_token_id or 0
+        pad = self.pad_token_id
         target = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long, device=self.device)  # (B, T)
         valid = torch.zeros_like(target, dtype=torch.bool)  # (B, T)
         for r, row in enumerate(ids):
@@ -368,7 +386,7 @@ class LMM:
         """The ``replace`` context that matches :meth:`last_token_logits`: ``values`` (and
         ``shifts``) have one row per (prompt, repeat), ordered ``q * repeats + s``."""
         span = repeats if self._mask_kind() is not None else 1
-        return replace(self.model, self.heads, locations, values, span=span, shifts=shifts)
+        return write_heads(self.model, self.heads, locations, values, span=span, shifts=shifts)
 
     def _mask_kind(self) -> torch.dtype | None:
         """The dtype of a custom 4D attention mask this model's attention takes, or None."""

@@ -33,7 +33,7 @@ FIT_FILES = (
 )  # policy.png: older name
 
 if TYPE_CHECKING:
-    from ..methods.fit import FitLog
+    from ..methods.log import FitLog
 
 
 def fit_settings(lmm, train, task, method: str, config, dataset: str | None = None) -> dict:
@@ -160,11 +160,14 @@ def fit_into(
     vectors: Any  # TaskVectors, or a LoRAAdapter
     with measured(lmm.device) as cost:
         if method == "mtv":
-            vectors, state = fit_mtv(lmm, train, method_cfg, task=task)
+            vectors = fit_mtv(lmm, train, method_cfg, task=task)
+            state = vectors.log
         elif method == "lora":
-            vectors, timings = fit_lora(lmm, train, method_cfg, task=task)
+            vectors = fit_lora(lmm, train, method_cfg, task=task)
+            timings = vectors.log
         else:
-            vectors, state = fit(lmm, train, config, task=task, workdir=folder / "scan")
+            vectors = fit(lmm, train, config, task=task, workdir=folder / "scan")
+            state = vectors.log
     costs = {**cost.as_dict(), "backward": needs_backward(method, method_cfg), **stored_numbers(vectors)}
     log: dict[str, Any] = {"stages_seconds": {}}
     if dist.is_main:

@@ -63,18 +63,24 @@ def test_quick_demo_writes_results_and_stv_recovers_a_format_task(tmp_path):
     assert json.loads(unit.read_text())["scores"]["mtv"] == [12.34]
 
 
-@pytest.mark.slow
-def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
-    tiny = DemoConfig.quick()
-    tiny = replace(
-        tiny,
+def tiny_demo() -> DemoConfig:
+    """The quick demo cut to one task, 20 queries and a few steps of every fit."""
+    quick = DemoConfig.quick()
+    return replace(
+        quick,
         tasks=("parity_word",),
         test_per_task=20,
         icl_shots=(1,),
         variants=(),
-        stv=replace(tiny.stv, pairs=10, steps=5, samples=4),
-        mtv=replace(tiny.mtv, prompts=10, steps=5, samples=4),
+        stv=replace(quick.stv, pairs=10, steps=5, samples=4),
+        mtv=replace(quick.mtv, prompts=10, steps=5, samples=4),
+        lora=replace(quick.lora, steps=5),
     )
+
+
+@pytest.mark.slow
+def test_demo_seeds_run_apart_then_merge_and_recompute_clears(tmp_path):
+    tiny = tiny_demo()
     run_demo(tmp_path, replace(tiny, seeds=(1,)), progress=False)
     (tmp_path / "units" / "stale.seed0.json").write_text("{}")  # in stv's units folder: --recompute clears it
     (tmp_path / "notes.md").write_text("mine")  # the user's own file: never touched
@@ -116,18 +122,7 @@ def test_a_folder_fitted_under_another_definition_of_a_variant_is_refused(tmp_pa
 @pytest.mark.slow
 def test_units_in_worker_processes_equal_units_in_this_one(tmp_path):
     """``jobs`` 2 runs the (task, seed) units in two processes: the same scores, unit by unit."""
-    tiny = DemoConfig.quick()
-    tiny = replace(
-        tiny,
-        tasks=("parity_word",),
-        seeds=(0, 1),
-        test_per_task=20,
-        icl_shots=(1,),
-        variants=("fast",),
-        stv=replace(tiny.stv, pairs=10, steps=5, samples=4),
-        mtv=replace(tiny.mtv, prompts=10, steps=5, samples=4),
-        lora=replace(tiny.lora, steps=5),
-    )
+    tiny = replace(tiny_demo(), seeds=(0, 1), variants=("fast",))
     apart = run_demo(tmp_path / "apart", tiny, progress=False, jobs=2)
     together = run_demo(tmp_path / "together", tiny, progress=False, jobs=1)
     assert apart["units"] == together["units"] == [2, 2] and apart["methods"] == together["methods"]

@@ -132,3 +132,26 @@ def test_real_smollm2_learns_capitalize_in_context():
     zero = first_token_accuracy(lmm, test[:10], task, train, shots=0)
     four = first_token_accuracy(lmm, test[:10], task, train, shots=4, seed=0)
     assert four >= zero + 40, (zero, four)
+
+
+def test_vectors_fitted_through_a_gguf_apply_to_the_same_weights_however_loaded(tiny, cache):
+    """Fitted on the LMM of a GGUF (its sha256), applied to the plain transformers model or to
+    the converted folder loaded by transformers (a hash of the parameters): the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from stv.config import STVConfig
+
+    from .conftest import text_examples
+
+    path, _, _ = tiny
+    lmm = stv.load_model(path, progress=False)
+    vectors = stv.fit(lmm, text_examples(24), STVConfig(refine=2), progress=False)
+    with vectors.apply(lmm.model):  # what the user holds after load_model
+        pass
+    reloaded = AutoModelForCausalLM.from_pretrained(cache / "gguf" / gguf.sha256_file(path))
+    with vectors.apply(reloaded):
+        pass
+    other = AutoModelForCausalLM.from_config(reloaded.config)  # the same layout, other weights
+    with pytest.raises(stv.vectors.ArtifactMismatchError, match="other weights"):
+        with vectors.apply(other):
+            pass

@@ -36,6 +36,7 @@ class TaskVectorsConfig:
     family: str = ""
     architecture: str = ""
     weights: str = ""  # LMM.weights_fingerprint() of the model fitted on
+    params: str = ""  # LMM.params_fingerprint(): the same weights however they were loaded
     num_layers: int = 0
     num_heads: int = 0
     dtype: str = ""
@@ -63,6 +64,7 @@ class TaskVectorsConfig:
             family=lmm.family,
             architecture=type(lmm.model).__name__,
             weights=lmm.weights_fingerprint(),
+            params=lmm.params_fingerprint(),
             num_layers=lmm.heads.num_layers,
             num_heads=lmm.heads.num_heads,
             dtype=str(lmm.dtype).replace("torch.", ""),
@@ -267,7 +269,8 @@ def check_fitted_on(config: TaskVectorsConfig, lmm, allow_other_weights: bool, h
     architecture differ from what an artifact's ``config`` says it was fitted on."""
     heads = lmm.heads
     fitted = config.weights
-    if fitted and not allow_other_weights and fitted != lmm.weights_fingerprint():
+    same = fitted == lmm.weights_fingerprint() or (config.params and config.params == lmm.params_fingerprint())
+    if fitted and not allow_other_weights and not same:
         raise ArtifactMismatchError(
             f"this {config.method} artifact was fitted on other weights ({config.model}, {fitted}) than "
             f"{lmm.name} ({lmm.weights_fingerprint()}); fit it again, or pass --allow-other-weights "

@@ -88,6 +88,11 @@ class LMM:
         checkpoint of the same architecture)."""
         if self.revision and self.revision.startswith("gguf-sha256:"):
             return self.revision
+        return self.params_fingerprint()
+
+    def params_fingerprint(self) -> str:
+        """A hash of the loaded parameters alone (the same model loaded from its GGUF through
+        stv or from the converted folder by transformers hashes the same)."""
         if getattr(self, "_weights", None) is None:
             digest = hashlib.sha256()
             with torch.no_grad():

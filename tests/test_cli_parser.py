@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from stv.cli.parser import build_parser, expand_config
+from stv.cli.config_file import expand_config
+from stv.cli.parser import build_parser
 
 
 def _parse(argv: list[str]):

@@ -18,7 +18,8 @@ from .common import (
     quiet_transformers,
     stv_config_from_args,
 )
-from .parser import build_parser, expand_config
+from .config_file import expand_config
+from .parser import build_parser
 from .runs import _cmd_bench, _cmd_compare, _cmd_demo, _cmd_lab
 
 __all__ = ["build_parser", "expand_config", "main"]

@@ -39,6 +39,12 @@ def generation_class(config: Any) -> type | None:
     return None
 
 
+def source_name(config: Any) -> str:
+    """Where a loaded model came from (hub id or folder), as transformers records it in a
+    private config field; "" when it does not."""
+    return str(getattr(config, "_name_or_path", "") or "")
+
+
 def attention_implementation(model: Any) -> str:
     """The attention backend a loaded model runs ("sdpa", "eager", ...); transformers keeps it
     in a private config field."""

@@ -8,7 +8,6 @@ user turn and the generation prompt).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from torch import nn
 from ..errors import StvError
 from ..hooks.headmap import HeadMap
 from ..hooks.heads import decoding, write_heads
-from .compat import attention_implementation, cache_keyword, cache_of, croppable
+from .compat import attention_implementation, cache_keyword, cache_of, croppable, source_name
+from .processors import left_padding, tokenized
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -66,7 +66,7 @@ class LMM:
             model=model,
             processor=processor,
             heads=HeadMap.from_model(model, pattern=heads_pattern),
-            name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
+            name=name or source_name(config) or type(model).__name__,
             family=config.model_type,
         )
 
@@ -79,7 +79,7 @@ class LMM:
         config = getattr(target, "config", None)
         if not isinstance(target, nn.Module) or config is None:
             raise StvError(f"{type(target).__name__} is neither an stv LMM nor a transformers model; pass one of them")
-        name = getattr(config, "_name_or_path", "") or type(target).__name__
+        name = source_name(config) or type(target).__name__
         return cls(model=target, processor=None, heads=HeadMap.from_model(target), name=name, family=config.model_type)
 
     def weights_fingerprint(self) -> str:
@@ -157,37 +157,11 @@ class LMM:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, images
 
-    @contextlib.contextmanager
-    def _left_padding(self) -> Iterator[None]:
-        """The tokenizer pads on the left (with EOS where it has no pad token) inside the block
-        only: the caller's tokenizer is left as it was."""
-        tokenizer = self.tokenizer
-        side, pad = tokenizer.padding_side, tokenizer.pad_token
-        tokenizer.padding_side = "left"
-        if pad is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        try:
-            yield
-        finally:
-            tokenizer.padding_side = side
-            if pad is None:
-                tokenizer.pad_token = None
-
     @property
     def pad_token_id(self) -> int:
         """What padding uses: the tokenizer's pad token, else EOS (as :meth:`prepare` pads)."""
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.tokenizer.eos_token_id
-
-    def _tokenized(self, texts: list[str], images: list[list[Image.Image]]):
-        """The processor's (or tokenizer's) padded batch of ``texts`` with each row's ``images``."""
-        if self.is_multimodal and any(images):
-            # processors take a nested list only when every row has an image
-            given = [im for imgs in images for im in imgs] if any(not imgs for imgs in images) else images
-            return self.processor(text=texts, images=given, padding=True, return_tensors="pt")
-        if self.is_multimodal:
-            return self.processor(text=texts, padding=True, return_tensors="pt")
-        return self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
 
     def prepare(self, prompts: Sequence[Prompt], mode: Render = "raw", positions: bool = True) -> dict:
         """Render, tokenize and left-pad a batch; returns tensors on the model's device.
@@ -197,8 +171,8 @@ class LMM:
         """
         rendered = [self.render(p, mode) for p in prompts]
         texts = [t for t, _ in rendered]
-        with self._left_padding():
-            inputs = dict(self._tokenized(texts, [images for _, images in rendered]))
+        with left_padding(self.tokenizer):
+            inputs = dict(tokenized(self.processor, texts, [images for _, images in rendered]))
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and inputs["input_ids"].shape[1] > limit:
             raise StvError(

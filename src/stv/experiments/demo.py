@@ -44,13 +44,14 @@ from .demo_report import write_results
 from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
-# Seconds per (task, seed) on 2 CPU cores, for the estimate printed before a run. The lab:
-# 637 s for 12 units with LoRA, forward and fast and one other run on the cores for most of it
-# (2026-12-03, benchmarks/demo-lab-cost). The real model is an estimate: the v8 demo's unit without its stv+ fit
-# (990 - 735 s, benchmarks/demo-smollm2-v8) plus one LoRA, fast and forward fit each as measured in
-# benchmarks/cost-smollm2 (about 190, 175 and 160 s with one other run). lab-smollm2 is an
-# estimate from earlier demos (3,164 s for 12 units) and was not rerun with these methods.
-MEASURED_SECONDS = {"lab": 53.0, "real": 780.0, "numbers": 720.0}
+# Seconds per (task, seed) in one process with one torch thread, for the estimate printed
+# before a run (divided by the processes that run side by side). The lab: 19.9 s a unit, 12
+# units in two processes in 141 s, nothing else on the 2 cores (benchmarks/demo-lab-jobs).
+# lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
+# The real model is an estimate: the v8 demo's unit without its stv+ fit (990 - 735 s,
+# benchmarks/demo-smollm2-v8) plus one LoRA, fast and forward fit each as measured in
+# benchmarks/cost-smollm2 (about 190, 175 and 160 s with one other run).
+MEASURED_SECONDS = {"lab": 20.0, "real": 780.0, "numbers": 374.0}
 
 
 def variant_method(name: str) -> str:

@@ -102,6 +102,7 @@ def test_push_to_hub_writes_a_model_card_and_a_repo_id_loads_offline(lmm_of, tmp
     _hub_cache(tmp_path / "cache", "someone/capitalize-vectors", list((tmp_path / "uploaded").iterdir()))
     loaded = stv.TaskVectors.from_pretrained("someone/capitalize-vectors")  # offline: from the cache
     assert loaded.fingerprint() == vectors.fingerprint()
+    assert stv.load_fitted("someone/capitalize-vectors").fingerprint() == vectors.fingerprint()  # `stv eval --vectors`
     with pytest.raises(FileNotFoundError, match="no hub repo of that id"):
         stv.TaskVectors.from_pretrained("someone/not-there")
 

@@ -242,11 +242,9 @@ def fit_lora(
 
 
 def load_fitted(directory: str | Path):
-    """Whatever ``stv fit`` wrote into ``directory``: a :class:`LoRAAdapter` or task vectors."""
-    from ..vectors import TaskVectors
+    """Whatever ``stv fit`` wrote into ``directory`` (a folder or a hub repo id): a
+    :class:`LoRAAdapter` or task vectors."""
+    from ..vectors import CONFIG_NAME, WEIGHTS_NAME, TaskVectors
 
-    return (
-        LoRAAdapter.from_pretrained(directory)
-        if is_adapter_folder(directory)
-        else TaskVectors.from_pretrained(directory)
-    )
+    folder = local_folder(directory, (STV_CONFIG, ADAPTER_WEIGHTS, ADAPTER_CONFIG, WEIGHTS_NAME, CONFIG_NAME))
+    return LoRAAdapter.from_pretrained(folder) if is_adapter_folder(folder) else TaskVectors.from_pretrained(folder)

@@ -48,10 +48,9 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # before a run (divided by the processes that run side by side). The lab: 19.9 s a unit, 12
 # units in two processes in 141 s, nothing else on the 2 cores (benchmarks/demo-lab-jobs).
 # lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
-# The real model is an estimate: the v8 demo's unit without its stv+ fit (990 - 735 s,
-# benchmarks/demo-smollm2-v8) plus one LoRA, fast and forward fit each as measured in
-# benchmarks/cost-smollm2 (about 190, 175 and 160 s with one other run).
-MEASURED_SECONDS = {"lab": 20.0, "real": 780.0, "numbers": 374.0}
+# SmolLM2: 685 s a unit, 5 units in two processes in 1,954 s, nothing else on the cores
+# (benchmarks/demo-smollm2-jobs, seed 0).
+MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0}
 
 
 def variant_method(name: str) -> str:

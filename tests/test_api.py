@@ -107,6 +107,15 @@ def test_push_to_hub_writes_a_model_card_and_a_repo_id_loads_offline(lmm_of, tmp
         stv.TaskVectors.from_pretrained("someone/not-there")
 
 
+def test_a_pushed_lora_adapters_card_loads_it_as_an_adapter(lmm_of, tmp_path):
+    lmm = lmm_of("llama")
+    adapter = stv.fit_lora(lmm, text_examples(24), stv.LoRAConfig(steps=2), progress=False)
+    adapter.push_to_hub("someone/capitalize-lora", api=_RecordingHub(tmp_path / "uploaded"))
+    card = (tmp_path / "uploaded" / "README.md").read_text()
+    assert 'stv.LoRAAdapter.from_pretrained("someone/capitalize-lora")' in card and "# lora LoRA adapter" in card
+    assert stv.LoRAAdapter.from_pretrained(tmp_path / "uploaded").fingerprint() == adapter.fingerprint()
+
+
 def test_the_renamed_hook_functions_keep_their_old_names_for_a_release():
     with pytest.warns(DeprecationWarning, match="stv.write_heads"):
         old = stv.replace

@@ -31,14 +31,13 @@ def local_folder(name_or_path: str | Path, files: Sequence[str], revision: str |
         ) from None
 
 
-def model_card(config: Any, kind: str, files: Sequence[str]) -> str:
-    """A README.md for a pushed artifact: what it is, what it was fitted on, how to load it.
-    ``config``: its TaskVectorsConfig."""
+def model_card(config: Any, kind: str, loader: str, files: Sequence[str]) -> str:
+    """A README.md for a pushed artifact: what it is, what it was fitted on, how to load it
+    (``stv.<loader>.from_pretrained``). ``config``: its TaskVectorsConfig."""
     base = config.model if _REPO_ID.fullmatch(config.model or "") else None
     front = ["---", "library_name: stv", "tags:", "- stv", "- task-vectors", f"- {config.method}"]
     front += [f"base_model: {base}"] if base else []
     front.append("---")
-    loader = "LoRAAdapter" if kind == "lora" else "TaskVectors"
     settings = json.dumps(config.hyperparameters, indent=1, sort_keys=True)
     body = f"""
 # {config.method} {kind} for {config.model or "a model"}
@@ -105,7 +104,7 @@ class Artifact:
         with tempfile.TemporaryDirectory(prefix="stv-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "artifact")  # type: ignore[attr-defined]
             files = sorted(p.name for p in folder.iterdir())
-            card = model_card(self.config, self.HUB_KIND, files).replace("REPO_ID", repo_id)  # type: ignore[attr-defined]
+            card = model_card(self.config, self.HUB_KIND, type(self).__name__, files).replace("REPO_ID", repo_id)  # type: ignore[attr-defined]
             (folder / "README.md").write_text(card)
             api.create_repo(repo_id, private=private, exist_ok=True)
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)

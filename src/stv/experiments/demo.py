@@ -238,8 +238,9 @@ def run_demo(
     estimate = MEASURED_SECONDS[config.subject]  # a unit's seconds
     units: dict[tuple[str, int], dict] = {}
     pending = []
+    datasets = {task: _data(config, task) for task in config.tasks}  # (train, test, template)
     for task in config.tasks:
-        data = unit_data(*_data(config, task)[:2])
+        data = unit_data(*datasets[task][:2])
         for seed in config.seeds:
             unit = stored_unit(out, task, seed, data)
             if unit is None:
@@ -257,7 +258,7 @@ def run_demo(
     bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)
     bar.update(len(methods) * len(units))
     steps = (_load, _data, _run_unit)
-    for (task, seed, data), unit in run_units(steps, lmm, config, checkpoint, out, pending, jobs, bar):
+    for (task, seed, data), unit in run_units(steps, lmm, config, checkpoint, out, pending, datasets, jobs, bar):
         units[(task, seed)] = {"task": task, "seed": seed, "data": data, **unit}
         atomic_write_json(unit_path(out, task, seed), units[(task, seed)])
         write_results(out, config, model, units, time.perf_counter() - start, redraw=[task])

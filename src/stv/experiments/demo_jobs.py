@@ -68,19 +68,19 @@ def run_units(
     checkpoint: Any,
     out: Path,
     pending: Sequence[Pending],
+    datasets: dict[str, tuple],
     jobs: int,
     bar: Any,
 ) -> Iterator[tuple[Pending, dict]]:
     """``(pending unit, its results)`` as each finishes: in this process (``jobs`` 1, with
-    ``lmm``) or in ``jobs`` worker processes, each loading its own copy of the model."""
-    _, data_of, run_unit = steps
+    ``lmm`` and each task's (train, test, template) from ``datasets``) or in ``jobs`` worker
+    processes, each loading its own copy of the model and reading the data itself."""
+    run_unit = steps[2]
     if jobs <= 1 or len(pending) <= 1:
-        datasets: dict[str, tuple] = {}
         for unit in pending:
             task, seed, _ = unit
-            data = datasets.setdefault(task, data_of(config, task))
             bar.set_description(f"demo {task}")
-            yield unit, run_unit(lmm, config, data, seed, out / "vectors" / f"{task}.seed{seed}", bar)
+            yield unit, run_unit(lmm, config, datasets[task], seed, out / "vectors" / f"{task}.seed{seed}", bar)
         return
     context = get_context("spawn")  # a clean interpreter: no fork of torch's threads
     pool = ProcessPoolExecutor(jobs, context, initializer=_start_worker, initargs=(steps, config, checkpoint))

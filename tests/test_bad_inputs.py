@@ -119,7 +119,7 @@ CASES = {
     "negative shots": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--shots", "-3", *OUT], "--shots -3"),
     "zero context shots": (
         lambda t, m: ["fit", "--model", m["llama"], *DIGITS, *TINY_FIT[:6], "--context-shots", "0", *OUT],
-        "shots=0",
+        "shots=0 (--context-shots)",
     ),
     "zero limit": (lambda t, m: ["eval", "--model", m["llama"], *DIGITS, "--limit", "0", *OUT], "--limit 0"),
     "zero batch size": (

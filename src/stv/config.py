@@ -41,6 +41,12 @@ def field_help(name: str) -> str:
     return STVConfig.__dataclass_fields__[name].metadata.get("help", "")
 
 
+def flag(name: str) -> str:
+    """The command-line flag of STVConfig field ``name`` (``shots`` is ``--context-shots``:
+    ``--shots`` is eval's k-shot ICL)."""
+    return "--context-shots" if name == "shots" else "--" + name.replace("_", "-")
+
+
 # the fields the sensitivity scan reads (`stv scan` takes only these)
 SCAN_FIELDS: tuple[str, ...] = ("pairs", "shots", "sensitivity", "top_k", "batch_size", "seed")
 
@@ -272,29 +278,14 @@ class STVConfig:
         problems = []
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k} must be >= 0 (0: chosen from the model)")
-        minimum = {"samples": 1, "pairs": 1, "batch_size": 1, "final_items": 1, "restarts": 1, "shots": 1}
-        for name in ("steps", "seed", "final_samples", "final_recheck", "schedule_items", "clusters", "prefix_pool"):
-            minimum[name] = 0
-        for name in ("continuation", "continuation_search", "refine", "steer_margin"):
-            minimum[name] = 0
-        for name, low in minimum.items():
+        for name, low in _MINIMUM.items():
             if getattr(self, name) < low:
-                problems.append(f"{name}={getattr(self, name)} (--{name.replace('_', '-')}) must be >= {low}")
+                problems.append(f"{name}={getattr(self, name)} ({flag(name)}) must be >= {low}")
         for name in ("lr", "refine_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
-                problems.append(f"{name}={value} (--{name.replace('_', '-')}) must be a finite number > 0")
-        choices = {
-            "objective": OBJECTIVES,
-            "final_objective": OBJECTIVES,
-            "continuation_objective": OBJECTIVES,
-            "refine_heads": REFINE_HEADS,
-            "refine_objective": REFINE_OBJECTIVES,
-            "refine_start": REFINE_STARTS,
-            "sensitivity": SENSITIVITIES,
-            "policy": POLICIES,
-        }
-        for name, allowed in choices.items():
+                problems.append(f"{name}={value} ({flag(name)}) must be a finite number > 0")
+        for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} must be one of {', '.join(allowed)}")
         return problems
@@ -349,6 +340,27 @@ class STVConfig:
                 )
         if problems:
             raise StvError("STVConfig: " + "; ".join(problems))
+
+
+# the smallest value of each count, and the values each option takes (checked on construction)
+_MINIMUM = {
+    **dict.fromkeys(("samples", "pairs", "batch_size", "final_items", "restarts", "shots"), 1),
+    **dict.fromkeys(
+        ("steps", "seed", "final_samples", "final_recheck", "schedule_items", "clusters", "prefix_pool")
+        + ("continuation", "continuation_search", "refine", "steer_margin"),
+        0,
+    ),
+}
+_CHOICES = {
+    "objective": OBJECTIVES,
+    "final_objective": OBJECTIVES,
+    "continuation_objective": OBJECTIVES,
+    "refine_heads": REFINE_HEADS,
+    "refine_objective": REFINE_OBJECTIVES,
+    "refine_start": REFINE_STARTS,
+    "sensitivity": SENSITIVITIES,
+    "policy": POLICIES,
+}
 
 
 def linked(value, settings: dict):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..config import SCAN_FIELDS
+from ..config import SCAN_FIELDS, STVConfig, flag
 
-DEFAULT_VARIANT = "fast"  # STVConfig()'s preset: what `stv fit` uses unless --variant says otherwise
+DEFAULT_VARIANT = STVConfig().variant  # what `stv fit` uses unless --variant says otherwise
 
 
 def _add_model(p) -> None:
@@ -47,7 +47,6 @@ def _add_data(p) -> None:
 
 def _add_stv(p: "StvParser", only: tuple[str, ...] | None = None) -> None:
     """One flag per STVConfig field (``only``: just these), with the preset switch."""
-    from ..config import STVConfig
 
     if only is None:
         p.add_argument(
@@ -61,7 +60,6 @@ def _add_stv(p: "StvParser", only: tuple[str, ...] | None = None) -> None:
             "three starts (the most accurate on the tasks it was tuned on, ~5x LoRA's time); paper: the "
             "paper's method as first read (L2 ranking, k-means bank, every-step insertion)",
         )
-    renamed = {"shots": "--context-shots"}  # --shots is eval's k-shot ICL; these are the scan's contexts
     ours, paper = STVConfig.preset(DEFAULT_VARIANT), STVConfig.paper()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(STVConfig):
@@ -70,7 +68,6 @@ def _add_stv(p: "StvParser", only: tuple[str, ...] | None = None) -> None:
         stage = f.metadata["stage"]
         if stage not in groups:
             groups[stage] = p.add_argument_group(f"STV settings: {stage}")
-        flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
         mine, theirs = getattr(ours, f.name), getattr(paper, f.name)
         default = f"default {mine}" if mine == theirs else f"{DEFAULT_VARIANT}: {mine}, paper: {theirs}"
         text = f"{f.metadata['help']} ({default})"
@@ -78,7 +75,9 @@ def _add_stv(p: "StvParser", only: tuple[str, ...] | None = None) -> None:
             kind: dict = {"action": argparse.BooleanOptionalAction, "default": None}
         else:
             kind = {"type": type(f.default)}
-        p.options.append(groups[stage].add_argument(flag, dest=f.name, help=text, **kind))  # --config reads p.options
+        p.options.append(
+            groups[stage].add_argument(flag(f.name), dest=f.name, help=text, **kind)
+        )  # --config reads p.options
 
 
 class StvParser(argparse.ArgumentParser):

@@ -91,3 +91,124 @@ def test_fashion_mnist_reads_idx_files_and_names_the_install_when_missing(tmp_pa
         fashion_images("test")
     with pytest.raises(DataError, match="splits train and test"):
         fashion_images("validation")
+
+
+@pytest.fixture
+def fashion_dir(tmp_path, monkeypatch):
+    """A synthetic Fashion-MNIST: 30 training and 12 test images a class; an image's mean
+    brightness encodes its class, so a tiny tower can tell the classes apart."""
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 30), ("t10k", 12)):
+        labels = np.repeat(np.arange(10), n)
+        images = (labels[:, None, None] * 25 + rng.integers(0, 5, (len(labels), 28, 28))).clip(0, 255)
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", labels, 2049)
+    monkeypatch.setenv("STV_FASHION_MNIST", str(tmp_path))
+    return tmp_path
+
+
+def test_fashion_tasks_image_and_text_versions_match(fashion_dir):
+    from stv.data import load_dataset
+    from stv.data.fashion import CLASSES
+    from stv.tasks import task_for
+
+    image, text = load_dataset("fashion:category", split="train"), load_dataset("fashion-text:category", split="train")
+    assert len(image) == 300 and [e.metadata["class"] for e in image].count(7) == 30  # min(200, what there is)
+    assert [e.answer for e in image] == [e.answer for e in text]
+    assert text[0].question == CLASSES[text[0].metadata["class"]] and not text[0].images
+    assert image[0].pil_images()[0].size == (28, 28) and not image[0].question
+    by_class = {e.metadata["class"]: e.answer for e in image}
+    assert (by_class[5], by_class[8], by_class[0]) == ("footwear", "bag", "clothing")
+    mapped = {e.metadata["class"]: e.answer for e in load_dataset("fashion:footwear_BA", split="test")}
+    assert mapped[9] == "B" and mapped[1] == "A"
+    assert task_for("fashion-text:name").prompt(text[:1], text[1])[0] == f"{text[0].question} ->{text[0].answer}\n"
+    with pytest.raises(ValueError, match="unknown fashion task 'colour'"):
+        load_dataset("fashion:colour")
+
+
+def test_a_changed_idx_file_is_read_again(fashion_dir):
+    import os
+
+    from stv.data.fashion import fashion_images
+
+    _, before = fashion_images("test")
+    labels = np.full(120, 3)
+    _write_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz", labels, 2049)
+    os.utime(fashion_dir / "t10k-labels-idx1-ubyte.gz", ns=(1, 1))
+    _, after = fashion_images("test")
+    assert set(before) == set(range(10)) and set(after) == {3}
+
+
+@pytest.fixture(scope="module")
+def tiny_dino(tmp_path_factory):
+    """A random DINOv2 small enough for a test (14-px patches, as the real one)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("dino")
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
+    Dinov2Model(config).save_pretrained(folder)
+    return folder
+
+
+def test_lab_dino_writes_four_projected_patch_tokens_per_image(fashion_dir, tiny_dino, family_dir):
+    """The stock LLaVA forward equals the decoder run with the projector's output of DINOv2's
+    last layer (class token dropped) at the four image positions: what alignment trains."""
+    import torch
+
+    from stv.data import load_dataset
+    from stv.experiments.lab import dino_align, dino_model
+    from stv.models import LMM
+    from stv.tasks import task_for
+
+    model, processor = dino_model.build(family_dir("llama"), tiny_dino)
+    lmm = LMM.from_model(model, processor, name="tiny-dino")
+    example = load_dataset("fashion:name", split="test")[0]
+    inputs = lmm.prepare([task_for("fashion").prompt([], example)])
+    at = inputs["input_ids"][0] == model.config.image_token_id
+    assert int(at.sum()) == 4
+    features = dino_align.dino_features(model, processor, example.pil_images())  # (1, 4, 32)
+    with torch.no_grad():
+        stock = model(**inputs).logits[0, -1]
+        embeds = model.get_input_embeddings()(inputs["input_ids"]).clone()
+        embeds[0, at] = model.model.multi_modal_projector(features)[0]
+        hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+        manual = model.lm_head(hidden.last_hidden_state[0, -1])
+    assert features.shape == (1, 4, 32) and torch.allclose(stock, manual, atol=1e-4)
+
+
+def test_projector_alignment_lowers_the_caption_loss_and_moves_only_the_projector(
+    fashion_dir, tiny_dino, family_dir, tmp_path
+):
+    import torch
+    from transformers import Dinov2Model
+
+    from stv.experiments.lab import dino_align, dino_model
+    from stv.models import load_model
+
+    stand_ins = {"backbone": family_dir("llama"), "dino_folder": tiny_dino}
+    config = dino_align.DinoAlignConfig(steps=100, batch=16, lr=1e-2, per_class=20, digits=False)
+    result = dino_align.train_projector(tmp_path / "p", config, progress=False, **stand_ins)
+    trained = dino_model.load_projector(tmp_path / "p", progress=False, **stand_ins)
+    untrained, processor = dino_model.build(family_dir("llama"), tiny_dino, seed=config.seed)  # training's start
+    data = dino_align.captioned_images(untrained, processor, config)
+    captions = [(*dino_align.CAPTIONS[0], phrase) for phrase in data.phrases[::3]]
+    with torch.no_grad():
+        before = dino_align.caption_loss(untrained, processor.tokenizer, data.features[::3], captions)
+        after = dino_align.caption_loss(trained.model, processor.tokenizer, data.features[::3], captions)
+    assert after < before - 0.05, (before, after)  # a tiny random decoder reads its inputs weakly
+    text = load_model(family_dir("llama")).model.state_dict()
+    decoder = trained.model.model.language_model.state_dict()
+    kept = [k for k in text if k.startswith("model.") and "embed" not in k]
+    assert kept and all(torch.equal(decoder[k.removeprefix("model.")], text[k]) for k in kept)
+    tower = Dinov2Model.from_pretrained(tiny_dino).state_dict()
+    assert all(torch.equal(trained.model.model.vision_tower.state_dict()[k], v) for k, v in tower.items())
+    assert dino_align.names_images(trained.model, trained.processor, config) == result["names_test_images"]
+
+
+def test_lab_dino_says_what_to_install():
+    from stv.experiments.lab import dino_model
+
+    said = dino_model.available()
+    assert said.startswith("available") or "pip install" in said

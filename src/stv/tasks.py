@@ -186,14 +186,14 @@ def task_for(dataset: str | Sequence[Example]) -> Task:
         kind = rest
     if kind.startswith("digits"):
         return DIGITS
-    if kind.startswith("numbers"):
+    if kind.startswith(("numbers", "fashion")):  # the labs on SmolLM2: "<image> ->answer"
         return TASKS["numbers"]
     if kind in TASKS:
         return TASKS[kind]
     if kind in _CHOICE_KINDS:
         return TASKS["choice"]
     raise StvError(
-        f"no prompt template for dataset {dataset!r}; known: digits:TASK, numbers:TASK, fv:TASK, vizwiz, okvqa, "
+        f"no prompt template for dataset {dataset!r}; known: digits:TASK, numbers:TASK, fashion:TASK, fv:TASK, vizwiz, okvqa, "
         f"jsonl, {', '.join(_CHOICE_KINDS)}, hf:NAME of those; or pass a Task (--task) yourself"
     )
 

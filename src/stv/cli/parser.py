@@ -30,7 +30,7 @@ def _add_data(p) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        help="digits:TASK | numbers[-text]:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
+        help="digits:TASK | numbers[-text]:TASK | fashion[-text]:TASK | fv:TASK | vizwiz | okvqa | dtd | flowers102 | cub | hf:NAME | jsonl:FILE | "
         "mtv:KIND:FILE",
     )
     p.add_argument("--root", help="folder with the dataset's original files")
@@ -121,7 +121,7 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--model",
         help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
-        "or lab-smollm2 on digit-image tasks, instead of the lab model (smollm2-135m: about 11 min per (task, seed), "
+        "or lab-smollm2 on digit-image tasks, or lab-dino on Fashion-MNIST image tasks, instead of the lab model (smollm2-135m: about 11 min per (task, seed), "
         "15 of them, two side by side with --jobs 2; --seed N runs one seed)",
     )
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
@@ -233,9 +233,10 @@ def build_parser() -> StvParser:
     def add_backbone(command) -> None:
         command.add_argument(
             "--backbone",
-            choices=["smollm2-135m"],
-            help="the SmolLM2 lab (lab-smollm2: frozen SmolLM2-135M + a vision tower trained "
-            "here) instead of the from-scratch lab model",
+            choices=["smollm2-135m", "dino"],
+            help="a lab on frozen SmolLM2-135M instead of the from-scratch lab model: smollm2-135m "
+            "(lab-smollm2, a digit tower trained here) or dino (lab-dino, pretrained DINOv2-small + a "
+            "projector trained here)",
         )
 
     t = lab.add_parser(
@@ -246,7 +247,9 @@ def build_parser() -> StvParser:
     t.add_argument("--out", required=True, help="folder for the weights, training.json and icl_curve.json")
     add_backbone(t)
     t.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
-    t.add_argument("--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for --backbone)")
+    t.add_argument(
+        "--steps", type=int, help="optimiser steps (default: 1500 for the lab, 600 for smollm2-135m, 400 for dino)"
+    )
     t.add_argument(
         "--embed-weight",
         type=float,

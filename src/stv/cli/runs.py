@@ -132,18 +132,27 @@ def _cmd_lab(args) -> int:
 
 
 def _cmd_lab_smol(args) -> int:
-    """The SmolLM2 lab: train the tower, or print / recompute its image and text ICL curves."""
-    from ..experiments.lab import smol
+    """The labs on SmolLM2: train the tower (or lab-dino's projector), or print / recompute
+    their image and text ICL curves."""
+    from ..experiments.lab import dino_model, smol
     from ..experiments.lab.curve import format_number_curve, number_curve
 
-    folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or smol.TOWER)
+    dino = args.backbone == "dino"
+    shipped = dino_model.PROJECTOR if dino else smol.TOWER
+    folder = Path(getattr(args, "out", None) or getattr(args, "checkpoint", None) or shipped)
     if args.lab_command == "info":
         path = folder / "icl_curve.json"
         if not path.is_file():
             raise StvError(f"no ICL curve at {path}; run `stv lab curve --backbone {args.backbone}`")
         curves = json.loads(path.read_text())
     else:
-        if args.lab_command == "train":
+        if args.lab_command == "train" and dino:
+            from ..experiments.lab.dino_align import DinoAlignConfig, train_projector
+
+            dino_cfg = DinoAlignConfig(steps=args.steps or DinoAlignConfig.steps, seed=args.seed)
+            result = train_projector(folder, dino_cfg)
+            print(f"trained in {result['train_seconds']} s; test images named: {result['names_test_images']}")
+        elif args.lab_command == "train":
             from ..experiments.lab.align import AlignConfig, train_tower
 
             cfg = AlignConfig(
@@ -154,11 +163,12 @@ def _cmd_lab_smol(args) -> int:
             )
             result = train_tower(folder, cfg)
             print(f"trained in {result['train_seconds']} s; image read as its digit: {result['reads_as_digit']}")
-        lmm = smol.load_tower(folder)
+        lmm = dino_model.load_projector(folder) if dino else smol.load_tower(folder)
         per_task = args.per_task or 60
+        kind = "fashion" if dino else "numbers"
         curves = {
-            "image": number_curve(lmm, "numbers", per_task=per_task),
-            "text": number_curve(lmm, "numbers-text", per_task=per_task),
+            "image": number_curve(lmm, kind, per_task=per_task),
+            "text": number_curve(lmm, f"{kind}-text", per_task=per_task),
         }
         atomic_write_json(folder / "icl_curve.json", curves)
     for kind, curve in curves.items():

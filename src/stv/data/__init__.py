@@ -2,6 +2,7 @@
 
 ``load_dataset(spec, root, split)`` with spec one of: ``digits:TASK``, ``numbers:TASK`` and
 ``numbers-text:TASK`` (bundled, offline; the last two for the SmolLM2 lab),
+``fashion:TASK`` and ``fashion-text:TASK`` (Fashion-MNIST's IDX files, for lab-dino),
 ``vizwiz``, ``okvqa``, ``dtd``, ``flowers102``, ``cub`` (original files under ``root``),
 ``hf:NAME`` (the Hugging Face parquet repo of NAME), ``jsonl`` (root = the .jsonl file) or
 ``mtv:KIND:FILE`` (MTV's 2-way records, images under ``root``; KIND = flower, bird or texture)
@@ -55,6 +56,10 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     kind, _, rest = spec.partition(":")
     if kind in ("digits", "numbers", "numbers-text"):
         return digit_examples(rest, split, kind=kind)
+    if kind in ("fashion", "fashion-text"):
+        from .fashion import fashion_examples
+
+        return fashion_examples(rest, split, kind=kind)
     if kind == "hf":
         return load_hf(rest, split)
     if kind == "fv":
@@ -67,7 +72,7 @@ def _load(spec: str, root: str | Path | None, split: str) -> list[Example]:
     if kind in LOADERS:
         return LOADERS[kind](_need_root(spec, root), split)
     raise DataError(
-        f"unknown dataset {spec!r}; use digits:TASK, numbers:TASK, numbers-text:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
+        f"unknown dataset {spec!r}; use digits:TASK, numbers:TASK, numbers-text:TASK, fashion[-text]:TASK, vizwiz, okvqa, dtd, flowers102, cub, hf:NAME, "
         "jsonl:FILE, mtv:KIND:FILE or fv:TASK"
     )
 

@@ -41,6 +41,7 @@ from ..tasks import task_for
 from .compare import fit_choices, fit_variant, fv_task
 from .demo_jobs import default_jobs, run_units
 from .demo_report import write_results
+from .lab.curve import lab_answer_tokens
 from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
@@ -88,8 +89,9 @@ class DemoConfig:
 
     @property
     def subject(self) -> str:
-        """lab (the from-scratch lab on digits), numbers (lab-smollm2 on digit images), real (fv text tasks)."""
-        return "lab" if self.model is None else "numbers" if self.model == "lab-smollm2" else "real"
+        """lab (the from-scratch lab on digits), numbers (lab-smollm2 on digit images), fashion
+        (lab-dino on Fashion-MNIST), real (fv text tasks)."""
+        return "lab" if self.model is None else IMAGE_LABS.get(self.model, "real")
 
     def methods(self) -> list[str]:
         """Row names of the results table, in order."""
@@ -145,8 +147,9 @@ class DemoConfig:
             stv=stv,
             mtv=mtv,
         )
-        if model == "lab-smollm2":  # digit images; the tasks SmolLM2 learns in context from images
-            config = replace(config, tasks=SMOL_LAB_TASKS, max_new_tokens=4)
+        if model in IMAGE_LABS:  # images; the tasks SmolLM2 learns in context from them
+            kind = IMAGE_LABS[model]
+            config = replace(config, tasks=LAB_TASKS[kind], max_new_tokens=lab_answer_tokens(kind))
         if quick:
             config = replace(
                 config,
@@ -160,25 +163,21 @@ class DemoConfig:
         return config
 
 
-# numbers:TASK tasks where 10-shot ICL on images reaches 70% (first token) on lab-smollm2
-SMOL_LAB_TASKS = ("word", "size", "copy", "word_caps")
+IMAGE_LABS = {"lab-smollm2": "numbers", "lab-dino": "fashion"}  # model -> the kind of its image tasks
+# the tasks where 10-shot ICL on images reaches 70% (first token): numbers:TASK on lab-smollm2,
+# fashion:TASK on lab-dino (docs/research-log.md)
+LAB_TASKS = {"numbers": ("word", "size", "copy", "word_caps"), "fashion": ("category",)}
 METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 
 def _data(config: DemoConfig, task: str):
     """(train, test, template) of one demo task."""
-    from ..data import digit_examples
-    from .lab.curve import test_subset
+    from .lab.curve import lab_examples, test_subset
 
-    if config.subject == "lab":
-        return digit_examples(task, "train"), test_subset(task, config.test_per_task), task_for("digits")
-    if config.subject == "numbers":
-        return (
-            digit_examples(task, "train", kind="numbers"),
-            test_subset(task, config.test_per_task, kind="numbers"),
-            task_for("numbers"),
-        )
-    return fv_task(task, config.test_per_task)
+    if config.subject == "real":
+        return fv_task(task, config.test_per_task)
+    kind = "digits" if config.subject == "lab" else config.subject
+    return lab_examples(task, "train", kind), test_subset(task, config.test_per_task, kind=kind), task_for(kind)
 
 
 def _load(config: DemoConfig, checkpoint=None):

@@ -1,7 +1,8 @@
 """The labs: small LLaVA-architecture models that learn in context from digit images.
 
 ``lab`` is trained here from scratch (checkpoint shipped); ``lab-smollm2`` is SmolLM2-135M
-with a vision tower trained here (tower shipped, assembled at first use). Both register
+with a vision tower trained here (tower shipped, assembled at first use); ``lab-dino`` is
+SmolLM2-135M with pretrained DINOv2-small and a projector trained here (projector shipped). Both register
 with the model registry (entry point ``stv.models``), so ``stv.load_model("lab")`` works.
 """
 
@@ -25,8 +26,20 @@ def _smol_folder(progress: bool) -> tuple[Path, str | None]:
     return assembled_folder(progress)
 
 
+def _dino_folder(progress: bool) -> tuple[Path, str | None]:
+    from .dino_model import assembled_folder
+
+    return assembled_folder(progress)
+
+
+def _dino_available() -> str:
+    from .dino_model import available
+
+    return available()
+
+
 def register_models() -> None:
-    """Register ``lab`` and ``lab-smollm2`` by name (called through the entry point)."""
+    """Register ``lab``, ``lab-smollm2`` and ``lab-dino`` by name (called through the entry point)."""
     from ...models.registry import RegisteredModel, register_model
 
     register_model(
@@ -43,5 +56,13 @@ def register_models() -> None:
             "LLaVA: SmolLM2-135M (frozen) + a digit vision tower trained here (numbers:TASK)",
             _smol_folder,
             available=_smol_available,
+        )
+    )
+    register_model(
+        RegisteredModel(
+            "lab-dino",
+            "LLaVA: DINOv2-small (pretrained) + a projector trained here + SmolLM2-135M (frozen) (fashion:TASK)",
+            _dino_folder,
+            available=_dino_available,
         )
     )

@@ -16,9 +16,34 @@ from ...tasks import DIGITS, fixed_subset
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
 
+def lab_examples(task: str, split: str, kind: str):
+    """A lab task's examples: ``digits``/``numbers``[-text] (digits) or ``fashion``[-text]."""
+    if kind.startswith("fashion"):
+        from ...data.fashion import fashion_examples
+
+        return fashion_examples(task, split, kind=kind)
+    return digit_examples(task, split, kind=kind)
+
+
+def lab_tasks(kind: str) -> list[str]:
+    """Every task of a lab kind."""
+    from ...data.digits import NUMBER_TASKS
+    from ...data.fashion import FASHION_TASKS
+
+    return list(
+        FASHION_TASKS if kind.startswith("fashion") else NUMBER_TASKS if kind.startswith("numbers") else DIGIT_TASKS
+    )
+
+
+def lab_answer_tokens(kind: str) -> int:
+    """Tokens generated for exact match: enough for the longest answer and its line break
+    ("T-SHIRT" is 5 of SmolLM2's tokens; a digit's word at most 3)."""
+    return 8 if kind.startswith("fashion") else 4
+
+
 def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
     """A fixed, seeded draw of ``n`` test examples of a lab task."""
-    return fixed_subset(digit_examples(task, "test", kind=kind), n, seed)
+    return fixed_subset(lab_examples(task, "test", kind), n, seed)
 
 
 def icl_curve(
@@ -66,20 +91,22 @@ def number_curve(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """The SmolLM2 lab's curve: {"tasks": {task: {shots: {"first_token", "exact_match"}}}} on
-    ``numbers`` (digit images) or ``numbers-text`` (the same records, digits as text)."""
-    from ...data.digits import NUMBER_TASKS
+    """A SmolLM2 lab's curve: {"tasks": {task: {shots: {"first_token", "exact_match"}}}} on
+    ``numbers`` / ``fashion`` (images) or ``numbers-text`` / ``fashion-text`` (the same
+    records with the digit or the class name written as text)."""
     from ...evaluate import generation_accuracy
     from ...tasks import task_for
 
-    tasks = list(tasks or NUMBER_TASKS)
+    tasks = list(tasks or lab_tasks(kind))
     table: dict[str, dict] = {}
     bar = tqdm(total=len(tasks) * len(shots), desc=f"{kind} curve", disable=not progress)
     for name in tasks:
-        pool, queries = digit_examples(name, "train", kind=kind), test_subset(name, per_task, seed, kind)
+        pool, queries = lab_examples(name, "train", kind), test_subset(name, per_task, seed, kind)
         table[name] = {}
         for k in shots:
-            first, exact = generation_accuracy(lmm, queries, task_for(kind), pool, k, seed=seed + k, max_new_tokens=4)
+            first, exact = generation_accuracy(
+                lmm, queries, task_for(kind), pool, k, seed=seed + k, max_new_tokens=lab_answer_tokens(kind)
+            )
             table[name][str(k)] = {"first_token": round(first, 2), "exact_match": round(exact, 2)}
             bar.update(1)
     bar.close()

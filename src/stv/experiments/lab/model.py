@@ -96,16 +96,23 @@ def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: in
     return LlavaForConditionalGeneration(config), processor
 
 
-def digit_processor(tokenizer, image_size: int, patch: int):
-    """A LlavaProcessor for one ``image_size`` square digit cut into ``patch``-sized patches
-    (pixels scaled to [-1, 1]); ``tokenizer`` must know the ``<image>`` token."""
+def digit_processor(
+    tokenizer,
+    image_size: int,
+    patch: int,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+):
+    """A LlavaProcessor for one ``image_size`` square image cut into ``patch``-sized patches
+    (pixels normalised by ``mean`` and ``std``: [-1, 1] by default); ``tokenizer`` must know
+    the ``<image>`` token."""
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     images = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        image_mean=list(mean),
+        image_std=list(std),
         resample=2,
     )
     return LlavaProcessor(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ...errors import StvError
 from .model import digit_processor
@@ -32,6 +34,32 @@ VISION = {
 }
 
 
+@dataclass(frozen=True)
+class Vision:
+    """A vision tower for SmolLM2: its transformers config, the square input size, the patch
+    size (one image token per patch) and the pixel normalisation."""
+
+    config: Callable[[], Any]
+    image_size: int
+    patch: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @property
+    def tokens(self) -> int:
+        """Image tokens per image."""
+        return (self.image_size // self.patch) ** 2
+
+
+def _digit_tower_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**VISION)
+
+
+DIGIT_TOWER = Vision(_digit_tower_config, IMAGE_SIZE, PATCH)
+
+
 def _tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -42,11 +70,11 @@ def _tokenizer(folder: Path):
     return tok
 
 
-def build(backbone: Path, tower: dict | None = None, seed: int = 0):
+def build(backbone: Path, tower: dict | None = None, seed: int = 0, vision: Vision = DIGIT_TOWER):
     """(LlavaForConditionalGeneration, LlavaProcessor): SmolLM2's weights from ``backbone`` (a
-    float folder) plus a vision tower + projector, random or from ``tower`` (a state dict)."""
+    float folder) plus a ``vision`` tower + projector, random or from ``tower`` (a state dict)."""
     import torch
-    from transformers import AutoModelForCausalLM, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = _tokenizer(backbone)
@@ -57,12 +85,12 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
     with torch.no_grad():
         text.get_input_embeddings().weight[image_id] = 0  # "<image>" is never read (features replace it)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION),
+        vision_config=vision.config(),
         text_config=text.config,
         image_token_id=image_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
-        image_seq_length=1,
+        image_seq_length=vision.tokens,
         tie_word_embeddings=text.config.tie_word_embeddings,
     )
     model = LlavaForConditionalGeneration(config)
@@ -76,7 +104,7 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0):
         if missing.unexpected_keys or any(k.startswith(("model.vision", "model.multi")) for k in missing.missing_keys):
             raise StvError(f"{NAME}: tower weights do not fit the architecture ({missing})")
     model.eval()
-    processor = digit_processor(tok, IMAGE_SIZE, PATCH)
+    processor = digit_processor(tok, vision.image_size, vision.patch, vision.mean, vision.std)
     return model, processor
 
 

@@ -1,0 +1,218 @@
+"""Alignment of lab-dino's projector (DINOv2 and SmolLM2 frozen): LLaVA's first stage.
+
+The projector learns to write what DINOv2 sees so that SmolLM2 names it: for captions of
+training images ("<image> This is a picture of an ankle boot."), the loss is SmolLM2's
+cross-entropy on the name and the full stop after it. The captions are not the prompts of
+the evaluation tasks (``<image> ->answer``), so what the model then learns in context comes
+from SmolLM2's pretraining. DINOv2's features are computed once; a step runs the decoder
+on 16 short captions. Fashion-MNIST's training images (the test split stays held out) and,
+when Fashion-MNIST is not installed or ``digits`` is set, scikit-learn's training digits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...io import atomic_write_json
+from . import dino_model
+
+FASHION_PHRASES = (  # Fashion-MNIST's classes as a caption names them
+    "a T-shirt",
+    "trousers",
+    "a pullover",
+    "a dress",
+    "a coat",
+    "a sandal",
+    "a shirt",
+    "a sneaker",
+    "a bag",
+    "an ankle boot",
+)
+DIGIT_PHRASES = tuple(f"the digit {d}" for d in range(10))
+CAPTIONS = (  # (text before the image, text after it up to the name)
+    ("", " This is a picture of"),
+    ("", " A photo of"),
+    ("Look: ", " It shows"),
+    ("", " The image shows"),
+    ("Here", " we see"),
+)
+
+
+@dataclass
+class DinoAlignConfig:
+    """Settings of lab-dino's projector alignment."""
+
+    steps: int = 400
+    batch: int = 16
+    lr: float = 1e-3
+    warmup: int = 20
+    per_class: int = 600  # Fashion-MNIST training images a class whose features are computed
+    digits: bool = True  # also caption scikit-learn's training digits ("the digit 7")
+    seed: int = 0
+
+
+@dataclass
+class Captioned:
+    """Images' DINOv2 features with the phrase that names each."""
+
+    features: torch.Tensor  # (N, tokens, 384): DINOv2's last layer before its norm, class token dropped
+    phrases: list[str]
+
+
+@torch.no_grad()
+def dino_features(model, processor, images: list, batch: int = 200) -> torch.Tensor:
+    """(N, tokens, 384): what LLaVA hands the projector for each PIL image."""
+    out = []
+    for i in range(0, len(images), batch):
+        pixels = processor.image_processor(images[i : i + batch], return_tensors="pt")["pixel_values"]
+        out.append(model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:])
+    return torch.cat(out)
+
+
+def captioned_images(model, processor, config: DinoAlignConfig, split: str = "train") -> Captioned:
+    """Fashion-MNIST (``per_class`` a class, seeded) and, with ``digits``, scikit-learn's digits."""
+    from ...data.digits import digit_images
+    from ...data.example import DataError
+    from ...data.fashion import fashion_images, fashion_picture
+
+    images, phrases = [], []
+    try:
+        _, labels = fashion_images(split)
+        rng = np.random.default_rng(config.seed)
+        for c in range(10):
+            for i in rng.permutation(np.flatnonzero(labels == c))[: config.per_class]:
+                images.append(fashion_picture(split, int(i)))
+                phrases.append(FASHION_PHRASES[c])
+    except DataError as err:
+        if not config.digits:
+            raise
+        print(f"lab-dino: {err}; aligning on digits only")
+    if config.digits:
+        d = digit_images()
+        for i in d.train if split == "train" else d.test:
+            images.append(d.image(int(i), dino_model.IMAGE_SIZE))
+            phrases.append(DIGIT_PHRASES[int(d.labels[i])])
+    return Captioned(dino_features(model, processor, images), phrases)
+
+
+def _caption_batch(tok, captions: list[tuple[str, str, str]], tokens: int):
+    """ids (B, T) with -1 at image positions, the image's first position, and the positions
+    whose next token is scored: each caption is (before, after, phrase)."""
+    rows, starts, scored = [], [], []
+    for before, after, phrase in captions:
+        head = tok(before, add_special_tokens=False).input_ids
+        middle = tok(after, add_special_tokens=False).input_ids
+        tail = tok(" " + phrase + ".", add_special_tokens=False).input_ids
+        row = head + [-1] * tokens + middle + tail
+        rows.append(row)
+        starts.append(len(head))
+        first = len(row) - len(tail)
+        scored.append(list(range(first - 1, len(row) - 1)))  # predicts each tail token
+    width = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask, starts, scored
+
+
+def caption_nll(model, tok, features: torch.Tensor, captions: list[tuple[str, str, str]]) -> torch.Tensor:
+    """(B,): each caption's summed cross-entropy of its name and full stop after ``features``
+    (B, tokens, 384) written in the image's place."""
+    tokens = features.shape[1]
+    ids, mask, starts, scored = _caption_batch(tok, captions, tokens)
+    embeds = model.get_input_embeddings()(ids.clamp(min=0)).clone()  # (B, T, D)
+    projected = model.model.multi_modal_projector(features)  # (B, tokens, D)
+    for b, s in enumerate(starts):
+        embeds[b, s : s + tokens] = projected[b]
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    rows = torch.tensor([b for b, pos in enumerate(scored) for _ in pos])
+    cols = torch.tensor([p for pos in scored for p in pos])
+    nll = F.cross_entropy(
+        model.lm_head(hidden[rows, cols]), ids[rows, cols + 1], reduction="none"
+    )  # logits only where scored
+    return torch.zeros(len(captions)).index_add(0, rows, nll)
+
+
+def caption_loss(model, tok, features: torch.Tensor, captions: list[tuple[str, str, str]]) -> torch.Tensor:
+    """Mean cross-entropy a scored token (the training loss)."""
+    counts = sum(len(tok(" " + c[2] + ".", add_special_tokens=False).input_ids) for c in captions)
+    return caption_nll(model, tok, features, captions).sum() / counts
+
+
+def train_projector(out: str | Path, config: DinoAlignConfig | None = None, progress: bool = True, **stand_ins) -> dict:
+    """Train lab-dino's projector and save it (``model.safetensors``, ``training.json``) into
+    ``out``; ``stand_ins`` (``backbone``, ``dino_folder``) replace SmolLM2 and DINOv2 in tests."""
+    from safetensors.torch import save_file
+
+    config = config or DinoAlignConfig()
+    torch.manual_seed(config.seed)
+    backbone, backbone_id, dino_folder, dino_id = dino_model.parts(progress, **stand_ins)
+    model, processor = dino_model.build(backbone, dino_folder, seed=config.seed)
+    tok = processor.tokenizer
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("model.multi_modal_projector."))
+    start = time.perf_counter()
+    data = captioned_images(model, processor, config)
+    feature_seconds = time.perf_counter() - start
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps)))
+    )
+    rng = np.random.default_rng(config.seed)
+    log = []
+    bar = tqdm(range(config.steps), desc="align projector", disable=not progress)
+    for step in bar:
+        pick = rng.choice(len(data.phrases), config.batch, replace=False)
+        captions = [(*CAPTIONS[int(rng.integers(len(CAPTIONS)))], data.phrases[i]) for i in pick]
+        loss = caption_loss(model, tok, data.features[torch.from_numpy(pick)], captions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == config.steps - 1:
+            log.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start, 1)})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_seconds = time.perf_counter() - start
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(dino_model.projector_state(model), str(out / "model.safetensors"))
+    result = {
+        "config": asdict(config),
+        "backbone": backbone_id,
+        "vision": dino_id,
+        "feature_seconds": round(feature_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "log": log,
+        "names_test_images": names_images(model, processor, config),
+    }
+    atomic_write_json(out / "training.json", result)
+    return result
+
+
+@torch.no_grad()
+def names_images(model, processor, config: DinoAlignConfig, per_class: int = 10) -> dict:
+    """% of held-out test images whose own phrase is the likeliest of the ten after "This is a
+    picture of" (the loss's own caption): how often the projector says what DINOv2 sees."""
+    tok = processor.tokenizer
+    test = captioned_images(model, processor, DinoAlignConfig(per_class=per_class, digits=config.digits), "test")
+    out: dict[str, float] = {}
+    for name, phrases in (("fashion", FASHION_PHRASES), ("digits", DIGIT_PHRASES)):
+        rows = [i for i, p in enumerate(test.phrases) if p in phrases][: 10 * per_class]
+        if not rows:
+            continue
+        right = 0
+        captions = [(*CAPTIONS[0], p) for p in phrases]
+        for i in rows:
+            nll = caption_nll(model, tok, test.features[i : i + 1].expand(len(phrases), -1, -1), captions)
+            right += int(int(nll.argmin()) == phrases.index(test.phrases[i]))
+        out[name] = round(100.0 * right / len(rows), 1)
+    return out

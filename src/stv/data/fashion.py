@@ -24,6 +24,7 @@ CATEGORY = {  # a coarser label: what the item is worn as
     **{c: "footwear" for c in ("sandal", "sneaker", "ankle boot")},
     "bag": "bag",
 }
+PLURAL = {"trousers": "trousers", "dress": "dresses"}  # the rest add "s"
 _FILES = {"train": "train", "test": "t10k"}
 _MAGIC = {"images": 2051, "labels": 2049}
 
@@ -84,6 +85,8 @@ FASHION_TASKS = {
         DigitTask("name", "name", lambda c: CLASSES[c]),
         DigitTask("category", "name", lambda c: CATEGORY[CLASSES[c]]),
         DigitTask("name_caps", "format", lambda c: CLASSES[c].upper()),
+        DigitTask("name_title", "format", lambda c: CLASSES[c][0].upper() + CLASSES[c][1:]),
+        DigitTask("plural", "format", lambda c: PLURAL.get(CLASSES[c], CLASSES[c] + "s")),
         DigitTask("first_letter", "format", lambda c: CLASSES[c][0].lower()),
         DigitTask("footwear_AB", "mapping", lambda c: "A" if CATEGORY[CLASSES[c]] == "footwear" else "B"),
         DigitTask("footwear_BA", "mapping", lambda c: "B" if CATEGORY[CLASSES[c]] == "footwear" else "A"),

@@ -51,7 +51,7 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
 # SmolLM2: 685 s a unit, 5 units in two processes in 1,954 s, nothing else on the cores
 # (benchmarks/demo-smollm2-jobs, seed 0).
-MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0}
+MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0, "fashion": 600.0}
 
 
 def variant_method(name: str) -> str:
@@ -166,7 +166,7 @@ class DemoConfig:
 IMAGE_LABS = {"lab-smollm2": "numbers", "lab-dino": "fashion"}  # model -> the kind of its image tasks
 # the tasks where 10-shot ICL on images reaches 70% (first token): numbers:TASK on lab-smollm2,
 # fashion:TASK on lab-dino (docs/research-log.md)
-LAB_TASKS = {"numbers": ("word", "size", "copy", "word_caps"), "fashion": ("category",)}
+LAB_TASKS = {"numbers": ("word", "size", "copy", "word_caps"), "fashion": ("name", "category", "name_title")}
 METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 

@@ -95,12 +95,13 @@ def test_fashion_mnist_reads_idx_files_and_names_the_install_when_missing(tmp_pa
 
 @pytest.fixture
 def fashion_dir(tmp_path, monkeypatch):
-    """A synthetic Fashion-MNIST: 30 training and 12 test images a class; an image's mean
-    brightness encodes its class, so a tiny tower can tell the classes apart."""
+    """A synthetic Fashion-MNIST: 30 training and 12 test images a class, each its class's
+    random pattern plus noise, so a tiny random tower can tell the classes apart."""
     rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 2, (10, 28, 28)) * 200
     for stem, n in (("train", 30), ("t10k", 12)):
         labels = np.repeat(np.arange(10), n)
-        images = (labels[:, None, None] * 25 + rng.integers(0, 5, (len(labels), 28, 28))).clip(0, 255)
+        images = patterns[labels] + rng.integers(0, 40, (len(labels), 28, 28))
         _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", images, 2051)
         _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", labels, 2049)
     monkeypatch.setenv("STV_FASHION_MNIST", str(tmp_path))
@@ -188,7 +189,7 @@ def test_projector_alignment_lowers_the_caption_loss_and_moves_only_the_projecto
     from stv.models import load_model
 
     stand_ins = {"backbone": family_dir("llama"), "dino_folder": tiny_dino}
-    config = dino_align.DinoAlignConfig(steps=100, batch=16, lr=1e-2, per_class=20, digits=False)
+    config = dino_align.DinoAlignConfig(steps=100, batch=16, lr=1e-2, per_class=20, digits=False, objective="caption")
     result = dino_align.train_projector(tmp_path / "p", config, progress=False, **stand_ins)
     trained = dino_model.load_projector(tmp_path / "p", progress=False, **stand_ins)
     untrained, processor = dino_model.build(family_dir("llama"), tiny_dino, seed=config.seed)  # training's start
@@ -207,8 +208,37 @@ def test_projector_alignment_lowers_the_caption_loss_and_moves_only_the_projecto
     assert dino_align.names_images(trained.model, trained.processor, config) == result["names_test_images"]
 
 
+def test_embedding_alignment_makes_test_images_read_as_their_class_words(fashion_dir, tiny_dino, family_dir, tmp_path):
+    from stv.experiments.lab import dino_align, dino_model
+
+    stand_ins = {"backbone": family_dir("llama"), "dino_folder": tiny_dino}
+    config = dino_align.DinoAlignConfig(steps=300, batch=32, per_class=20, digits=False)
+    untrained, processor = dino_model.build(family_dir("llama"), tiny_dino, seed=config.seed)
+    before = dino_align.reads_as_word(untrained, processor, config)["fashion"]
+    result = dino_align.train_projector(tmp_path / "p", config, progress=False, **stand_ins)
+    assert result["config"]["objective"] == "embedding"
+    assert result["log"][-1]["loss"] < 0.5 * result["log"][0]["loss"]
+    assert result["reads_as_word"]["fashion"] >= 80.0 > before, (before, result["reads_as_word"])
+
+
 def test_lab_dino_says_what_to_install():
     from stv.experiments.lab import dino_model
 
     said = dino_model.available()
     assert said.startswith("available") or "pip install" in said
+
+
+def test_the_lab_dino_demo_runs_fashion_tasks_on_their_image_prompts(fashion_dir):
+    from stv.experiments.demo import LAB_TASKS, DemoConfig, _data
+
+    config = DemoConfig.real("lab-dino")
+    assert config.subject == "fashion" and config.tasks == LAB_TASKS["fashion"] and config.max_new_tokens == 8
+    train, test, template = _data(config, "category")
+    assert (
+        len(train) == 300
+        and len(test) == config.test_per_task
+        and not set(e.id for e in train) & set(e.id for e in test)
+    )
+    assert all(e.images and e.metadata["dataset"] == "fashion:category" for e in test)
+    assert template.prompt(train[:1], test[0])[-1] == " ->"
+    assert DemoConfig.real("lab-smollm2").subject == "numbers" and DemoConfig.real("smollm2-135m").subject == "real"

@@ -263,6 +263,13 @@ def build_parser() -> StvParser:
         help="--backbone: weight of the KL to SmolLM2 reading the digit as text",
     )
     t.add_argument(
+        "--objective",
+        choices=["embedding", "caption"],
+        default="embedding",
+        help="--backbone dino: the image's tokens onto its class word's embeddings (default), or "
+        "SmolLM2's loss on the class name in captions (LLaVA's first stage)",
+    )
+    t.add_argument(
         "--per-task", type=int, help="test queries per task of the ICL curve (default 200; 60 with --backbone)"
     )
     parser.commands["lab train"] = t

@@ -149,9 +149,13 @@ def _cmd_lab_smol(args) -> int:
         if args.lab_command == "train" and dino:
             from ..experiments.lab.dino_align import DinoAlignConfig, train_projector
 
-            dino_cfg = DinoAlignConfig(steps=args.steps or DinoAlignConfig.steps, seed=args.seed)
+            make = DinoAlignConfig.caption if args.objective == "caption" else DinoAlignConfig
+            dino_cfg = make(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
             result = train_projector(folder, dino_cfg)
-            print(f"trained in {result['train_seconds']} s; test images named: {result['names_test_images']}")
+            print(
+                f"trained in {result['train_seconds']} s; test images named: {result['names_test_images']}, "
+                f"read as their word: {result['reads_as_word']}"
+            )
         elif args.lab_command == "train":
             from ..experiments.lab.align import AlignConfig, train_tower
 

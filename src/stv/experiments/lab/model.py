@@ -92,11 +92,11 @@ def build_lab_model(hidden: int = 128, layers: int = 4, heads: int = 4, seed: in
         image_seq_length=IMAGE_TOKENS,
         tie_word_embeddings=True,
     )
-    processor = digit_processor(tok, IMAGE_SIZE, PATCH)
+    processor = square_image_processor(tok, IMAGE_SIZE, PATCH)
     return LlavaForConditionalGeneration(config), processor
 
 
-def digit_processor(
+def square_image_processor(
     tokenizer,
     image_size: int,
     patch: int,

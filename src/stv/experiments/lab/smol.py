@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import StvError
-from .model import digit_processor
+from .model import square_image_processor
 
 BACKBONE = "smollm2-135m"
 NAME = "lab-smollm2"
@@ -104,7 +104,7 @@ def build(backbone: Path, tower: dict | None = None, seed: int = 0, vision: Visi
         if missing.unexpected_keys or any(k.startswith(("model.vision", "model.multi")) for k in missing.missing_keys):
             raise StvError(f"{NAME}: tower weights do not fit the architecture ({missing})")
     model.eval()
-    processor = digit_processor(tok, vision.image_size, vision.patch, vision.mean, vision.std)
+    processor = square_image_processor(tok, vision.image_size, vision.patch, vision.mean, vision.std)
     return model, processor
 
 

@@ -1,7 +1,7 @@
 """Alignment of lab-dino's projector (DINOv2 and SmolLM2 frozen).
 
 By default the image stands where its class's name would stand in text: the projector learns
-to write, at the image's 4 tokens, the input embeddings of the class written as text ("\n"
+to write, at the image's 4 tokens, the input embeddings of the class written as text (line-break
 tokens fill the slots the word leaves), a regression on DINOv2's features computed once
 (seconds). Nothing is trained on the evaluation tasks' prompts or answers, so what the model
 learns in context from images comes from SmolLM2's pretraining on text. The other objective,
@@ -120,7 +120,7 @@ def captioned_images(model, processor, config: DinoAlignConfig, split: str = "tr
 
 
 def word_embeddings(model, tok, word: str, tokens: int) -> torch.Tensor:
-    """(tokens, D): the input embeddings of ``word``'s tokens, right-aligned, "\n" before."""
+    """(tokens, D): the input embeddings of ``word``'s tokens, right-aligned, line breaks before."""
     ids = tok(word, add_special_tokens=False).input_ids[-tokens:]
     filler = tok("\n", add_special_tokens=False).input_ids[-1]
     return model.get_input_embeddings().weight[[filler] * (tokens - len(ids)) + ids].detach()

@@ -173,12 +173,14 @@ METHODS = tuple(DemoConfig().methods())  # the default (lab) demo's
 
 def _data(config: DemoConfig, task: str):
     """(train, test, template) of one demo task."""
-    from .lab.curve import lab_examples, test_subset
+    from ..data import load_dataset
+    from .lab.curve import test_subset
 
     if config.subject == "real":
         return fv_task(task, config.test_per_task)
     kind = "digits" if config.subject == "lab" else config.subject
-    return lab_examples(task, "train", kind), test_subset(task, config.test_per_task, kind=kind), task_for(kind)
+    train = load_dataset(f"{kind}:{task}", split="train")
+    return train, test_subset(task, config.test_per_task, kind=kind), task_for(kind)
 
 
 def _load(config: DemoConfig, checkpoint=None):

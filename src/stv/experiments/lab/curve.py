@@ -8,21 +8,13 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...data import load_dataset
 from ...data.digits import DIGIT_TASKS, digit_examples
 from ...evaluate import first_token_accuracy
 from ...io import atomic_write_json
 from ...tasks import DIGITS, fixed_subset
 
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
-
-
-def lab_examples(task: str, split: str, kind: str):
-    """A lab task's examples: ``digits``/``numbers``[-text] (digits) or ``fashion``[-text]."""
-    if kind.startswith("fashion"):
-        from ...data.fashion import fashion_examples
-
-        return fashion_examples(task, split, kind=kind)
-    return digit_examples(task, split, kind=kind)
 
 
 def lab_tasks(kind: str) -> list[str]:
@@ -43,7 +35,7 @@ def lab_answer_tokens(kind: str) -> int:
 
 def test_subset(task: str, n: int, seed: int = 0, kind: str = "digits"):
     """A fixed, seeded draw of ``n`` test examples of a lab task."""
-    return fixed_subset(lab_examples(task, "test", kind), n, seed)
+    return fixed_subset(load_dataset(f"{kind}:{task}", split="test"), n, seed)
 
 
 def icl_curve(
@@ -101,7 +93,7 @@ def number_curve(
     table: dict[str, dict] = {}
     bar = tqdm(total=len(tasks) * len(shots), desc=f"{kind} curve", disable=not progress)
     for name in tasks:
-        pool, queries = lab_examples(name, "train", kind), test_subset(name, per_task, seed, kind)
+        pool, queries = load_dataset(f"{kind}:{name}", split="train"), test_subset(name, per_task, seed, kind)
         table[name] = {}
         for k in shots:
             first, exact = generation_accuracy(

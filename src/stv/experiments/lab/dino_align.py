@@ -226,14 +226,15 @@ def train_projector(out: str | Path, config: DinoAlignConfig | None = None, prog
         "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "log": log,
-        "names_test_images": names_images(model, processor, config),
-        "reads_as_word": reads_as_word(model, processor, config),
     }
+    held_out = held_out_images(model, processor, config)  # DINOv2 features of the test images, once for both
+    result["names_test_images"] = names_images(model, processor, config, held_out=held_out)
+    result["reads_as_word"] = reads_as_word(model, processor, config, held_out=held_out)
     atomic_write_json(out / "training.json", result)
     return result
 
 
-def _test_groups(model, processor, config: DinoAlignConfig, per_class: int):
+def held_out_images(model, processor, config: DinoAlignConfig, per_class: int = 10):
     """Held-out test images (``per_class`` a class) and, per domain, (rows, phrases, words)."""
     from ...data.fashion import CLASSES
 
@@ -250,11 +251,12 @@ def _test_groups(model, processor, config: DinoAlignConfig, per_class: int):
 
 
 @torch.no_grad()
-def names_images(model, processor, config: DinoAlignConfig, per_class: int = 10) -> dict:
+def names_images(model, processor, config: DinoAlignConfig, per_class: int = 10, held_out=None) -> dict:
     """% of held-out test images whose own phrase is the likeliest of the ten after "This is a
-    picture of": how often SmolLM2 says what DINOv2 sees, whichever the objective."""
+    picture of": how often SmolLM2 says what DINOv2 sees, whichever the objective
+    (``held_out``: from :func:`held_out_images`, computed here when None)."""
     tok = processor.tokenizer
-    test, groups = _test_groups(model, processor, config, per_class)
+    test, groups = held_out or held_out_images(model, processor, config, per_class)
     out: dict[str, float] = {}
     for name, (rows, phrases, _) in groups.items():
         captions = [(*CAPTIONS[0], p) for p in phrases]
@@ -267,11 +269,12 @@ def names_images(model, processor, config: DinoAlignConfig, per_class: int = 10)
 
 
 @torch.no_grad()
-def reads_as_word(model, processor, config: DinoAlignConfig, per_class: int = 10) -> dict:
+def reads_as_word(model, processor, config: DinoAlignConfig, per_class: int = 10, held_out=None) -> dict:
     """% of held-out test images whose projected tokens lie nearest (squared distance) to
-    their own class's word embeddings among the ten: how often the image reads as its word."""
+    their own class's word embeddings among the ten: how often the image reads as its word
+    (``held_out`` as in :func:`names_images`)."""
     tok = processor.tokenizer
-    test, groups = _test_groups(model, processor, config, per_class)
+    test, groups = held_out or held_out_images(model, processor, config, per_class)
     out: dict[str, float] = {}
     for name, (rows, _, words) in groups.items():
         targets = torch.stack([word_embeddings(model, tok, w, test.features.shape[1]) for w in words])  # (10, T, D)

@@ -11,8 +11,6 @@ SmolLM2's fingerprints and the projector's hash, and loads with ``stv.load_model
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from ...data.fashion import INSTALL, fashion_dir
@@ -61,31 +59,17 @@ def projector_state(model) -> dict:
 
 def shipped_projector(folder: Path = PROJECTOR) -> tuple[dict, str]:
     """(state dict, sha256 of the weights file) of a projector folder."""
-    from safetensors.torch import load_file
-
-    weights = Path(folder) / "model.safetensors"
-    if not weights.is_file():
-        raise StvError(f"{NAME}: no projector at {weights}; train one with `stv lab train --backbone dino`")
-    return load_file(str(weights)), hashlib.sha256(weights.read_bytes()).hexdigest()
+    return smol.trained_weights(
+        folder, f"{NAME}: no projector at {{weights}}; train one with `stv lab train --backbone dino`"
+    )
 
 
 def assembled_folder(progress: bool = True) -> tuple[Path, str]:
     """(model folder, fingerprint) of the assembled lab-dino, built once into the cache."""
-    from ...models.gguf import cached_build
-
     backbone, backbone_id, dino_folder, dino_id = parts(progress)
     projector, projector_sha = shipped_projector()
-    key = hashlib.sha256(f"{backbone_id}:{dino_id}:{projector_sha}".encode()).hexdigest()
-
-    def write(out: Path) -> None:
-        model, processor = build(backbone, dino_folder, projector)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        record = {"backbone": backbone_id, "vision": dino_id, "projector-sha256": projector_sha}
-        (out / "stv-lab.json").write_text(json.dumps(record, indent=1))
-
-    folder = cached_build("lab-dino", key, write, f"assembling {NAME} once" if progress else None)
-    return folder, f"{NAME}:{key}"
+    record = {"backbone": backbone_id, "vision": dino_id, "projector-sha256": projector_sha}
+    return smol.cached_assembly("lab-dino", NAME, record, lambda: build(backbone, dino_folder, projector), progress)
 
 
 def available() -> str:

@@ -117,33 +117,52 @@ def tower_state(model) -> dict:
     }
 
 
-def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
-    """(state dict, sha256 of the weights file) of the shipped tower."""
+def trained_weights(folder: Path, missing: str) -> tuple[dict, str]:
+    """(state dict, sha256) of ``folder/model.safetensors``, the part of a lab trained here;
+    ``missing`` is the error when the file is absent (``{weights}`` stands for its path)."""
     from safetensors.torch import load_file
 
-    weights = folder / "model.safetensors"
+    from ...models.gguf import sha256_file
+
+    weights = Path(folder) / "model.safetensors"
     if not weights.is_file():
-        raise StvError(f"{NAME}: no tower weights at {weights}; train them with `stv lab train --backbone {BACKBONE}`")
-    return load_file(weights), hashlib.sha256(weights.read_bytes()).hexdigest()
+        raise StvError(missing.format(weights=weights))
+    return load_file(str(weights)), sha256_file(weights)
+
+
+def shipped_tower(folder: Path = TOWER) -> tuple[dict, str]:
+    """(state dict, sha256 of the weights file) of the shipped tower."""
+    return trained_weights(
+        folder, f"{NAME}: no tower weights at {{weights}}; train them with `stv lab train --backbone {BACKBONE}`"
+    )
+
+
+def cached_assembly(cache: str, name: str, record: dict, assemble: Callable, progress: bool) -> tuple[Path, str]:
+    """(folder, fingerprint) of a lab assembled once into the stv cache under ``cache``, keyed
+    by what it is made of (``record``: fingerprints, in order); ``assemble()`` returns the
+    (model, processor) to save."""
+    from ...models.gguf import cached_build
+
+    key = hashlib.sha256(":".join(str(v) for v in record.values()).encode()).hexdigest()
+
+    def write(out: Path) -> None:
+        model, processor = assemble()
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "stv-lab.json").write_text(json.dumps(record, indent=1))
+
+    folder = cached_build(cache, key, write, f"assembling {name} once" if progress else None)
+    return folder, f"{name}:{key}"
 
 
 def assembled_folder(progress: bool = True) -> tuple[Path, str]:
     """(model folder, fingerprint) of the assembled lab model, built once into the cache."""
     from ...models import resolve_source
-    from ...models.gguf import cached_build
 
     backbone, backbone_id = resolve_source(BACKBONE, progress=progress)
     tower, tower_sha = shipped_tower()
-    key = hashlib.sha256(f"{backbone_id}:{tower_sha}".encode()).hexdigest()
-
-    def write(out: Path) -> None:
-        model, processor = build(Path(backbone), tower)
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        (out / "stv-lab.json").write_text(json.dumps({"backbone": backbone_id, "tower-sha256": tower_sha}, indent=1))
-
-    folder = cached_build("lab", key, write, f"assembling {NAME} once" if progress else None)
-    return folder, f"{NAME}:{key}"
+    record = {"backbone": backbone_id, "tower-sha256": tower_sha}
+    return cached_assembly("lab", NAME, record, lambda: build(Path(backbone), tower), progress)
 
 
 def load_tower(folder: Path = TOWER, progress: bool = True, backbone: str | Path = BACKBONE):

@@ -151,6 +151,53 @@ def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
         torch.testing.assert_close(logits.float(), out.logits[step].float(), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("family", ALL)
+def test_prefix_and_one_pass_answer_equal_generate(lmm_of, family):
+    """Refinement's fast path: the prompt but its last token cached outside the writer, then
+    the last token (written) and the answer tokens after it in one pass (prompt_last writes
+    nothing there) give generate's logits at every step."""
+    lmm = lmm_of(family)
+    heads = lmm.heads
+    locs = [(0, 1), (1, 3)]
+    values = torch.randn(2, heads.head_dim, generator=torch.Generator().manual_seed(0)) * 3  # (K, D)
+    prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")]
+    with torch.no_grad():
+        with write_heads(lmm.model, heads, locs, values, policy="prompt_last"):
+            inputs = lmm.prepare(prompts, positions=False)
+            out = lmm.model.generate(
+                **inputs,
+                max_new_tokens=3,
+                min_new_tokens=3,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=lmm.tokenizer.pad_token_id,
+            )
+        target = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, 3)
+        prefix = lmm.prefix(prompts, grad=True)
+        with write_heads(lmm.model, heads, locs, values, policy="prompt_last"):
+            forced = list(lmm.teacher_forced(prefix, target, torch.ones_like(target, dtype=torch.bool), True))
+    assert len(forced) == 3
+    for step, logits in enumerate(forced):
+        torch.testing.assert_close(logits.float(), out.logits[step].float(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_answer_logits_in_one_pass_equal_teacher_forcing(lmm_of, family):
+    """LoRA's training pass (prompt and answer at once, answers of different lengths padded
+    on the right) gives the step-by-step decode's logits wherever a row has a token."""
+    lmm = lmm_of(family)
+    prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on further")]
+    target, valid = lmm.answer_targets([" yes or no\n", " ok"])  # (B, T) each, the second row padded
+    assert not valid.all()
+    with torch.no_grad():
+        inputs = lmm.prepare(prompts)
+        at_once = lmm.answer_logits(inputs, target, valid)  # (B, T, V)
+        stepped = torch.stack(list(lmm.teacher_forced(inputs, target, valid)), 1)
+    assert at_once.shape == stepped.shape
+    torch.testing.assert_close(at_once[valid].float(), stepped[valid].float(), atol=1e-3, rtol=1e-3)
+
+
 def test_per_row_values_and_shape_errors(lmm_of):
     lmm = lmm_of("llava")
     p = [prompt(lmm, 1, "a"), prompt(lmm, 2, "b")]

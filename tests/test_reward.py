@@ -57,6 +57,31 @@ def test_pooled_prefix_rewards_equal_fresh_prefix(lmm_of, family):
         assert any(torch.allclose(r, f, atol=1e-4) for f in fresh)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "llama"])
+@pytest.mark.parametrize("after", [False, True])
+def test_prefixes_drawn_ahead_equal_step_by_step(lmm_of, family, after):
+    """A search that says how many steps it runs gets its fresh queries' prefixes computed
+    several steps at a time: the same queries in the same order (the generator ends where it
+    would), the same rewards, with the continuation search's fitted vectors too."""
+    from stv.vectors import TaskVectors
+
+    lmm = lmm_of(family)
+    train = digit_examples("digit")[:30] if lmm.is_multimodal else text_examples(30)
+    locations, bank = [(0, 1), (1, 2)], torch.randn(2, 3, lmm.heads.head_dim)
+    fitted = TaskVectors(torch.tensor([(1, 0)]), torch.randn(1, lmm.heads.head_dim)) if after else None
+    steps, choices = 20, torch.tensor([[0, 1], [2, 2], [1, 0]])
+    rngs = {ahead: np.random.default_rng(7) for ahead in (0, steps)}
+    runs = {
+        ahead: bank_rewards(lmm, train, DIGITS, locations, bank, 2, rngs[ahead], after=fitted, steps=ahead)
+        for ahead in (0, steps)
+    }
+    one_by_one = torch.stack([runs[0](step, choices) for step in range(steps)])  # (steps, S)
+    drawn_ahead = torch.stack([runs[steps](step, choices) for step in range(steps)])
+    torch.testing.assert_close(drawn_ahead, one_by_one, atol=1e-4, rtol=0)
+    assert one_by_one.std(0).max() > 1e-3  # the steps drew different queries
+    assert rngs[0].bit_generator.state == rngs[steps].bit_generator.state
+
+
 def test_hits_and_margin_objectives():
     """objective "hits" scores a candidate by eval's first-token accuracy on the queries it
     draws, ties broken by (a scaled-down) log-prob; "margin" by the answer token's log-prob

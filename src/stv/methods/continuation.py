@@ -134,6 +134,7 @@ def search_continuation(
         config.prefix_pool,
         after=vectors,
         objective=config.continuation_objective,
+        steps=config.continuation_search,
     )
     search = reinforce(
         reward,

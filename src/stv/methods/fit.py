@@ -298,6 +298,7 @@ def _search(lmm, train, task, locations, bank, shifts, config: STVConfig, rng, r
         config.prefix_pool,
         objective=config.objective,
         shifts=shifts,
+        steps=config.steps,
     )
     return reinforce(
         reward,

@@ -227,8 +227,8 @@ def fit_lora(
             )
             assert drawn.valid is not None  # the "answer" objective gives every row its answer line
             with torch.enable_grad():
-                steps = lmm.teacher_forced(drawn.inputs, drawn.target, drawn.valid)
-                loss = answer_loss(torch.stack([logits.float() for logits in steps], 1), drawn)  # (B, T, V) in
+                logits = lmm.answer_logits(drawn.inputs, drawn.target, drawn.valid)  # (B, T, V)
+                loss = answer_loss(logits.float(), drawn)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.clip)
             optimiser.step()

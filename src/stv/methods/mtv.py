@@ -107,7 +107,16 @@ def fit_mtv(
     locations = lmm.heads.all_locations()
     bank, added = mtv_bank(means, shifts)
     reward = bank_rewards(
-        lmm, train, task, locations, bank, config.queries_per_step, rng, objective=config.objective, shifts=added
+        lmm,
+        train,
+        task,
+        locations,
+        bank,
+        config.queries_per_step,
+        rng,
+        objective=config.objective,
+        shifts=added,
+        steps=config.steps,
     )
     t = time.perf_counter()
     search = reinforce(

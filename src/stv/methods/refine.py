@@ -43,6 +43,7 @@ class _Queries:
     """Zero-shot prompts' model inputs and what they should be answered: the first answer token
     ``target`` (B,), or with ``valid`` the answer line's tokens (B, T), true where a row has one."""
 
+    prompts: list
     inputs: dict
     target: torch.Tensor
     valid: torch.Tensor | None = None
@@ -117,10 +118,11 @@ def split_held_out(train: Sequence[Example], rng: np.random.Generator) -> tuple[
 
 def answer_queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:
     """The zero-shot prompts' model inputs and their targets under ``objective``."""
-    inputs = lmm.prepare([task.prompt([], q) for q in queries])
+    prompts = [task.prompt([], q) for q in queries]
+    inputs = lmm.prepare(prompts)
     if objective == "first_token":
-        return _Queries(inputs, first_token_ids(lmm, queries, task).to(lmm.device))
-    return _Queries(inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
+        return _Queries(prompts, inputs, first_token_ids(lmm, queries, task).to(lmm.device))
+    return _Queries(prompts, inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
 
 
 def head_outputs(
@@ -150,10 +152,15 @@ def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Quer
     policy = vectors.config.policy if queries.valid is not None else "prompt_last"
     later = vectors.continuation if policy == "prompt_last" and queries.valid is not None else None
     locations = vectors.location_list()
-    with write_heads(lmm.model, lmm.heads, locations, vectors.vectors, policy, continuation=later, shifts=shifts):
-        if queries.valid is None:
+    writes = write_heads(lmm.model, lmm.heads, locations, vectors.vectors, policy, continuation=later, shifts=shifts)
+    if queries.valid is None:
+        with writes:
             return lmm.model(**queries.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-        steps = lmm.teacher_forced(queries.inputs, queries.target, queries.valid)
+    prefix = lmm.prefix(queries.prompts, grad=True)  # before the writes, which touch no earlier token
+    with writes:  # under prompt_last nothing is written at answer tokens: feed them in one pass
+        steps = lmm.teacher_forced(
+            prefix, queries.target, queries.valid, rest_at_once=policy == "prompt_last" and later is None
+        )
         return torch.stack([logits.float() for logits in steps], 1)  # (B, T, V)
 
 

@@ -17,6 +17,7 @@ from ..data.example import Example
 from ..errors import StvError
 from ..hooks.headmap import Location
 from ..models import LMM
+from ..models.compat import sliding
 from ..tasks import Task
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 # clamped to [-LOGP_FLOOR, 0] and scaled to less than one hit in 1,000 queries; "margin": the
 # answer token's log-prob minus the best other token's
 LOGP_FLOOR, TIE_SCALE = 50.0, 1e-5
+PREFIX_CHUNK = 16  # search steps whose fresh queries' prefixes are computed in one pass
 
 
 def first_token_ids(lmm: LMM, examples: Sequence[Example], task: Task) -> torch.Tensor:
@@ -45,6 +47,7 @@ def bank_rewards(
     after: "TaskVectors | None" = None,
     objective: Objective = "log_prob",
     shifts: torch.Tensor | None = None,
+    steps: int = 0,
 ):
     """reward_fn for :func:`reinforce`: the mean score (by default the log-prob) of the first
     answer token over a few zero-shot queries, every sample scored in one batch over a shared
@@ -57,9 +60,23 @@ def bank_rewards(
     scores by how many queries' top token is the answer's, "margin" by how far its log-prob is
     above the best other token's: log-prob rewards putting mass on the task's answer tokens as
     much as choosing the right one among them. ``shifts`` (K, M, D), with the bank: what each
-    arm adds after its value is written (the shift arm)."""
+    arm adds after its value is written (the shift arm). ``steps``: how many times the
+    search will call it; fresh queries are then drawn :data:`PREFIX_CHUNK` steps ahead, in
+    the same order, and their prefixes computed in one pass (0: one step at a time)."""
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
+    ahead: list[tuple] = []  # (prefix, targets) of the next steps' fresh queries, drawn in step order
+    left = [steps]
+
+    def fresh() -> tuple:
+        if not ahead:  # the next few steps' queries, drawn as step by step, their prefixes in one pass
+            n = min(PREFIX_CHUNK, left[0]) if left[0] > 0 and not sliding(lmm.model) else 1
+            left[0] -= n
+            chunk = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(n)]
+            prefix, targets = _prefix_and_targets(lmm, [q for group in chunk for q in group], task, after)
+            q = queries_per_step
+            ahead.extend((prefix.rows(k * q, k * q + q), targets[k * q : k * q + q]) for k in range(n))
+        return ahead.pop(0)
 
     dist = distributed.current()
 
@@ -77,8 +94,7 @@ def bank_rewards(
                 pool[g] = _prefix_and_targets(lmm, groups[g], task, after)
             prefix, targets = pool[g]
         else:
-            queries = [train[i] for i in rng.choice(len(train), queries_per_step, replace=False)]
-            prefix, targets = _prefix_and_targets(lmm, queries, task, after)
+            prefix, targets = fresh()
         rows = values.repeat(len(targets), 1, 1)  # row q*S + s -> sample s
         added = None if shifts is None else shifts[torch.arange(len(locations)), choices].repeat(len(targets), 1, 1)
         with lmm.candidates(locations, rows, samples, shifts=added):

@@ -56,3 +56,10 @@ def croppable(cache: Any) -> bool:
     (sliding-window layers cannot). By class name: the sliding layer subclasses the plain one."""
     layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+def sliding(model: Any) -> bool:
+    """Whether some attention layer of ``model`` sees only a sliding window (Gemma 3): its
+    cache then depends on how far a prompt is padded, so prompts are not padded together."""
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return "sliding_attention" in (getattr(text, "layer_types", None) or ())

@@ -8,10 +8,9 @@ user turn and the generation prompt).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 import torch
 from PIL import Image
@@ -19,9 +18,9 @@ from torch import nn
 
 from ..errors import StvError
 from ..hooks.headmap import HeadMap
-from ..hooks.heads import decoding, write_heads
-from .compat import attention_implementation, cache_keyword, cache_of, croppable, source_name
+from .compat import source_name
 from .processors import left_padding, tokenized
+from .scoring import OWN_POSITIONS, CachedDecoding
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -33,14 +32,10 @@ _PLACEHOLDERS = {
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
 }
-# Inputs with one entry per token (sliced when the last token is held back).
-_PER_TOKEN = {"input_ids", "attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids"}
-# Families that compute their own (multimodal rotary) position ids from the attention mask.
-_OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 
 
 @dataclass
-class LMM:
+class LMM(CachedDecoding):
     """Model + processor + head map, with the few operations every stage needs."""
 
     model: nn.Module
@@ -181,7 +176,7 @@ class LMM:
             )
         if self.family != "gemma3":  # Gemma3 needs token_type_ids (bidirectional image attention)
             inputs.pop("token_type_ids", None)
-        if positions and self.family not in _OWN_POSITIONS:
+        if positions and self.family not in OWN_POSITIONS:
             mask = inputs["attention_mask"]
             inputs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         dtype = self.dtype
@@ -263,133 +258,3 @@ class LMM:
             logp = torch.log_softmax(logits.float(), -1).gather(1, target[:, step : step + 1]).squeeze(1)
             total += logp * valid[:, step]
         return total.cpu()
-
-    def teacher_forced(self, inputs: dict, target: torch.Tensor, valid: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield next-token logits after the prompt, then after each fed answer token: one
-        decode (``heads.decoding``), so active writers write where ``generate`` would."""
-        mask = inputs["attention_mask"]
-        with decoding(self.model):
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            yield out.logits[:, -1]
-            cache, pos = cache_of(out), (mask.long().cumsum(-1) - 1)[:, -1]
-            for step in range(target.shape[1] - 1):
-                mask = torch.cat([mask, valid[:, step : step + 1].long().to(mask.dtype)], 1)
-                pos = pos + 1
-                out = self.model(**self._continue_inputs(target[:, step : step + 1], mask, cache, pos[:, None]))
-                cache = cache_of(out)
-                yield out.logits[:, -1]
-
-    def _rope_deltas(self) -> torch.Tensor | None:
-        """The multimodal-RoPE offset the last prompt pass stored in the model (Qwen-VL families)."""
-        if self.family not in _OWN_POSITIONS:
-            return None
-        return getattr(getattr(self.model, "model", self.model), "rope_deltas", None)
-
-    def _continue_inputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, cache, positions: torch.Tensor, deltas: torch.Tensor | None = None
-    ) -> dict:
-        """Inputs for more tokens after a cached prefix; ``positions`` (rows, new) are text positions."""
-        inputs = {"input_ids": ids, "attention_mask": mask, cache_keyword(self.model): cache, "use_cache": True}
-        if self.family in _OWN_POSITIONS:
-            # multimodal RoPE: text position + the offset the prefix pass stored
-            deltas = deltas if deltas is not None else self._rope_deltas()
-            if deltas is None:
-                deltas = torch.zeros_like(positions[:, :1])
-            if deltas.shape[0] != positions.shape[0]:
-                deltas = deltas.repeat_interleave(positions.shape[0] // deltas.shape[0], 0)
-            inputs["position_ids"] = (positions + deltas.to(positions.device))[None].expand(3, -1, -1)
-        else:
-            inputs["position_ids"] = positions
-        return inputs
-
-    # ------------------------------------------------------ prefix-cached scoring
-    @torch.inference_mode()
-    def prefix(self, prompts: Sequence[Prompt], mode: Render = "raw", then: torch.Tensor | None = None) -> "Prefix":
-        """Run every prompt but its last token once, keeping the KV cache.
-
-        Interventions only touch the last position, so all candidates share this prefix:
-        :meth:`last_token_logits` then scores many candidates as one batch. With ``then``
-        (one token id per prompt, e.g. a teacher-forced first answer token) the whole prompt
-        is the prefix and ``then`` is the last token: candidates are then scored at the first
-        generated position, and whatever hooks are active write the prompt's last token.
-        """
-        inputs = self.prepare(prompts, mode)
-        mask = inputs["attention_mask"]
-        if then is None:
-            last = inputs["input_ids"][:, -1:]
-            if self.is_multimodal and bool((last == getattr(self.model.config, "image_token_id", -1)).any()):
-                raise StvError("prefix caching needs prompts that end in text, not in an image")
-            head = {k: (v[..., :-1] if k in _PER_TOKEN else v) for k, v in inputs.items()}
-        else:
-            last, head = then.reshape(-1, 1).to(mask.device), inputs
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # left padding: the new token goes right
-        out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
-        deltas = self._rope_deltas()
-        return Prefix(
-            cache_of(out), last, mask, (mask.long().cumsum(-1) - 1)[:, -1], None if deltas is None else deltas.clone()
-        )
-
-    @torch.inference_mode()
-    def last_token_logits(self, prefix: "Prefix", repeats: int = 1, keep: bool = False) -> torch.Tensor:
-        """Next-token logits after each prompt's last token, each prompt repeated ``repeats``
-        times (rows ``q * repeats + s``), under whatever hooks are active (use
-        :meth:`candidates` to write per-row values).
-
-        The repeats are fanned out along the sequence, not the batch: each row gets
-        ``repeats`` copies of its last token, all at the same position, each seeing the prefix
-        and itself only (a 4D mask), so the KV cache is never copied ``repeats`` times. The
-        prefix stays usable afterwards when ``keep``."""
-        fan_out = self._mask_kind() is not None
-        cache = prefix.cache
-        if keep and not (fan_out and croppable(cache)):
-            cache = copy.deepcopy(cache)
-        if not fan_out:  # attention backends without custom masks: repeat along the batch
-            if repeats > 1:
-                cache.batch_repeat_interleave(repeats)
-            rep = lambda t: t.repeat_interleave(repeats, 0)  # noqa: E731
-            deltas = None if prefix.deltas is None else rep(prefix.deltas)
-            inputs = self._continue_inputs(
-                rep(prefix.last_ids), rep(prefix.mask), cache, rep(prefix.last_pos)[:, None], deltas
-            )
-            return self.model(**inputs).logits[:, -1].float()
-        rows, span = prefix.last_ids.shape[0], repeats
-        ids = prefix.last_ids.expand(rows, span)
-        pos = prefix.last_pos[:, None].expand(rows, span)
-        inputs = self._continue_inputs(ids, self._fan_out_mask(prefix.mask[:, :-1], span), cache, pos, prefix.deltas)
-        logits = self.model(**inputs).logits.float().reshape(rows * span, -1)
-        if cache is prefix.cache and keep:
-            cache.crop(-span)
-        return logits
-
-    def candidates(self, locations, values: torch.Tensor, repeats: int, shifts: torch.Tensor | None = None):
-        """The ``replace`` context that matches :meth:`last_token_logits`: ``values`` (and
-        ``shifts``) have one row per (prompt, repeat), ordered ``q * repeats + s``."""
-        span = repeats if self._mask_kind() is not None else 1
-        return write_heads(self.model, self.heads, locations, values, span=span, shifts=shifts)
-
-    def _mask_kind(self) -> torch.dtype | None:
-        """The dtype of a custom 4D attention mask this model's attention takes, or None."""
-        return {"sdpa": torch.bool, "eager": self.dtype}.get(attention_implementation(self.model))
-
-    def _fan_out_mask(self, prefix_mask: torch.Tensor, span: int) -> torch.Tensor:
-        """(rows, 1, span, prefix + span): every new position sees the prefix and itself."""
-        rows, length = prefix_mask.shape
-        allowed = torch.zeros(rows, 1, span, length + span, dtype=torch.bool, device=prefix_mask.device)
-        allowed[..., :length] = prefix_mask.bool()[:, None, None, :]
-        allowed[..., length:] = torch.eye(span, dtype=torch.bool, device=prefix_mask.device)
-        if self._mask_kind() is torch.bool:
-            return allowed
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(self.dtype).min
-        )
-
-
-@dataclass
-class Prefix:
-    """KV cache of prompts without their last token, and what is needed to feed it."""
-
-    cache: Any
-    last_ids: torch.Tensor
-    mask: torch.Tensor
-    last_pos: torch.Tensor
-    deltas: torch.Tensor | None = None  # multimodal-RoPE offsets of these prompts

@@ -121,8 +121,8 @@ def build_parser() -> StvParser:
     p.add_argument(
         "--model",
         help="a real language model (e.g. smollm2-135m) on five Function Vectors text tasks, "
-        "or lab-smollm2 on digit-image tasks, or lab-dino on Fashion-MNIST image tasks, instead of the lab model (smollm2-135m: about 11 min per (task, seed), "
-        "15 of them, two side by side with --jobs 2; --seed N runs one seed)",
+        "or lab-smollm2 on digit-image tasks, or lab-dino on Fashion-MNIST image tasks, instead of the lab model "
+        "(smollm2-135m: 15 (task, seed) units of about 8 min, about an hour with --jobs 2; --seed N runs one seed)",
     )
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-MODEL)")
     p.add_argument("--seed", type=int, help="run one seed instead of 0, 1, 2")

@@ -10,6 +10,7 @@ mean ± std, results.json, report.md and plots.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -49,10 +50,10 @@ ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # before a run (divided by the processes that run side by side). The lab: 19.9 s a unit, 12
 # units in two processes in 141 s, nothing else on the 2 cores (benchmarks/demo-lab-jobs).
 # lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
-# SmolLM2: 685 s a unit, 5 units in two processes in 1,954 s, nothing else on the cores
-# (benchmarks/demo-smollm2-jobs, seed 0). lab-dino: 565 s a unit, 9 units in two processes in
+# SmolLM2: 462 s a unit, 15 units in two processes in 3,629 s, nothing else on the cores
+# (benchmarks/demo-smollm2-v10). lab-dino: 565 s a unit, 9 units in two processes in
 # 2,847 s, nothing else on the cores but a 1-thread curve for the last 6 min (benchmarks/demo-lab-dino).
-MEASURED_SECONDS = {"lab": 20.0, "real": 685.0, "numbers": 374.0, "fashion": 565.0}
+MEASURED_SECONDS = {"lab": 20.0, "real": 462.0, "numbers": 374.0, "fashion": 565.0}
 
 
 def variant_method(name: str) -> str:
@@ -255,7 +256,7 @@ def run_demo(
         print(
             f"stv demo: {len(config.tasks)} tasks x {len(config.seeds)} seeds x {len(methods)} methods, "
             f"{len(pending)} (task, seed) to run in {jobs} process(es); about "
-            f"{estimate * len(pending) / max(1, min(jobs, len(pending), 2)) / 60:.0f} min on 2 CPU cores",
+            f"{estimate * math.ceil(len(pending) / max(1, min(jobs, 2))) / 60:.0f} min on 2 CPU cores",
             file=sys.stderr,
         )
     bar = tqdm(total=len(config.tasks) * len(config.seeds) * len(methods), desc="demo", disable=not progress)

@@ -119,6 +119,22 @@ def test_generate_policy(lmm_of, family, policy):
     assert seen == expected
 
 
+def _greedy(lmm, prompts, tokens: int = 3):
+    """``generate``'s first ``tokens`` greedy tokens (B, tokens) and the logits before each,
+    under whatever writers are active."""
+    inputs = lmm.prepare(prompts, positions=False)
+    out = lmm.model.generate(
+        **inputs,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=lmm.tokenizer.pad_token_id,
+    )
+    return out.sequences[:, inputs["input_ids"].shape[1] :], out.logits
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
 @pytest.mark.parametrize("policy", ["every_step", "prompt_last"])
 def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
@@ -134,21 +150,11 @@ def test_teacher_forcing_writes_where_generate_does(lmm_of, family, policy):
     with write_heads(lmm.model, heads, locs, values, policy=policy, continuation=cont), torch.no_grad():
         with write_heads(lmm.model, heads, locs[:1], values[:1], policy=policy):
             pass  # a writer entered and left inside leaves the outer one's pass count alone
-        inputs = lmm.prepare(prompts, positions=False)
-        out = lmm.model.generate(
-            **inputs,
-            max_new_tokens=3,
-            min_new_tokens=3,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=lmm.tokenizer.pad_token_id,
-        )
-        target = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, 3)
+        target, generated = _greedy(lmm, prompts)
         forced = list(lmm.teacher_forced(lmm.prepare(prompts), target, torch.ones_like(target, dtype=torch.bool)))
     assert len(forced) == 3
     for step, logits in enumerate(forced):
-        torch.testing.assert_close(logits.float(), out.logits[step].float(), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(logits.float(), generated[step].float(), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("family", ALL)
@@ -163,23 +169,13 @@ def test_prefix_and_one_pass_answer_equal_generate(lmm_of, family):
     prompts = [prompt(lmm, 1, "go"), prompt(lmm, 2, "go on")]
     with torch.no_grad():
         with write_heads(lmm.model, heads, locs, values, policy="prompt_last"):
-            inputs = lmm.prepare(prompts, positions=False)
-            out = lmm.model.generate(
-                **inputs,
-                max_new_tokens=3,
-                min_new_tokens=3,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-                pad_token_id=lmm.tokenizer.pad_token_id,
-            )
-        target = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, 3)
+            target, generated = _greedy(lmm, prompts)
         prefix = lmm.prefix(prompts, grad=True)
         with write_heads(lmm.model, heads, locs, values, policy="prompt_last"):
             forced = list(lmm.teacher_forced(prefix, target, torch.ones_like(target, dtype=torch.bool), True))
     assert len(forced) == 3
     for step, logits in enumerate(forced):
-        torch.testing.assert_close(logits.float(), out.logits[step].float(), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(logits.float(), generated[step].float(), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("family", ALL)

@@ -47,13 +47,13 @@ from .variants import variant_config, variant_settings
 
 ABLATIONS = ("stv_mean_topk", "stv_random_heads", "stv_no_rl")
 # Seconds per (task, seed) in one process with one torch thread, for the estimate printed
-# before a run (divided by the processes that run side by side). The lab: 19.9 s a unit, 12
-# units in two processes in 141 s, nothing else on the 2 cores (benchmarks/demo-lab-jobs).
+# before a run (in rounds of the processes that run side by side). The lab: 15.7 s a unit, 12
+# units in two processes in 94 s, nothing else on the 2 cores (benchmarks/demo-lab-v10).
 # lab-smollm2: 374 s a unit with another run on the other core (benchmarks/demo-lab-smollm2-cost).
 # SmolLM2: 462 s a unit, 15 units in two processes in 3,629 s, nothing else on the cores
 # (benchmarks/demo-smollm2-v10). lab-dino: 565 s a unit, 9 units in two processes in
 # 2,847 s, nothing else on the cores but a 1-thread curve for the last 6 min (benchmarks/demo-lab-dino).
-MEASURED_SECONDS = {"lab": 20.0, "real": 462.0, "numbers": 374.0, "fashion": 565.0}
+MEASURED_SECONDS = {"lab": 16.0, "real": 462.0, "numbers": 374.0, "fashion": 565.0}
 
 
 def variant_method(name: str) -> str:

@@ -301,8 +301,8 @@ def test_unreplace_turns_a_replaced_head_into_steering_only_where_held_out_queri
 
     assert not torch.equal(top_tokens(steering), top_tokens(replaced))  # the two writes answer differently
     inputs = lmm.prepare(prompts)
-    turned, count = unreplaced(lmm, replaced, task, train[:8], _Queries(prompts, inputs, top_tokens(steering)))
+    turned, count = unreplaced(lmm, replaced, task, train[:8], _Queries(inputs, top_tokens(steering)))
     assert count == 1 and torch.isnan(turned.vectors).all() and turned.shifts is not None
     torch.testing.assert_close(turned.shifts, steering.shifts)  # own output - its mean: the query survives
-    kept, count = unreplaced(lmm, replaced, task, train[:8], _Queries(prompts, inputs, top_tokens(replaced)))
+    kept, count = unreplaced(lmm, replaced, task, train[:8], _Queries(inputs, top_tokens(replaced)))
     assert count == 0 and kept is replaced

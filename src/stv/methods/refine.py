@@ -43,7 +43,6 @@ class _Queries:
     """Zero-shot prompts' model inputs and what they should be answered: the first answer token
     ``target`` (B,), or with ``valid`` the answer line's tokens (B, T), true where a row has one."""
 
-    prompts: list
     inputs: dict
     target: torch.Tensor
     valid: torch.Tensor | None = None
@@ -118,11 +117,10 @@ def split_held_out(train: Sequence[Example], rng: np.random.Generator) -> tuple[
 
 def answer_queries(lmm: LMM, queries: Sequence[Example], task: Task, objective: RefineObjective) -> _Queries:
     """The zero-shot prompts' model inputs and their targets under ``objective``."""
-    prompts = [task.prompt([], q) for q in queries]
-    inputs = lmm.prepare(prompts)
+    inputs = lmm.prepare([task.prompt([], q) for q in queries])
     if objective == "first_token":
-        return _Queries(prompts, inputs, first_token_ids(lmm, queries, task).to(lmm.device))
-    return _Queries(prompts, inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
+        return _Queries(inputs, first_token_ids(lmm, queries, task).to(lmm.device))
+    return _Queries(inputs, *lmm.answer_targets([task.answer_line(q) for q in queries], ANSWER_TOKENS))
 
 
 def head_outputs(
@@ -156,7 +154,7 @@ def _logits(lmm: LMM, vectors: TaskVectors, shifts: torch.Tensor, queries: _Quer
     if queries.valid is None:
         with writes:
             return lmm.model(**queries.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-    prefix = lmm.prefix(queries.prompts, grad=True)  # before the writes, which touch no earlier token
+    prefix = lmm.prefix_of(queries.inputs, grad=True)  # before the writes, which touch no earlier token
     with writes:  # under prompt_last nothing is written at answer tokens: feed them in one pass
         steps = lmm.teacher_forced(
             prefix, queries.target, queries.valid, rest_at_once=policy == "prompt_last" and later is None

@@ -66,12 +66,13 @@ def bank_rewards(
     pool: dict[int, tuple] = {}
     groups = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(prefix_pool)]
     ahead: list[tuple] = []  # (prefix, targets) of the next steps' fresh queries, drawn in step order
-    left = [steps]
+    left = steps if not sliding(lmm.model) else 0  # steps whose queries may still be drawn ahead
 
     def fresh() -> tuple:
+        nonlocal left
         if not ahead:  # the next few steps' queries, drawn as step by step, their prefixes in one pass
-            n = min(PREFIX_CHUNK, left[0]) if left[0] > 0 and not sliding(lmm.model) else 1
-            left[0] -= n
+            n = max(1, min(PREFIX_CHUNK, left))
+            left -= n
             chunk = [[train[i] for i in rng.choice(len(train), queries_per_step, replace=False)] for _ in range(n)]
             prefix, targets = _prefix_and_targets(lmm, [q for group in chunk for q in group], task, after)
             q = queries_per_step

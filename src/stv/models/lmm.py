@@ -20,7 +20,7 @@ from ..errors import StvError
 from ..hooks.headmap import HeadMap
 from .compat import source_name
 from .processors import left_padding, tokenized
-from .scoring import OWN_POSITIONS, CachedDecoding
+from .scoring import OWN_POSITIONS, CachedDecoding, positions_of
 
 Piece = Union[str, Image.Image]
 Prompt = Sequence[Piece]
@@ -178,7 +178,7 @@ class LMM(CachedDecoding):
             inputs.pop("token_type_ids", None)
         if positions and self.family not in OWN_POSITIONS:
             mask = inputs["attention_mask"]
-            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            inputs["position_ids"] = positions_of(mask)
         dtype = self.dtype
         return {
             k: (v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device))

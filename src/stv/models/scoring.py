@@ -25,6 +25,12 @@ PER_TOKEN = {"input_ids", "attention_mask", "position_ids", "token_type_ids", "m
 OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 
 
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from a (left-padded) attention mask, as ``generate`` builds them: (B, T),
+    padding at position 1 (it is masked anyway)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
 class CachedDecoding:
     """What :class:`LMM` does after a prompt's tokens: decode its answer or score candidates."""
 
@@ -60,7 +66,7 @@ class CachedDecoding:
             else:
                 mask, deltas = inputs["attention_mask"], None
                 out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-                pos = (mask.long().cumsum(-1) - 1)[:, -1]
+                pos = positions_of(mask)[:, -1]
             yield out.logits[:, -1]
             cache = cache_of(out)
             if rest_at_once and target.shape[1] > 1:
@@ -93,7 +99,7 @@ class CachedDecoding:
         for key in ("token_type_ids", "mm_token_type_ids"):  # answer tokens are text
             if key in inputs:
                 whole[key] = torch.cat([inputs[key], torch.zeros_like(fed, dtype=inputs[key].dtype)], 1)
-        whole["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        whole["position_ids"] = positions_of(mask)
         return self.model(**whole, use_cache=False, logits_to_keep=target.shape[1]).logits
 
     def _rope_deltas(self) -> torch.Tensor | None:
@@ -133,11 +139,14 @@ class CachedDecoding:
         ``grad``: a cache that later passes may take gradients through (no_grad, not
         inference mode), for :meth:`teacher_forced` under a learned correction.
         """
-        with torch.no_grad() if grad else torch.inference_mode():
-            return self._prefix(prompts, mode, then)
+        return self.prefix_of(self.prepare(prompts, mode), then, grad)
 
-    def _prefix(self, prompts: Sequence[Prompt], mode: Render, then: torch.Tensor | None) -> "Prefix":
-        inputs = self.prepare(prompts, mode)
+    def prefix_of(self, inputs: dict, then: torch.Tensor | None = None, grad: bool = False) -> "Prefix":
+        """:meth:`prefix` of prompts already prepared (:meth:`prepare`'s ``inputs``)."""
+        with torch.no_grad() if grad else torch.inference_mode():
+            return self._prefix(inputs, then)
+
+    def _prefix(self, inputs: dict, then: torch.Tensor | None) -> "Prefix":
         mask = inputs["attention_mask"]
         if then is None:
             last = inputs["input_ids"][:, -1:]
@@ -149,9 +158,7 @@ class CachedDecoding:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # left padding: the new token goes right
         out = self.model(**head, use_cache=True, logits_to_keep=1)  # only the cache is needed
         deltas = self._rope_deltas()
-        return Prefix(
-            cache_of(out), last, mask, (mask.long().cumsum(-1) - 1)[:, -1], None if deltas is None else deltas.clone()
-        )
+        return Prefix(cache_of(out), last, mask, positions_of(mask)[:, -1], None if deltas is None else deltas.clone())
 
     @torch.inference_mode()
     def last_token_logits(self, prefix: "Prefix", repeats: int = 1, keep: bool = False) -> torch.Tensor:
